@@ -1,0 +1,73 @@
+"""The seam between generating endpoints and keys, quotas and request logs.
+
+A route calls `admit()` once it knows the model and the token reservation
+(prompt tokens plus the most it may generate), before anything reaches Triton,
+and `settle()` exactly once when the request ends, however it ends (success,
+error, client disconnect, deadline). `settle` must be safe to call while the
+task is being cancelled.
+
+Which implementation runs is settings.GATEWAY_ACCOUNTING (an import path to an
+`admit` coroutine function); unset, nothing is enforced or recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Protocol
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from llmgateway.engine import Usage
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    usage: Usage
+    finish_reason: str | None = None
+    error_type: str | None = None
+    streamed: bool = False
+    # Seconds from the request's start to its first generated token, if any.
+    time_to_first_token: float | None = None
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class Reservation:
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    max_tokens: int  # the most this request may generate, over all choices
+    stream: bool
+
+
+class Admission(Protocol):
+    headers: dict[str, str]
+
+    async def settle(self, outcome: Outcome) -> None: ...
+
+
+@dataclass(slots=True)
+class NullAdmission:
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def settle(self, outcome: Outcome) -> None:
+        return None
+
+
+async def _null_admit(request: HttpRequest, reservation: Reservation) -> Admission:
+    return NullAdmission()
+
+
+@cache
+def _admit_function():
+    path = getattr(settings, "GATEWAY_ACCOUNTING", "")
+    return import_string(path) if path else _null_admit
+
+
+async def admit(request: HttpRequest, reservation: Reservation) -> Admission:
+    """Reserve quota for `reservation` or raise APIError (401/404/429)."""
+    return await _admit_function()(request, reservation)

@@ -1,0 +1,53 @@
+"""Liveness and readiness, open without a key."""
+
+from __future__ import annotations
+
+import asyncio
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from ninja import Router
+
+from llmgateway.services import model_list
+from llmgateway.triton.client import get_backend
+
+router = Router(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: HttpRequest) -> JsonResponse:
+    """The process is up and serving."""
+    return JsonResponse({"status": "ok"})
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+@router.get("/health/ready")
+async def ready(request: HttpRequest) -> JsonResponse:
+    """Database reachable and every enabled model ready in its Triton: 200, else 503."""
+    database = await sync_to_async(_database_ok)()
+    models = await model_list() if database else []
+    checks = await asyncio.gather(
+        *(get_backend(m.triton_url).is_ready(m.triton_model) for m in models)
+    )
+    model_status = {
+        m.name: "ready" if ok else "unavailable" for m, ok in zip(models, checks, strict=True)
+    }
+    ok = database and bool(models) and all(checks)
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "database": "ok" if database else "unavailable",
+        "models": model_status,
+    }
+    response = JsonResponse(body, status=200 if ok else 503)
+    if not ok:
+        response["retry-after"] = "1"
+    return response

@@ -1,0 +1,115 @@
+"""The API's middleware: request ids, the body-size limit, and keeping the
+per-request path free of Django's session/auth/CSRF middleware.
+
+Django's stock middleware are sync-first: under ASGI each one costs two thread
+hops per request. The API authenticates with bearer keys and needs none of
+them, so they wrap only the admin (and other non-API) paths, via
+`admin_middleware`, which builds that inner chain once at start-up.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
+
+from llmgateway.api.errors import method_not_allowed_response, too_large
+
+API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health")
+REQUEST_ID_HEADER = "x-request-id"
+MAX_CLIENT_REQUEST_ID = 200
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def _request_id(request: HttpRequest) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if given and len(given) <= MAX_CLIENT_REQUEST_ID and given.isprintable():
+        return given
+    return new_request_id()
+
+
+def _too_large(request: HttpRequest) -> bool:
+    try:
+        return int(request.headers.get("content-length") or 0) > settings.GATEWAY_MAX_BODY_BYTES
+    except ValueError:
+        return False
+
+
+def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    if (
+        response.status_code == 405
+        and is_api_path(request.path)
+        and not response.get("content-type", "").startswith("application/json")
+    ):
+        allow = response.get("allow")
+        response = method_not_allowed_response(request)
+        if allow:
+            response["allow"] = allow
+    response[REQUEST_ID_HEADER] = request.request_id
+    return response
+
+
+class request_id_middleware:  # noqa: N801 - named like a function in settings.MIDDLEWARE
+    """Every response, errors included, carries x-request-id (the client's if given)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if self.is_async:
+            return self._acall(request)
+        request.request_id = _request_id(request)
+        if _too_large(request):
+            return _finish(request, too_large().response())
+        return _finish(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        request.request_id = _request_id(request)
+        if _too_large(request):
+            return _finish(request, too_large().response())
+        return _finish(request, await self.get_response(request))
+
+
+class admin_middleware:  # noqa: N801
+    """Runs settings.ADMIN_MIDDLEWARE around everything that is not an API path."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        chain = get_response
+        for path in reversed(settings.ADMIN_MIDDLEWARE):
+            chain = import_string(path)(chain)
+        self.chain = chain
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if self.is_async:
+            return self._acall(request)
+        if is_api_path(request.path):
+            return self.get_response(request)
+        return self.chain(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        if is_api_path(request.path):
+            return await self.get_response(request)
+        return await self.chain(request)

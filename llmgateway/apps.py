@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class GatewayConfig(AppConfig):
+    name = "llmgateway"
+    verbose_name = "LLM gateway"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,428 @@
+"""The small interface between the API layer and the Triton core.
+
+The API layer asks an `Engine` to generate; it gets back `Delta`s (text per
+choice, with a finish reason on each choice's last one) and a running `Usage`.
+Only this module and `llmgateway.triton` know about tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmgateway.textgen.detokenizer import IncrementalDetokenizer
+from llmgateway.textgen.stops import StopMatcher
+from llmgateway.textgen.tokenizer import TextModel, load_text_model
+from llmgateway.triton.client import ModelSpec, TritonBackend, get_backend
+from llmgateway.triton.stream import TritonResponse, build_request, stream_responses
+
+logger = logging.getLogger(__name__)
+
+UINT64_MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    min_tokens: int | None = None
+    beam_width: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    request_id: str
+    timeout: float
+    n: int = 1
+    stream: bool = False
+    # Extra per-request tensors (vision: prompt_embedding_table, prompt_vocab_size).
+    extra_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Delta:
+    index: int
+    text: str
+    # (token id, logprob or None) for the tokens this step consumed.
+    tokens: list[tuple[int, float | None]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class _Choice:
+    """Per-sequence state: detokenizer, stop matcher, counts and finish reason."""
+
+    __slots__ = ("index", "detok", "stops", "count", "finish_reason", "_text_model", "_limit")
+
+    def __init__(
+        self, index: int, text_model: TextModel, prompt_ids: list[int], params: SamplingParams
+    ):
+        self.index = index
+        self.detok = IncrementalDetokenizer(
+            text_model.tokenizer, text_model.special_ids, prompt_ids
+        )
+        self.stops = StopMatcher(params.stop)
+        self.count = 0
+        self.finish_reason: str | None = None
+        self._text_model = text_model
+        self._limit = params.max_tokens
+
+    def feed(self, ids: list[int], logprobs: list[float] | None, per_token: bool) -> Delta | None:
+        """Consume generated ids; return what they add for the client, if anything."""
+        if self.finish_reason is not None:
+            return None
+        end_ids = (self._text_model.end_id, *self._text_model.extra_stop_ids)
+        consumed: list[tuple[int, float | None]] = []
+        text_parts: list[str] = []
+        batch: list[int] = []
+        for position, token in enumerate(ids):
+            if token < 0:
+                continue
+            self.count += 1
+            consumed.append((token, logprobs[position] if logprobs is not None else None))
+            if token in end_ids:
+                self.finish_reason = "stop"
+                break
+            if per_token:
+                text_parts.append(self.stops.push(self.detok.push([token])))
+                if self.stops.matched is not None:
+                    self.finish_reason = "stop"
+                    break
+            else:
+                batch.append(token)
+            if self.count >= self._limit:
+                self.finish_reason = "length"
+                break
+        if batch:
+            text_parts.append(self.stops.push(self.detok.push(batch)))
+            if self.stops.matched is not None:
+                self.finish_reason = "stop"
+        if self.finish_reason is not None:
+            text_parts.append(self._drain())
+        text = "".join(text_parts)
+        if not text and not consumed and self.finish_reason is None:
+            return None
+        return Delta(self.index, text, consumed, self.finish_reason)
+
+    def finish(self) -> Delta | None:
+        """The request ended (final response) with this sequence still open."""
+        if self.finish_reason is not None:
+            return None
+        self.finish_reason = "length" if self.count >= self._limit else "stop"
+        return Delta(self.index, self._drain(), [], self.finish_reason)
+
+    def _drain(self) -> str:
+        if self.stops.matched is not None:
+            return ""
+        return self.stops.push(self.detok.flush()) + self.stops.flush()
+
+
+def _stop_words_list(text_model: TextModel, stops: tuple[str, ...]) -> np.ndarray | None:
+    """TensorRT-LLM's [2, N] format: concatenated ids, then cumulative end offsets."""
+    words = [text_model.encode(s) for s in stops if s]
+    words += [[i] for i in text_model.extra_stop_ids]
+    words = [w for w in words if w]
+    if not words:
+        return None
+    flat = [i for w in words for i in w]
+    offsets = np.cumsum([len(w) for w in words]).tolist()
+    offsets += [-1] * (len(flat) - len(offsets))
+    return np.array([flat, offsets], dtype=np.int32)
+
+
+class Engine:
+    """A configured model: its tokenizer, its Triton model, and how to call it."""
+
+    def __init__(self, *, name: str, text_model: TextModel, triton_url: str, triton_model: str):
+        self.name = name
+        self.text = text_model
+        self.triton_url = triton_url
+        self.triton_model = triton_model
+
+    @property
+    def backend(self) -> TritonBackend:
+        return get_backend(self.triton_url)
+
+    async def spec(self) -> ModelSpec:
+        return await self.backend.model_spec(self.triton_model)
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return Generation(self, request)
+
+    def _inputs(
+        self,
+        spec: ModelSpec,
+        request: GenerationRequest,
+        *,
+        streaming: bool,
+        seed: int | None,
+        sequences: int,
+    ) -> dict[str, np.ndarray]:
+        p = request.params
+        ids = np.asarray(request.prompt_ids, dtype=np.int32)
+        inputs: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "input_lengths": np.array([len(ids)]),
+            "request_output_len": np.array([p.max_tokens]),
+            "end_id": np.array([self.text.end_id]),
+            "pad_id": np.array([self.text.pad_id]),
+            "streaming": np.array([streaming]),
+            "exclude_input_in_output": np.array([True]),
+            "beam_width": np.array([p.beam_width]),
+        }
+        optional = {
+            "temperature": p.temperature,
+            "runtime_top_p": p.top_p,
+            "runtime_top_k": p.top_k,
+            "repetition_penalty": p.repetition_penalty,
+            "presence_penalty": p.presence_penalty,
+            "frequency_penalty": p.frequency_penalty,
+        }
+        for name, value in optional.items():
+            if value is not None:
+                inputs[name] = np.array([value])
+        if seed is not None:
+            # OpenAI seeds are signed; TensorRT-LLM's are uint64.
+            seed_name = "seed" if spec.accepts("seed") else "random_seed"
+            inputs[seed_name] = np.array([seed & UINT64_MASK], dtype=np.uint64)
+        if p.min_tokens:
+            inputs["min_tokens" if spec.accepts("min_tokens") else "min_length"] = np.array(
+                [p.min_tokens]
+            )
+        if sequences > 1:
+            inputs["num_return_sequences"] = np.array([sequences])
+        if p.logprobs:
+            inputs["return_log_probs"] = np.array([True])
+        stop_words = _stop_words_list(self.text, p.stop)
+        if stop_words is not None:
+            inputs["stop_words_list"] = stop_words
+        inputs.update(request.extra_inputs)
+        return inputs
+
+
+class Generation:
+    """One generation request; iterate it for `Delta`s, read `usage` at any time.
+
+    However iteration ends (exhausted, an exception, a client disconnect raising
+    CancelledError, or the consumer stopping early), every Triton request it
+    started is cancelled if still running.
+    """
+
+    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+        self.engine = engine
+        self.request = request
+        self.usage = Usage(prompt_tokens=len(request.prompt_ids))
+        self.first_token_at: float | None = None
+        params = request.params
+        self._choices = [
+            _Choice(i, engine.text, request.prompt_ids, params) for i in range(request.n)
+        ]
+
+    @property
+    def choice_count(self) -> int:
+        return self.request.n
+
+    @property
+    def choices_finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self._choices)
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        spec = await self.engine.spec()
+        request = self.request
+        # Stream from Triton when the client streams, or when stop strings could
+        # end generation early: then we can cancel it the moment they match.
+        streaming = spec.decoupled and (request.stream or bool(request.params.stop))
+        streaming = streaming and request.params.beam_width == 1
+        per_token = bool(request.params.stop) or streaming
+        n = request.n
+        seed = request.params.seed
+        if n > 1 and spec.accepts("num_return_sequences"):
+            plans = [(None, seed, n)]
+        elif n > 1:
+            # Without num_return_sequences (TensorRT-LLM 0.8) run n requests; give
+            # each its own seed or they would all sample the same text.
+            base = seed if seed is not None else secrets.randbits(63)
+            plans = [(i, base + i, 1) for i in range(n)]
+        else:
+            plans = [(0, seed, 1)]
+        streams = []
+        for choice_index, plan_seed, sequences in plans:
+            rid = request.request_id if len(plans) == 1 else f"{request.request_id}-{choice_index}"
+            proto = build_request(
+                spec,
+                request_id=rid,
+                inputs=self.engine._inputs(
+                    spec, request, streaming=streaming, seed=plan_seed, sequences=sequences
+                ),
+                outputs=self._outputs(),
+            )
+            streams.append(
+                (
+                    choice_index,
+                    stream_responses(self.engine.backend, spec, proto, deadline_s=request.timeout),
+                )
+            )
+        echo = 0 if streaming or not spec.echoes_prompt else len(request.prompt_ids)
+        async with contextlib.aclosing(_merge(streams)) as merged:
+            async for choice_index, response in merged:
+                for delta in self._deltas(choice_index, response, echo, per_token):
+                    yield delta
+                if self.choices_finished:
+                    return
+        for choice in self._choices:
+            delta = choice.finish()
+            if delta is not None:
+                yield delta
+
+    def _outputs(self) -> list[str]:
+        names = ["output_ids", "sequence_length", "sequence_index"]
+        if self.request.params.logprobs:
+            names += ["output_log_probs"]
+        return names
+
+    def _deltas(
+        self, choice_index: int | None, response: TritonResponse, echo: int, per_token: bool
+    ) -> list[Delta]:
+        outputs = response.outputs
+        output_ids = outputs.get("output_ids")
+        if output_ids is None or output_ids.size == 0:
+            return []  # an empty final response
+        if choice_index is None:
+            seq = outputs.get("sequence_index")
+            choice_index = int(seq.reshape(-1)[0]) if seq is not None and seq.size else 0
+        beams = output_ids.reshape(-1, output_ids.shape[-1])
+        lengths = outputs.get("sequence_length")
+        length = int(lengths.reshape(-1)[0]) if lengths is not None else beams.shape[1]
+        ids = beams[0, echo:length].tolist()
+        logprobs = None
+        if "output_log_probs" in outputs:
+            flat = outputs["output_log_probs"].reshape(-1, outputs["output_log_probs"].shape[-1])[0]
+            logprobs = flat[-len(ids) :].tolist() if ids else []
+        choice = self._choices[choice_index]
+        before = choice.count
+        delta = choice.feed(ids, logprobs, per_token)
+        self.usage.completion_tokens += choice.count - before
+        if self.first_token_at is None and choice.count:
+            self.first_token_at = time.monotonic()
+        return [delta] if delta is not None else []
+
+
+class BatchGeneration:
+    """Several generations run together as one; choice i is generation i's first choice."""
+
+    def __init__(self, generations: list[Generation]) -> None:
+        self.generations = generations
+
+    @property
+    def choice_count(self) -> int:
+        return len(self.generations)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=sum(g.usage.prompt_tokens for g in self.generations),
+            completion_tokens=sum(g.usage.completion_tokens for g in self.generations),
+        )
+
+    @property
+    def first_token_at(self) -> float | None:
+        times = [g.first_token_at for g in self.generations if g.first_token_at is not None]
+        return min(times) if times else None
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        streams = [(i, g.__aiter__()) for i, g in enumerate(self.generations)]
+        async with contextlib.aclosing(_merge(streams)) as merged:
+            async for index, delta in merged:
+                delta.index = index
+                yield delta
+
+
+async def _merge(streams: list) -> AsyncIterator[tuple[int | None, object]]:
+    """Items from several async iterators as they arrive, tagged with their index.
+
+    Leaving early, or an error in one of them, closes (and so cancels) all of them.
+    """
+    if len(streams) == 1:
+        index, stream = streams[0]
+        try:
+            async for response in stream:
+                yield index, response
+        finally:
+            await stream.aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(index, stream) -> None:
+        try:
+            async for response in stream:
+                await queue.put((index, response))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in streams]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def load_engine(
+    *, name: str, tokenizer_path: str, triton_url: str, triton_model: str
+) -> Engine:
+    """Build an engine; the tokenizer loads in a thread so the event loop keeps serving."""
+    text_model = await asyncio.to_thread(load_text_model, tokenizer_path)
+    return Engine(
+        name=name, text_model=text_model, triton_url=triton_url, triton_model=triton_model
+    )

@@ -1,0 +1,181 @@
+"""Services shared by every generating endpoint: pick the model, check limits,
+run a generation to completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from llmgateway.accounting import Admission, Outcome
+from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
+from llmgateway.engine import Delta, Engine, Generation
+from llmgateway.models import ModelConfig
+from llmgateway.services import engine_get, model_get, model_list
+from llmgateway.textgen.tokenizer import TokenizerError
+from llmgateway.triton.errors import TritonError
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    index: int
+    text_parts: list[str] = field(default_factory=list)
+    tokens: list[tuple[int, float | None]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+async def model_resolve(*, name: str | None, param: str = "model") -> tuple[ModelConfig, Engine]:
+    """The enabled model called `name` and its engine; APIError 404 otherwise.
+
+    With `name` None (the seed's /generate) the only configured model is used.
+    """
+    if name is None:
+        rows = await model_list()
+        if len(rows) != 1:
+            raise invalid(
+                "More than one model is configured: say which one in 'model'."
+                if rows
+                else "No model is configured.",
+                param,
+            )
+        config = rows[0]
+    else:
+        config = await model_get(name=name)
+        if config is None:
+            raise model_not_found(name)
+    try:
+        engine = await engine_get(config=config)
+    except TokenizerError as exc:
+        raise APIError(
+            503,
+            "The model is misconfigured on the server.",
+            type="server_error",
+            code="model_misconfigured",
+        ) from exc
+    return config, engine
+
+
+def max_tokens_resolve(
+    *, config: ModelConfig, requested: int | None, prompt_tokens: int, param: str
+) -> int:
+    """The output limit for a request, enforcing the model's context and output limits."""
+    if requested is not None and requested > config.max_output_tokens:
+        raise invalid(
+            f"{param} is too large: {requested}. This model supports at most "
+            f"{config.max_output_tokens} completion tokens.",
+            param,
+        )
+    max_tokens = requested if requested is not None else config.default_max_tokens
+    if prompt_tokens >= config.context_length:
+        raise invalid(
+            f"This model's maximum context length is {config.context_length} tokens. "
+            f"However, your messages resulted in {prompt_tokens} tokens. "
+            "Please reduce the length of the messages.",
+            "messages",
+            code="context_length_exceeded",
+        )
+    if prompt_tokens + max_tokens > config.context_length:
+        if requested is None:
+            return config.context_length - prompt_tokens
+        raise invalid(
+            f"This model's maximum context length is {config.context_length} tokens. "
+            f"However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param,
+            code="context_length_exceeded",
+        )
+    return max_tokens
+
+
+def timeout_resolve(requested: float | None) -> float:
+    ceiling = settings.GATEWAY_REQUEST_TIMEOUT
+    return min(requested, ceiling) if requested else ceiling
+
+
+async def deltas(generation: Generation) -> AsyncIterator[Delta]:
+    """Iterate a generation, always closing it (which cancels Triton work)."""
+    async with contextlib.aclosing(generation.__aiter__()) as iterator:
+        async for delta in iterator:
+            yield delta
+
+
+async def generation_collect(generation: Generation) -> list[ChoiceResult]:
+    results = [ChoiceResult(i) for i in range(generation.choice_count)]
+    async for delta in deltas(generation):
+        result = results[delta.index]
+        if delta.text:
+            result.text_parts.append(delta.text)
+        if delta.tokens:
+            result.tokens.extend(delta.tokens)
+        if delta.finish_reason is not None:
+            result.finish_reason = delta.finish_reason
+    return results
+
+
+async def settle(
+    admission: Admission,
+    generation: Generation,
+    *,
+    status: int,
+    started: float,
+    streamed: bool,
+    finish_reason: str | None = None,
+    error_type: str | None = None,
+    cancelled: bool = False,
+) -> None:
+    """Settle once, even while the request's task is being cancelled."""
+    first = generation.first_token_at
+    outcome = Outcome(
+        status=status,
+        usage=generation.usage,
+        finish_reason=finish_reason,
+        error_type=error_type,
+        streamed=streamed,
+        time_to_first_token=(first - started) if first is not None else None,
+        cancelled=cancelled,
+    )
+    task = asyncio.ensure_future(admission.settle(outcome))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The shielded task still runs to completion on the loop.
+        raise
+
+
+async def collect_settled(
+    generation: Generation, admission: Admission, *, started: float
+) -> list[ChoiceResult]:
+    """Run a non-streamed generation to the end and settle it, whatever happens."""
+    status, error_type, results = 500, "server_error", None
+    cancelled = False
+    try:
+        results = await generation_collect(generation)
+        status, error_type = 200, None
+        return results
+    except TritonError as exc:
+        api_error = from_triton(exc)
+        status, error_type = api_error.status, api_error.code or api_error.type
+        raise api_error from exc
+    except asyncio.CancelledError:
+        status, error_type, cancelled = 499, "client_disconnected", True
+        raise
+    finally:
+        reasons = {r.finish_reason for r in results or []}
+        await settle(
+            admission,
+            generation,
+            status=status,
+            started=started,
+            streamed=False,
+            finish_reason=reasons.pop() if len(reasons) == 1 else None,
+            error_type=error_type,
+            cancelled=cancelled,
+        )

@@ -1,0 +1,82 @@
+"""The seed's entry point: migrate, register the model, serve the ASGI app under uvicorn.
+
+    python manage.py serve --host 0.0.0.0 --port 9900 --model-name tensorrt_llm \\
+        --tokenizer-path PATH --server-url 127.0.0.1:8001 --workers 4 --model_type qwen2-chat
+"""
+
+from __future__ import annotations
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from llmgateway.models import ModelType
+from llmgateway.services import model_upsert
+
+
+def run_uvicorn(*, host: str, port: int, workers: int, access_log: bool) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "llmgateway.asgi:application",
+        host=host,
+        port=port,
+        workers=workers,
+        lifespan="off",  # Django has no lifespan handler
+        access_log=access_log,
+        timeout_keep_alive=60,
+    )
+
+
+class Command(BaseCommand):
+    help = "Apply migrations, upsert the model config, and serve the gateway under uvicorn."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=9900)
+        parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument("--model-name", dest="model_name", help="Model name inside Triton.")
+        parser.add_argument(
+            "--served-model-name",
+            help="Public name clients send as `model` (default: --model-name).",
+        )
+        parser.add_argument("--tokenizer-path", dest="tokenizer_path")
+        parser.add_argument("--server-url", dest="server_url", default="127.0.0.1:8001")
+        parser.add_argument(
+            "--model_type",
+            "--model-type",
+            dest="model_type",
+            default=ModelType.QWEN2_CHAT,
+            choices=list(ModelType.values),
+        )
+        parser.add_argument("--context-length", type=int, default=None)
+        parser.add_argument("--access-log", action="store_true")
+        parser.add_argument("--no-migrate", action="store_true")
+
+    def handle(self, *args, **options) -> None:
+        if not options["no_migrate"]:
+            call_command("migrate", interactive=False, verbosity=0)
+        if options["model_name"]:
+            if not options["tokenizer_path"]:
+                self.stderr.write("--tokenizer-path is required with --model-name")
+                raise SystemExit(2)
+            fields = {
+                "name": options["served_model_name"] or options["model_name"],
+                "triton_url": options["server_url"],
+                "triton_model": options["model_name"],
+                "tokenizer_path": options["tokenizer_path"],
+                "model_type": options["model_type"],
+                "enabled": True,
+            }
+            if options["context_length"]:
+                fields["context_length"] = options["context_length"]
+            config = model_upsert(**fields)
+            self.stdout.write(
+                f"model {config.name!r} → {config.triton_model} at {config.triton_url}"
+            )
+        self.stdout.write(f"serving on http://{options['host']}:{options['port']}")
+        run_uvicorn(
+            host=options["host"],
+            port=options["port"],
+            workers=options["workers"],
+            access_log=options["access_log"],
+        )

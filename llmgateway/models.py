@@ -1,0 +1,81 @@
+"""What the gateway serves: one row per public model name."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class ModelType(models.TextChoices):
+    QWEN2_CHAT = "qwen2-chat", "Qwen1.5 / Qwen2 chat (ChatML, ends turns with <|im_end|>)"
+    QWEN_VL = "qwen-vl", "Qwen-VL (visual encoder + LLM)"
+    CHAT_TEMPLATE = "chat-template", "Any tokenizer with a chat template"
+
+
+class ToolFormat(models.TextChoices):
+    REACT = "react", "ReAct text (Qwen1.5, as the seed did)"
+    HERMES = "hermes", "<tool_call> JSON (Qwen2 / Hermes)"
+    TEMPLATE = "template", "The tokenizer's chat template renders tools"
+
+
+class ModelConfig(models.Model):
+    """A public model name mapped onto a Triton model and its tokenizer.
+
+    Changing a row takes effect on the next request: engines are cached by
+    (pk, updated_at).
+    """
+
+    name = models.CharField(
+        max_length=128, unique=True, help_text="Public model name clients send as `model`."
+    )
+    triton_url = models.CharField(
+        max_length=255, default="127.0.0.1:8001", help_text="Triton gRPC address, host:port."
+    )
+    triton_model = models.CharField(
+        max_length=255, default="tensorrt_llm", help_text="Model name inside Triton."
+    )
+    tokenizer_path = models.CharField(
+        max_length=1024, help_text="Directory loadable with AutoTokenizer.from_pretrained."
+    )
+    model_type = models.CharField(
+        max_length=32, choices=ModelType.choices, default=ModelType.QWEN2_CHAT
+    )
+    tool_format = models.CharField(
+        max_length=16,
+        choices=ToolFormat.choices,
+        default=ToolFormat.REACT,
+        help_text="How tools are rendered into the prompt and parsed back.",
+    )
+    default_max_tokens = models.PositiveIntegerField(
+        default=512, validators=[MinValueValidator(1)], help_text="Used when a request sets none."
+    )
+    default_temperature = models.FloatField(null=True, blank=True)
+    default_top_p = models.FloatField(null=True, blank=True)
+    default_top_k = models.PositiveIntegerField(null=True, blank=True)
+    default_repetition_penalty = models.FloatField(null=True, blank=True)
+    context_length = models.PositiveIntegerField(
+        default=4096, help_text="Prompt plus output tokens the engine accepts."
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        default=2048, help_text="Ceiling for max_tokens on one request."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.default_max_tokens > self.max_output_tokens:
+            raise ValidationError({"default_max_tokens": "Must not exceed max_output_tokens."})
+        if self.max_output_tokens >= self.context_length:
+            raise ValidationError({"max_output_tokens": "Must be below context_length."})
+
+    @property
+    def cache_key(self) -> tuple[int, float]:
+        return (self.pk, self.updated_at.timestamp() if self.updated_at else 0.0)

@@ -1,0 +1,100 @@
+"""Tokenizers, their end-of-turn ids and chat templates, loaded once per path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+logger = logging.getLogger(__name__)
+
+# Qwen chat models end a turn with <|im_end|>, not with the tokenizer's eos.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+
+
+class TokenizerError(Exception):
+    """The tokenizer at a configured path cannot be loaded or used."""
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A tokenizer plus the ids the Triton core needs from it."""
+
+    path: str
+    tokenizer: Any
+    end_id: int
+    pad_id: int
+    # Other terminators from generation_config (sent as stop words, never rendered).
+    extra_stop_ids: tuple[int, ...]
+    special_ids: frozenset[int]
+    has_chat_template: bool
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        if not self.has_chat_template:
+            raise TokenizerError(f"tokenizer at {self.path} has no chat template")
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        if tools:
+            kwargs["tools"] = tools
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _generation_config(path: Path) -> dict[str, Any]:
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return {}
+    return json.loads(file.read_text())
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+@lru_cache(maxsize=16)
+def load_text_model(path: str) -> TextModel:
+    """Load the tokenizer at `path` (offline) and work out end and pad ids."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:  # transformers raises many types for a bad directory
+        raise TokenizerError(f"cannot load tokenizer from {path}: {exc}") from exc
+    gen = _generation_config(Path(path))
+    vocab = tokenizer.get_vocab()
+    eos_ids = _as_list(gen.get("eos_token_id")) or _as_list(tokenizer.eos_token_id)
+    end_id = next((vocab[t] for t in END_OF_TURN_TOKENS if t in vocab), None)
+    if end_id is None:
+        if not eos_ids:
+            raise TokenizerError(f"tokenizer at {path} has no eos token")
+        end_id = eos_ids[0]
+    pad_ids = _as_list(gen.get("pad_token_id")) or _as_list(tokenizer.pad_token_id)
+    pad_id = pad_ids[0] if pad_ids else end_id
+    return TextModel(
+        path=path,
+        tokenizer=tokenizer,
+        end_id=end_id,
+        pad_id=pad_id,
+        extra_stop_ids=tuple(i for i in eos_ids if i != end_id),
+        special_ids=frozenset(tokenizer.all_special_ids) | {end_id, *eos_ids},
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )

@@ -1,0 +1,1 @@
+"""The Triton core: the only code that knows about tensors and gRPC."""

@@ -1,0 +1,151 @@
+"""One request on one gRPC stream: build it, read its responses, cancel it.
+
+We build `ModelInferRequest` protobufs ourselves rather than going through
+`tritonclient`'s InferInput wrappers: it is cheaper per request, and it is the
+only way to set `triton_enable_empty_final_response`, which the aio wrapper
+rejects as reserved. With it, a flags-only final response (BLS, ensembles)
+still reaches us, so every stream ends on `triton_final_response`.
+
+One stream per request because gRPC cancellation cancels every request on a
+stream: cancelling this call cancels exactly this generation inside Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from llmgateway.triton.client import ModelSpec, TritonBackend
+from llmgateway.triton.errors import DeadlineExceeded, TritonInferenceError, TritonUnavailable
+
+logger = logging.getLogger(__name__)
+
+WIRE_TO_NUMPY = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+}
+
+
+@dataclass(slots=True)
+class TritonResponse:
+    outputs: dict[str, np.ndarray]
+    final: bool
+
+
+def build_request(
+    spec: ModelSpec,
+    *,
+    request_id: str,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str],
+) -> service_pb2.ModelInferRequest:
+    """A request carrying only the inputs `spec` declares, cast to declared dtypes.
+
+    `inputs` hold one batch item each (input_ids is [N], a scalar is [1]); the
+    batch dimension is added when the model batches (max_batch_size > 0).
+    """
+    request = service_pb2.ModelInferRequest(model_name=spec.name, id=request_id)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    for name, value in inputs.items():
+        tensor_spec = spec.inputs.get(name)
+        if tensor_spec is None:
+            continue
+        array = np.ascontiguousarray(value, dtype=tensor_spec.np_type)
+        if spec.max_batch_size > 0:
+            array = array[np.newaxis, ...]
+        tensor = request.inputs.add(name=name, datatype=tensor_spec.wire_type)
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    for name in outputs:
+        if name in spec.outputs:
+            request.outputs.add(name=name)
+    return request
+
+
+def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> TritonResponse:
+    outputs: dict[str, np.ndarray] = {}
+    raw = message.raw_output_contents
+    for i, tensor in enumerate(message.outputs):
+        dtype = WIRE_TO_NUMPY.get(tensor.datatype)
+        if dtype is None or i >= len(raw):
+            continue
+        outputs[tensor.name] = np.frombuffer(raw[i], dtype=dtype).reshape(tuple(tensor.shape))
+    params = message.parameters
+    if "triton_final_response" in params:
+        final = params["triton_final_response"].bool_param
+    else:
+        final = not decoupled
+    return TritonResponse(outputs, final)
+
+
+def _map_rpc_error(exc: grpc.RpcError) -> Exception:
+    code = exc.code() if hasattr(exc, "code") else None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("The request's deadline passed before generation finished.")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+        return TritonUnavailable("The inference server is unreachable or not ready.")
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    return TritonInferenceError("The inference server failed the request.", detail=detail or "")
+
+
+async def stream_responses(
+    backend: TritonBackend,
+    spec: ModelSpec,
+    request: service_pb2.ModelInferRequest,
+    *,
+    deadline_s: float,
+) -> AsyncIterator[TritonResponse]:
+    """Yield the responses to `request` until the final one.
+
+    Leaving early (a stop string, a client disconnect, the deadline) cancels the
+    gRPC call, which cancels the request inside Triton.
+    """
+    # The gRPC deadline also reaches the server, which cancels the request there.
+    call = backend.stub.ModelStreamInfer(timeout=deadline_s)
+    finished = False
+    try:
+        try:
+            await call.write(request)
+        except grpc.RpcError as exc:
+            raise _map_rpc_error(exc) from exc
+        while True:
+            try:
+                message = await call.read()
+            except grpc.RpcError as exc:
+                raise _map_rpc_error(exc) from exc
+            if message is grpc.aio.EOF:
+                finished = True
+                return
+            if message.error_message:
+                finished = True
+                logger.warning("Triton error for %s: %s", request.id, message.error_message)
+                raise TritonInferenceError(
+                    "The inference server failed the request.", detail=message.error_message
+                )
+            response = parse_response(message.infer_response, spec.decoupled)
+            if response.final:
+                finished = True
+            yield response
+            if finished:
+                return
+    finally:
+        if finished:
+            # Half-close so the server ends the RPC cleanly.
+            try:
+                await asyncio.shield(call.done_writing())
+            except (grpc.RpcError, asyncio.CancelledError, RuntimeError):
+                call.cancel()
+        else:
+            call.cancel()

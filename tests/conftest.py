@@ -1,0 +1,177 @@
+"""Shared fixtures: a live dev Triton, model configs, and a live gateway (uvicorn).
+
+Everything is real: the `tritonserver` binary with the scripted TensorRT-LLM
+models, the configured database (SQLite by default, PostgreSQL when
+DATABASE_URL is set), and the gateway under uvicorn in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from llmgateway.devtriton.server import DevTriton, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = str(ROOT / "llmgateway" / "devtriton" / "tokenizer")
+ARTIFACTS = ROOT / "test-artifacts"
+
+# Public model names the live gateway serves.
+CHAT_MODEL = "dev-chat"  # recent TensorRT-LLM interface
+V08_MODEL = "dev-chat-v08"  # TensorRT-LLM 0.8 (Triton 24.02) interface
+DOWN_MODEL = "dev-down"  # points at a port where no Triton listens
+
+
+@pytest.fixture(scope="session")
+def devtriton(tmp_path_factory) -> Iterator[DevTriton]:
+    server = DevTriton(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models={"tensorrt_llm": "recent", "tensorrt_llm_v08": "0.8"},
+        state_dir=tmp_path_factory.mktemp("devtriton"),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _database_env() -> dict[str, str]:
+    """Environment that points a child process at the test database."""
+    settings = connection.settings_dict
+    if settings["ENGINE"].endswith("sqlite3"):
+        return {"DATABASE_URL": "", "SQLITE_PATH": str(settings["NAME"])}
+    user = settings.get("USER") or ""
+    password = f":{settings['PASSWORD']}" if settings.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    host = settings.get("HOST") or "127.0.0.1"
+    port = settings.get("PORT") or "5432"
+    return {"DATABASE_URL": f"postgres://{auth}{host}:{port}/{settings['NAME']}"}
+
+
+@pytest.fixture(scope="session")
+def model_configs(django_db_setup, django_db_blocker, devtriton):
+    """Committed model rows (visible to the gateway subprocess)."""
+    from llmgateway.services import model_upsert
+
+    with django_db_blocker.unblock():
+        rows = {
+            CHAT_MODEL: model_upsert(
+                name=CHAT_MODEL,
+                triton_url=devtriton.grpc_url,
+                triton_model="tensorrt_llm",
+                tokenizer_path=TOKENIZER,
+                context_length=4096,
+                max_output_tokens=4000,
+                default_max_tokens=256,
+            ),
+            V08_MODEL: model_upsert(
+                name=V08_MODEL,
+                triton_url=devtriton.grpc_url,
+                triton_model="tensorrt_llm_v08",
+                tokenizer_path=TOKENIZER,
+                context_length=4096,
+                max_output_tokens=4000,
+                default_max_tokens=256,
+            ),
+            DOWN_MODEL: model_upsert(
+                name=DOWN_MODEL,
+                triton_url=f"127.0.0.1:{free_port()}",
+                triton_model="tensorrt_llm",
+                tokenizer_path=TOKENIZER,
+            ),
+        }
+    return rows
+
+
+class LiveGateway:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_gateway(tmp_dir: Path, extra_env: dict[str, str] | None = None) -> LiveGateway:
+    port = free_port()
+    log_path = tmp_dir / f"gateway-{port}.log"
+    env = {
+        **os.environ,
+        **_database_env(),
+        "MODEL_CACHE_SECONDS": "0",
+        "DJANGO_SETTINGS_MODULE": "llmgateway.settings",
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "llmgateway.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--no-access-log",
+    ]
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited:\n{gateway.log_tail()}")
+        try:
+            if httpx.get(gateway.url + "/health", timeout=1).status_code == 200:
+                return gateway
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"gateway did not start:\n{gateway.log_tail()}")
+
+
+def stop_gateway(gateway: LiveGateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(10)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_gateway(model_configs, tmp_path_factory) -> Iterator[LiveGateway]:
+    gateway = start_gateway(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+
+
+@pytest.fixture
+def http(live_gateway) -> Iterator[httpx.Client]:
+    with live_gateway.client() as client:
+        yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # pytest-django creates the test database only when a collected test asks for
+    # one; tests that talk to the live gateway need it even if they never query.
+    for item in items:
+        if {"model_configs", "live_gateway", "http"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.django_db)
