@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
-application = get_asgi_application()
+
+import django  # noqa: E402
+
+django.setup(set_prefix=False)
+
+from llmgateway.handler import GatewayASGIHandler  # noqa: E402
+
+application = GatewayASGIHandler()

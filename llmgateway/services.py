@@ -14,6 +14,7 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from llmgateway.db import orm
 from llmgateway.engine import Engine, load_engine
 from llmgateway.models import ModelConfig
 
@@ -33,13 +34,23 @@ def models_clear_cache() -> None:
     _all = None
 
 
+@orm
+def _enabled_model(name: str) -> ModelConfig | None:
+    return ModelConfig.objects.filter(name=name, enabled=True).first()
+
+
+@orm
+def _enabled_models() -> list[ModelConfig]:
+    return list(ModelConfig.objects.filter(enabled=True).order_by("name"))
+
+
 async def model_get(*, name: str) -> ModelConfig | None:
     """The enabled config called `name`, or None."""
     now = time.monotonic()
     hit = _rows.get(name)
     if hit is not None and now - hit[0] < _ttl():
         return hit[1]
-    row = await ModelConfig.objects.filter(name=name, enabled=True).afirst()
+    row = await _enabled_model(name)
     _rows[name] = (now, row)
     return row
 
@@ -49,7 +60,7 @@ async def model_list() -> list[ModelConfig]:
     now = time.monotonic()
     if _all is not None and now - _all[0] < _ttl():
         return _all[1]
-    rows = [row async for row in ModelConfig.objects.filter(enabled=True).order_by("name")]
+    rows = await _enabled_models()
     _all = (now, rows)
     return rows
 

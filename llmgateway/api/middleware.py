@@ -16,9 +16,11 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
-from llmgateway.api.errors import method_not_allowed_response, too_large
+from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
 
 API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health")
+# Paths whose errors stay Django's HTML pages (the admin console).
+HTML_PREFIXES = ("/admin", "/static")
 REQUEST_ID_HEADER = "x-request-id"
 MAX_CLIENT_REQUEST_ID = 200
 
@@ -47,14 +49,18 @@ def _too_large(request: HttpRequest) -> bool:
 
 def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     if (
-        response.status_code == 405
-        and is_api_path(request.path)
+        response.status_code in (404, 405)
+        and not request.path.startswith(HTML_PREFIXES)
         and not response.get("content-type", "").startswith("application/json")
     ):
-        allow = response.get("allow")
-        response = method_not_allowed_response(request)
-        if allow:
-            response["allow"] = allow
+        # Django's and Ninja's own 404/405 are HTML or empty: API clients get the envelope.
+        if response.status_code == 404:
+            response = not_found_response(request)
+        else:
+            allow = response.get("allow")
+            response = method_not_allowed_response(request)
+            if allow:
+                response["allow"] = allow
     response[REQUEST_ID_HEADER] = request.request_id
     return response
 

@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: starting the stack, load loops, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
+TOKENIZER = str(ROOT / "llmgateway" / "devtriton" / "tokenizer")
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float]
+    elapsed: float
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+    @property
+    def p95(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[int(len(ordered) * 0.95) - 1] * 1000
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+
+async def run_load(
+    call: Callable[[], Awaitable[None]], *, concurrency: int, requests: int, warmup: int = 20
+) -> tuple[list[float], float]:
+    for _ in range(warmup):
+        await call()
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {
+        **os.environ,
+        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", ""),
+        "SQLITE_PATH": str(db_path),
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-secret-key",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "llmgateway.asgi:application", "--host", "127.0.0.1",
+        "--port", str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env)
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("gateway did not start")
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

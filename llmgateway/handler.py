@@ -1,0 +1,71 @@
+"""Django's ASGI handler, minus per-request thread hops on the API's hot path.
+
+Stock `ASGIHandler` spends three thread hops on every request: the
+request_started and request_finished signals (their receivers are sync) and
+`response.close()`, each run through `sync_to_async`, inside a fresh
+`ThreadSensitiveContext`. Measured on this project's /health: 1.14 ms p50 for
+Django vs 0.16 ms for a bare ASGI app under the same uvicorn. For API paths we
+keep Django's request/response handling and middleware but run those steps on
+the event loop:
+- the signals' receivers only reset query logs and close this thread's stale
+  database connections; the event loop thread holds none (the ORM runs in
+  sync_to_async threads), so they are no-ops here. Stale connections in the
+  ORM's worker thread are closed by `llmgateway.db.orm` before each use.
+- our API responses' close() releases no resources needing a thread.
+Admin paths go through the stock handler unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.urls import set_script_prefix
+
+from llmgateway.api.middleware import is_api_path
+
+
+class GatewayASGIHandler(ASGIHandler):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and is_api_path(scope.get("path", "")):
+            await self.handle_api(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def handle_api(self, scope, receive, send) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            return
+
+        async def process_request() -> None:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+            finally:
+                response.close()
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        body_file.close()
