@@ -344,14 +344,15 @@ class Generation:
 
 
 class BatchGeneration:
-    """Several generations run together as one; choice i is generation i's first choice."""
+    """Several generations run together as one; their choices are numbered in order
+    (generation 0's choices first, then generation 1's, ...)."""
 
     def __init__(self, generations: list[Generation]) -> None:
         self.generations = generations
 
     @property
     def choice_count(self) -> int:
-        return len(self.generations)
+        return sum(g.choice_count for g in self.generations)
 
     @property
     def usage(self) -> Usage:
@@ -369,10 +370,13 @@ class BatchGeneration:
         return self._run()
 
     async def _run(self) -> AsyncIterator[Delta]:
+        offsets = [0]
+        for generation in self.generations:
+            offsets.append(offsets[-1] + generation.choice_count)
         streams = [(i, g.__aiter__()) for i, g in enumerate(self.generations)]
         async with contextlib.aclosing(_merge(streams)) as merged:
             async for index, delta in merged:
-                delta.index = index
+                delta.index += offsets[index]
                 yield delta
 
 

@@ -63,9 +63,17 @@ async def model_resolve(*, name: str | None, param: str = "model") -> tuple[Mode
 
 
 def max_tokens_resolve(
-    *, config: ModelConfig, requested: int | None, prompt_tokens: int, param: str
+    *,
+    config: ModelConfig,
+    requested: int | None,
+    prompt_tokens: int,
+    param: str,
+    prompt_param: str = "messages",
 ) -> int:
-    """The output limit for a request, enforcing the model's context and output limits."""
+    """The output limit for a request, enforcing the model's context and output limits.
+
+    `prompt_param` names the input in errors ("messages" for chat, "prompt" for completions).
+    """
     if requested is not None and requested > config.max_output_tokens:
         raise invalid(
             f"{param} is too large: {requested}. This model supports at most "
@@ -76,9 +84,9 @@ def max_tokens_resolve(
     if prompt_tokens >= config.context_length:
         raise invalid(
             f"This model's maximum context length is {config.context_length} tokens. "
-            f"However, your messages resulted in {prompt_tokens} tokens. "
-            "Please reduce the length of the messages.",
-            "messages",
+            f"However, your {prompt_param} resulted in {prompt_tokens} tokens. "
+            f"Please reduce the length of the {prompt_param}.",
+            prompt_param,
             code="context_length_exceeded",
         )
     if prompt_tokens + max_tokens > config.context_length:
@@ -87,8 +95,8 @@ def max_tokens_resolve(
         raise invalid(
             f"This model's maximum context length is {config.context_length} tokens. "
             f"However, you requested {prompt_tokens + max_tokens} tokens "
-            f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
-            "Please reduce the length of the messages or completion.",
+            f"({prompt_tokens} in the {prompt_param}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {prompt_param} or completion.",
             param,
             code="context_length_exceeded",
         )

@@ -1,0 +1,412 @@
+"""OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions.
+
+Wire format as OpenAI sends it (docs/openai-compat.md lists every choice made
+here). Each route parses, calls the services below (prompt building, the
+generation request), and shapes the response; streams are server-sent events
+ending in `data: [DONE]`, with an error event before it if generation fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import orjson
+from django.http import HttpRequest, HttpResponse
+from ninja import Router
+
+from llmgateway.accounting import admit
+from llmgateway.api.errors import invalid, model_not_found
+from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job, stream_settled
+from llmgateway.api.openai_schemas import (
+    ChatCompletionIn,
+    CompletionIn,
+    Message,
+    NamedFunction,
+    NamedToolChoice,
+    OpenAISchema,
+    SamplingIn,
+)
+from llmgateway.api.sse import sse_response
+from llmgateway.engine import (
+    BatchGeneration,
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+)
+from llmgateway.generation import (
+    ChoiceResult,
+    collect_settled,
+    max_tokens_resolve,
+    model_resolve,
+    timeout_resolve,
+)
+from llmgateway.models import ModelConfig
+from llmgateway.services import model_get, model_list
+from llmgateway.textgen.tools import (
+    ToolPlan,
+    legacy_messages_convert,
+    prompt_render,
+)
+from llmgateway.vision.service import vision_chat_plan, vision_inputs_load
+
+logger = logging.getLogger(__name__)
+
+router = Router(tags=["openai"])
+
+OWNED_BY = "llmgateway"
+# OpenAI's default for the legacy completions endpoint.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+# ---- models ---------------------------------------------------------------------------
+
+
+def _model_card(config: ModelConfig) -> dict[str, Any]:
+    return {
+        "id": config.name,
+        "object": "model",
+        "created": int(config.created_at.timestamp()) if config.created_at else 0,
+        "owned_by": OWNED_BY,
+        "max_model_len": config.context_length,
+    }
+
+
+@router.get("/models")
+async def models_list(request: HttpRequest) -> HttpResponse:
+    return _json({"object": "list", "data": [_model_card(c) for c in await model_list()]})
+
+
+@router.get("/models/{path:model_id}")
+async def models_retrieve(request: HttpRequest, model_id: str) -> HttpResponse:
+    config = await model_get(name=model_id)
+    if config is None:
+        raise model_not_found(model_id)
+    return _json(_model_card(config))
+
+
+# ---- shared services ------------------------------------------------------------------
+
+
+def _log_ignored(payload: OpenAISchema, endpoint: str) -> None:
+    extra = payload.model_extra
+    if extra:
+        logger.info("%s: ignoring unknown fields %s", endpoint, sorted(extra))
+
+
+def sampling_validate(payload: SamplingIn) -> None:
+    if payload.stream_options is not None and not payload.stream:
+        raise invalid("stream_options is only allowed when stream is true.", "stream_options")
+    if payload.logit_bias:
+        raise invalid("logit_bias is not supported by this server.", "logit_bias")
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return value if value is not None else default
+
+
+def params_build(
+    payload: SamplingIn,
+    *,
+    config: ModelConfig,
+    max_tokens: int,
+    extra_stops: tuple[str, ...] = (),
+    logprobs: bool = False,
+) -> SamplingParams:
+    top_k = _or(payload.top_k, config.default_top_k)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_or(payload.temperature, config.default_temperature),
+        top_p=_or(payload.top_p, config.default_top_p),
+        top_k=max(top_k, 0) if top_k is not None else None,  # -1 (vLLM's "off") is TRT-LLM's 0
+        repetition_penalty=_or(payload.repetition_penalty, config.default_repetition_penalty),
+        presence_penalty=payload.presence_penalty,
+        frequency_penalty=payload.frequency_penalty,
+        seed=payload.seed,
+        min_tokens=payload.min_tokens,
+        stop=_stops(payload.stop) + extra_stops,
+        logprobs=logprobs,
+    )
+
+
+def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _json(body: dict[str, Any]) -> HttpResponse:
+    return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+class Shaper(Protocol):
+    def response(self, results: list[ChoiceResult]) -> dict[str, Any]: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+async def job_run(request: HttpRequest, job: Job, engine: Engine, shaper: Shaper) -> HttpResponse:
+    """Admit the job, then answer it: a stream, or the collected results."""
+    started = time.monotonic()
+    # Reach Triton before admitting, so a server that is down answers 503, not a 200 stream.
+    await engine.spec()
+    admission = await admit(request, job.reservation)
+    if job.vision is not None:
+        await vision_inputs_load(job.vision, request=job.requests[0], admission=admission)
+    if job.stream:
+        response = sse_response(stream_settled(job, admission, started, shaper.chunks()))
+    else:
+        results = await collect_settled(job.generation, admission, started=started)
+        response = _json(shaper.response(results))
+    return _with_headers(response, admission.headers)
+
+
+# ---- chat completions -----------------------------------------------------------------
+
+
+def chat_validate(payload: ChatCompletionIn) -> None:
+    sampling_validate(payload)
+    if payload.top_logprobs:
+        if not payload.logprobs:
+            raise invalid("top_logprobs requires logprobs to be true.", "top_logprobs")
+        raise invalid(
+            "top_logprobs is not supported: TensorRT-LLM returns only the chosen token's "
+            "logprob. Use logprobs=true with top_logprobs 0 or unset.",
+            "top_logprobs",
+        )
+    if payload.response_format is not None and payload.response_format.type != "text":
+        raise invalid(
+            f"response_format {payload.response_format.type!r} is not supported; only 'text'.",
+            "response_format",
+        )
+    if payload.tools and payload.functions:
+        raise invalid("Send either tools or functions, not both.", "functions")
+    choice = payload.tool_choice
+    if (choice == "required" or isinstance(choice, NamedToolChoice)) and not payload.tools:
+        raise invalid("tool_choice requires tools to be given.", "tool_choice")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+        t.function.name for t in payload.tools or []
+    }:
+        raise invalid(
+            f"tool_choice names the function {choice.function.name!r}, which is not in tools.",
+            "tool_choice",
+        )
+    legacy = payload.function_call
+    if isinstance(legacy, NamedFunction) and legacy.name not in {
+        f.name for f in payload.functions or []
+    }:
+        raise invalid(
+            f"function_call names the function {legacy.name!r}, which is not in functions.",
+            "function_call",
+        )
+
+
+def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig) -> ToolPlan:
+    if payload.functions:
+        choice = payload.function_call
+        return ToolPlan(
+            format=config.tool_format,
+            functions=tuple(f.model_dump(exclude_none=True) for f in payload.functions),
+            choice="named" if isinstance(choice, NamedFunction) else (choice or "auto"),
+            named=choice.name if isinstance(choice, NamedFunction) else None,
+            legacy=True,
+        )
+    choice = payload.tool_choice
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    return ToolPlan(
+        format=config.tool_format,
+        functions=tuple(
+            t.function.model_dump(exclude_none=True, exclude={"strict"})
+            for t in payload.tools or []
+        ),
+        choice="named" if named else (choice or "auto"),  # type: ignore[arg-type]
+        named=named,
+    )
+
+
+def _content_text(message: Message, index: int) -> str | None:
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content
+    texts = []
+    for position, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise invalid(
+                f"Content parts of type {part.type!r} are not supported by this model; "
+                "send text parts.",
+                f"messages[{index}].content[{position}]",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
+    """OpenAI messages as plain dicts with string content, legacy function turns as tools."""
+    out = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role == "developer" else message.role
+        content = _content_text(message, index)
+        calls = message.tool_calls or message.function_call
+        if content is None and (role in ("system", "user") or (role == "assistant" and not calls)):
+            raise invalid(
+                f"messages[{index}] of role {role!r} needs content.", f"messages[{index}]"
+            )
+        item: dict[str, Any] = {"role": role, "content": content}
+        if message.tool_calls:
+            item["tool_calls"] = [c.model_dump(exclude_none=True) for c in message.tool_calls]
+        if message.function_call is not None:
+            item["function_call"] = message.function_call.model_dump()
+        if message.tool_call_id is not None:
+            item["tool_call_id"] = message.tool_call_id
+        out.append(item)
+    return legacy_messages_convert(out)
+
+
+def chat_prepare(
+    payload: ChatCompletionIn, *, config: ModelConfig, engine: Engine, request_id: str
+) -> Job:
+    plan = tool_plan_build(payload, config)
+    vision = vision_chat_plan(config=config, engine=engine, messages=payload.messages)
+    messages = messages_normalize(vision.messages if vision else payload.messages)
+    try:
+        rendered = prompt_render(engine.text, messages, plan)
+    except Exception as exc:  # jinja's TemplateError, a template that expects other fields
+        raise invalid(
+            f"The messages could not be rendered for this model: {exc}", "messages"
+        ) from exc
+    vision_prompt = vision.finish(rendered.prompt) if vision else None
+    prompt_ids = vision_prompt.prompt_ids if vision_prompt else engine.text.encode(rendered.prompt)
+    requested, param = payload.max_completion_tokens, "max_completion_tokens"
+    if requested is None:
+        requested, param = payload.max_tokens, "max_tokens"
+    max_tokens = max_tokens_resolve(
+        config=config, requested=requested, prompt_tokens=len(prompt_ids), param=param
+    )
+    params = params_build(
+        payload,
+        config=config,
+        max_tokens=max_tokens,
+        extra_stops=plan.stops,
+        logprobs=bool(payload.logprobs),
+    )
+    gen_request = GenerationRequest(
+        prompt_ids=prompt_ids,
+        params=params,
+        request_id=request_id,
+        timeout=timeout_resolve(None),
+        n=payload.n,
+        stream=bool(payload.stream),
+    )
+    return Job(
+        endpoint="/v1/chat/completions",
+        model=config.name,
+        generation=engine.generate(gen_request),
+        requests=[gen_request],
+        stream=bool(payload.stream),
+        include_usage=bool(payload.stream_options and payload.stream_options.include_usage),
+        logprobs=bool(payload.logprobs),
+        plan=plan if plan.active else None,
+        continues_thought=rendered.continues_thought,
+        vision=vision_prompt,
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: HttpRequest, payload: ChatCompletionIn) -> HttpResponse:
+    _log_ignored(payload, "/v1/chat/completions")
+    chat_validate(payload)
+    config, engine = await model_resolve(name=payload.model)
+    job = chat_prepare(payload, config=config, engine=engine, request_id=request.request_id)
+    return await job_run(request, job, engine, ChatShaper(job, engine))
+
+
+# ---- completions ----------------------------------------------------------------------
+
+
+def completion_validate(payload: CompletionIn) -> None:
+    sampling_validate(payload)
+    if payload.suffix is not None:
+        raise invalid("suffix is not supported by this server.", "suffix")
+    if payload.best_of is not None and payload.best_of != payload.n:
+        raise invalid("best_of is not supported; leave it unset or equal to n.", "best_of")
+    if payload.logprobs is not None and payload.logprobs > 1:
+        raise invalid(
+            "logprobs above 1 is not supported: TensorRT-LLM returns only the chosen token's "
+            "logprob.",
+            "logprobs",
+        )
+    if payload.logprobs is not None and payload.echo:
+        raise invalid("echo with logprobs is not supported (no prompt logprobs).", "echo")
+
+
+def _prompts(payload: CompletionIn, engine: Engine) -> list[tuple[str, list[int]]]:
+    """(text, ids) per prompt; token-id prompts are checked against the vocabulary."""
+    prompt = payload.prompt
+    if isinstance(prompt, str):
+        return [(prompt, engine.text.encode(prompt))]
+    if isinstance(prompt[0], str):
+        return [(p, engine.text.encode(p)) for p in prompt]  # type: ignore[arg-type]
+    lists = [prompt] if isinstance(prompt[0], int) else prompt
+    vocab = len(engine.text.tokenizer)
+    out = []
+    for ids in lists:
+        if any(i >= vocab for i in ids):  # type: ignore[union-attr]
+            raise invalid(f"Token ids in the prompt must be below {vocab}.", "prompt")
+        out.append((engine.text.tokenizer.decode(ids), list(ids)))  # type: ignore[arg-type]
+    return out
+
+
+def completion_prepare(
+    payload: CompletionIn, *, config: ModelConfig, engine: Engine, request_id: str
+) -> Job:
+    prompts = _prompts(payload, engine)
+    logprobs = payload.logprobs is not None
+    requests = []
+    for number, (_, ids) in enumerate(prompts):
+        max_tokens = max_tokens_resolve(
+            config=config,
+            requested=_or(payload.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS),
+            prompt_tokens=len(ids),
+            param="max_tokens",
+            prompt_param="prompt",
+        )
+        requests.append(
+            GenerationRequest(
+                prompt_ids=ids,
+                params=params_build(
+                    payload, config=config, max_tokens=max_tokens, logprobs=logprobs
+                ),
+                request_id=request_id if len(prompts) == 1 else f"{request_id}-p{number}",
+                timeout=timeout_resolve(None),
+                n=payload.n,
+                stream=bool(payload.stream),
+            )
+        )
+    generations = [engine.generate(r) for r in requests]
+    return Job(
+        endpoint="/v1/completions",
+        model=config.name,
+        generation=generations[0] if len(generations) == 1 else BatchGeneration(generations),
+        requests=requests,
+        stream=bool(payload.stream),
+        include_usage=bool(payload.stream_options and payload.stream_options.include_usage),
+        logprobs=logprobs,
+        echo=[text if payload.echo else "" for text, _ in prompts for _ in range(payload.n)],
+    )
+
+
+@router.post("/completions")
+async def completions(request: HttpRequest, payload: CompletionIn) -> HttpResponse:
+    _log_ignored(payload, "/v1/completions")
+    completion_validate(payload)
+    config, engine = await model_resolve(name=payload.model)
+    job = completion_prepare(payload, config=config, engine=engine, request_id=request.request_id)
+    return await job_run(request, job, engine, CompletionShaper(job, engine))

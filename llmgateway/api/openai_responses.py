@@ -1,0 +1,334 @@
+"""Shaping /v1 answers: JSON bodies and server-sent event chunks, as OpenAI sends them.
+
+A shaper turns one job's results into `chat.completion` / `text_completion`
+objects, or its deltas into chunks; `stream_settled` frames any chunk stream so
+it always ends in `data: [DONE]` (after an error event if generation failed) and
+settles the admission exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmgateway.accounting import Admission, Reservation
+from llmgateway.api.errors import APIError, from_triton
+from llmgateway.api.sse import DONE, event
+from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest
+from llmgateway.generation import ChoiceResult, deltas, settle
+from llmgateway.textgen.tools import (
+    OutputParser,
+    ToolCallDelta,
+    ToolPlan,
+    answer_parse,
+    parser_for,
+)
+from llmgateway.triton.errors import TritonError
+from llmgateway.vision.service import VisionPrompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Job:
+    """A validated request, ready for Triton: what the route needs to answer it."""
+
+    endpoint: str
+    model: str
+    generation: Generation | BatchGeneration
+    requests: list[GenerationRequest]
+    stream: bool
+    include_usage: bool
+    logprobs: bool = False
+    plan: ToolPlan | None = None
+    continues_thought: bool = False
+    echo: list[str] = field(default_factory=list)  # completions: text before each choice
+    vision: VisionPrompt | None = None  # images still to load into requests[0]
+    # Filled in by a stream as choices finish, for the request log.
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def reservation(self) -> Reservation:
+        return Reservation(
+            model=self.model,
+            endpoint=self.endpoint,
+            prompt_tokens=sum(len(r.prompt_ids) for r in self.requests),
+            max_tokens=sum(r.params.max_tokens * r.n for r in self.requests),
+            stream=self.stream,
+        )
+
+    def parser(self) -> OutputParser | None:
+        if self.plan is None:
+            return None
+        return parser_for(self.plan, continues_thought=self.continues_thought)
+
+
+async def stream_settled(
+    job: Job, admission: Admission, started: float, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """Frame `chunks` as a stream that always ends in [DONE] and settles exactly once."""
+    status, error_type, cancelled = 200, None, False
+    try:
+        async with contextlib.aclosing(chunks) as body:
+            async for chunk in body:
+                yield chunk
+        yield DONE
+    except TritonError as exc:
+        api_error = from_triton(exc)
+        status, error_type = api_error.status, api_error.code or api_error.type
+        yield event(api_error.body())
+        yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        # Django cancels the task, or closes the generator, when the client goes away.
+        status, error_type, cancelled = 499, "client_disconnected", True
+        raise
+    except Exception:
+        logger.exception("stream failed on %s", job.endpoint)
+        status, error_type = 500, "server_error"
+        yield event(
+            APIError(
+                500, "The server had an error processing your request.", type="server_error"
+            ).body()
+        )
+        yield DONE
+    finally:
+        reasons = set(job.finish_reasons.values())
+        await settle(
+            admission,
+            job.generation,
+            status=status,
+            started=started,
+            streamed=True,
+            finish_reason=reasons.pop() if len(reasons) == 1 else None,
+            error_type=error_type,
+            cancelled=cancelled,
+        )
+
+
+def _token_text(engine: Engine, token: int) -> str:
+    return engine.text.decode([token])
+
+
+def _chosen_tokens(engine: Engine, tokens: list[tuple[int, float | None]]) -> list[tuple[str, Any]]:
+    special = engine.text.special_ids
+    return [(_token_text(engine, t), lp) for t, lp in tokens if t not in special]
+
+
+def _call_dict(call: ToolCallDelta, legacy: bool) -> dict[str, Any]:
+    if legacy:
+        if call.name is not None:
+            return {"name": call.name, "arguments": call.arguments}
+        return {"arguments": call.arguments}
+    if call.id is not None:
+        return {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+    return {"index": call.index, "function": {"arguments": call.arguments}}
+
+
+class ChatShaper:
+    """Shapes one chat job's results: the JSON response, or the stream of chunks."""
+
+    def __init__(self, job: Job, engine: Engine) -> None:
+        self.job = job
+        self.engine = engine
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def _logprobs(self, tokens: list[tuple[int, float | None]]) -> dict[str, Any] | None:
+        if not self.job.logprobs:
+            return None
+        return {
+            "content": [
+                {"token": text, "logprob": lp, "bytes": list(text.encode()), "top_logprobs": []}
+                for text, lp in _chosen_tokens(self.engine, tokens)
+            ]
+        }
+
+    def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
+        generation = self.job.generation
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.job.model,
+            "choices": [self._choice(result) for result in results],
+            "usage": generation.usage.as_dict(),
+        }
+
+    def _choice(self, result: ChoiceResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        finish_reason = result.finish_reason
+        parser = self.job.parser()
+        if parser is not None:
+            plan = self.job.plan
+            answer = answer_parse(parser, result.text)
+            message["content"] = answer.content or (None if answer.calls else "")
+            finish_reason = plan.finish_reason(finish_reason, bool(answer.calls))
+            if answer.calls and plan.legacy:
+                message["function_call"] = _call_dict(answer.calls[0], True)
+            elif answer.calls:
+                message["tool_calls"] = [_call_dict(c, False) for c in answer.calls]
+        return {
+            "index": result.index,
+            "message": message,
+            "logprobs": self._logprobs(result.tokens),
+            "finish_reason": finish_reason,
+        }
+
+    def _chunk(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        return event(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.job.model,
+                "choices": [choice],
+            }
+        )
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        job = self.job
+        parsers = [job.parser() for _ in range(job.generation.choice_count)]
+        called = [False] * len(parsers)
+        for index in range(len(parsers)):
+            yield self._chunk(index, {"role": "assistant", "content": ""})
+        async for delta in deltas(job.generation):
+            parser = parsers[delta.index]
+            logprobs = self._logprobs(delta.tokens) if delta.tokens else None
+            if parser is None:
+                if delta.text or logprobs:
+                    content = {"content": delta.text} if delta.text else {}
+                    yield self._chunk(delta.index, content, logprobs=logprobs)
+            else:
+                events = parser.feed(delta.text) if delta.text else []
+                if delta.finish_reason is not None:
+                    events += parser.finish()
+                for item in events:
+                    body = self._event_delta(item)
+                    if body is None:
+                        continue
+                    called[delta.index] |= not isinstance(item, str)
+                    yield self._chunk(delta.index, body, logprobs=logprobs)
+                    logprobs = None
+                if logprobs:
+                    yield self._chunk(delta.index, {}, logprobs=logprobs)
+            if delta.finish_reason is not None:
+                reason = delta.finish_reason
+                if job.plan is not None:
+                    reason = job.plan.finish_reason(reason, called[delta.index])
+                job.finish_reasons[delta.index] = reason
+                yield self._chunk(delta.index, {}, reason)
+        if job.include_usage:
+            yield event(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": job.model,
+                    "choices": [],
+                    "usage": job.generation.usage.as_dict(),
+                }
+            )
+
+    def _event_delta(self, item: str | ToolCallDelta) -> dict[str, Any] | None:
+        if isinstance(item, str):
+            return {"content": item}
+        if self.job.plan is not None and self.job.plan.legacy:
+            # The legacy API has one function call per answer.
+            return {"function_call": _call_dict(item, True)} if item.index == 0 else None
+        return {"tool_calls": [_call_dict(item, False)]}
+
+
+class CompletionShaper:
+    """Shapes one completions job's results: the JSON response, or the stream of chunks."""
+
+    def __init__(self, job: Job, engine: Engine) -> None:
+        self.job = job
+        self.engine = engine
+        self.id = "cmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self._offsets = [0] * job.generation.choice_count
+
+    def _logprobs(self, index: int, tokens: list[tuple[int, float | None]]) -> dict | None:
+        if not self.job.logprobs:
+            return None
+        chosen = _chosen_tokens(self.engine, tokens)
+        offsets = []
+        for text, _ in chosen:
+            offsets.append(self._offsets[index])
+            self._offsets[index] += len(text)
+        return {
+            "tokens": [text for text, _ in chosen],
+            "token_logprobs": [lp for _, lp in chosen],
+            "top_logprobs": [{text: lp} for text, lp in chosen],
+            "text_offset": offsets,
+        }
+
+    def _body(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.job.model,
+            "choices": choices,
+        }
+
+    def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
+        body = self._body(
+            [
+                {
+                    "index": r.index,
+                    "text": self.job.echo[r.index] + r.text,
+                    "logprobs": self._logprobs(r.index, r.tokens),
+                    "finish_reason": r.finish_reason,
+                }
+                for r in results
+            ]
+        )
+        body["usage"] = self.job.generation.usage.as_dict()
+        return body
+
+    def _chunk(self, index: int, text: str, finish_reason=None, logprobs=None) -> bytes:
+        choice = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
+        return event(self._body([choice]))
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        job = self.job
+        for index, text in enumerate(job.echo):
+            if text:
+                yield self._chunk(index, text)
+        async for delta in deltas(job.generation):
+            logprobs = self._logprobs(delta.index, delta.tokens) if delta.tokens else None
+            if delta.text or logprobs:
+                yield self._chunk(delta.index, delta.text, logprobs=logprobs)
+            if delta.finish_reason is not None:
+                job.finish_reasons[delta.index] = delta.finish_reason
+                yield self._chunk(delta.index, "", delta.finish_reason)
+        if job.include_usage:
+            body = self._body([])
+            body["usage"] = job.generation.usage.as_dict()
+            yield event(body)
