@@ -60,6 +60,19 @@ class ModelConfig(models.Model):
     max_output_tokens = models.PositiveIntegerField(
         default=2048, help_text="Ceiling for max_tokens on one request."
     )
+    # Vision (model_type qwen-vl): the encoder's Triton model and the image geometry.
+    visual_model = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Triton model of the visual encoder. Blank: triton_model without a trailing "
+        "'-llm', plus '-visual' (qwen-vl-llm → qwen-vl-visual).",
+    )
+    image_size = models.PositiveIntegerField(
+        default=448, help_text="Side in pixels images are resized to for the visual encoder."
+    )
+    image_tokens = models.PositiveIntegerField(
+        default=256, help_text="Prompt positions (encoder output rows) per image."
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -75,6 +88,16 @@ class ModelConfig(models.Model):
             raise ValidationError({"default_max_tokens": "Must not exceed max_output_tokens."})
         if self.max_output_tokens >= self.context_length:
             raise ValidationError({"max_output_tokens": "Must be below context_length."})
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.model_type == ModelType.QWEN_VL
+
+    @property
+    def visual_model_name(self) -> str:
+        if self.visual_model:
+            return self.visual_model
+        return self.triton_model.removesuffix("-llm") + "-visual"
 
     @property
     def cache_key(self) -> tuple[int, float]:

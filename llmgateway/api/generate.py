@@ -37,6 +37,7 @@ from llmgateway.generation import (
 )
 from llmgateway.models import ModelConfig
 from llmgateway.triton.errors import TritonError
+from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
 
 router = Router(tags=["generate"])
 
@@ -96,8 +97,6 @@ def _request(
     request_id: str,
     stream: bool,
 ) -> GenerationRequest:
-    if payload.images:
-        raise invalid(f"The model `{config.name}` does not accept images.", "images")
     max_tokens = max_tokens_resolve(
         config=config,
         requested=payload.max_output_len,
@@ -146,7 +145,12 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
     started = time.monotonic()
     config, engine = await model_resolve(name=payload.model)
     request_id = payload.uuid or request.request_id
-    prompt_ids = _prompt_ids(engine, payload.prompt)
+    vision = None
+    if payload.images:
+        vision = vision_prompt_generate(
+            config=config, engine=engine, prompt=payload.prompt, images=payload.images
+        )
+    prompt_ids = vision.prompt_ids if vision else _prompt_ids(engine, payload.prompt)
     gen_request = _request(
         payload, config=config, prompt_ids=prompt_ids, request_id=request_id, stream=payload.stream
     )
@@ -160,6 +164,8 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
             stream=payload.stream,
         ),
     )
+    if vision is not None:
+        await vision_inputs_load(vision, request=gen_request, admission=admission)
     generation = engine.generate(gen_request)
     prefix = _prefix(payload, payload.prompt)
     if payload.stream:
@@ -215,6 +221,8 @@ async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> Http
     started = time.monotonic()
     config, engine = await model_resolve(name=payload.model)
     request_id = payload.uuid or request.request_id
+    if payload.images:
+        raise invalid(f"The model `{config.name}` does not accept images here.", "images")
     gen_requests = [
         _request(
             payload,
