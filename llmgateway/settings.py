@@ -6,6 +6,7 @@ A malformed value fails loudly at start-up rather than silently falling back.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -81,11 +82,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "llmgateway.api.middleware.request_id_middleware",
+    # One request-log row for every inference request, including those refused before
+    # admission (400/401/404/429); a no-op when GATEWAY_PLATFORM is off.
+    "accounts.middleware.request_log_middleware",
     "llmgateway.api.middleware.admin_middleware",
 ]
 # Wrapped around the admin and other non-API paths only (see api/middleware.py).
 ADMIN_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files under uvicorn (no separate web server needed).
+    "accounts.static.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -146,6 +152,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env_str("STATIC_ROOT", str(BASE_DIR / "var" / "static"))
+# Serve app static files straight from their packages: no collectstatic step needed.
+WHITENOISE_USE_FINDERS = True
 
 # Gateway behaviour.
 # Largest request body accepted by the API, in bytes (images arrive inline as data: URLs).
@@ -157,6 +165,23 @@ GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 TRITON_CONNECT_TIMEOUT = env_float("TRITON_CONNECT_TIMEOUT", 5.0)
 # Seconds a model config row is cached per process: how long an admin change takes to apply.
 MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
+
+# The managed platform (accounts/): API keys on every inference route, per-key quotas,
+# request logs. Off only to measure the bare gateway (the bench's comparison).
+GATEWAY_PLATFORM = env_bool("GATEWAY_PLATFORM", True)
+GATEWAY_ACCOUNTING = "accounts.admission.admit" if GATEWAY_PLATFORM else ""
+# Keyed hash for API-key secrets. Unset: derived from SECRET_KEY (rotating that then
+# invalidates every key; set this to rotate SECRET_KEY independently).
+API_KEY_PEPPER = env_str("API_KEY_PEPPER", "")
+# Seconds a key lookup is cached per process: revocation reaches every replica within it.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 1.0)
+# Seconds before a quota reservation whose request never settled (its process died) is
+# released. Must exceed the longest request, so it follows the request deadline.
+QUOTA_LEASE_SECONDS = env_float("QUOTA_LEASE_SECONDS", GATEWAY_REQUEST_TIMEOUT + 30.0)
+# Store prompt and response text in request logs (off: token counts and metadata only).
+REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
+# Days of request logs `prunerequestlogs` keeps.
+REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
 
 LOGGING = {
     "version": 1,
@@ -170,3 +195,28 @@ LOGGING = {
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
 # these checks cannot see. tests/api/test_admin.py proves the admin still works.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+
+# ---- Vision (Qwen-VL images; llmgateway/vision/) ------------------------------------------
+# Most images one request may carry (each costs image_tokens prompt positions).
+VISION_MAX_IMAGES = env_int("VISION_MAX_IMAGES", 8)
+# Largest encoded image accepted, from a URL, a data: URL or a file, in bytes.
+VISION_MAX_IMAGE_BYTES = env_int("VISION_MAX_IMAGE_BYTES", 10 * 1024 * 1024)
+# Largest decoded image in pixels (width × height): a guard against decompression bombs.
+VISION_MAX_PIXELS = env_int("VISION_MAX_PIXELS", 40_000_000)
+# Whether http(s) image URLs are fetched at all.
+VISION_FETCH_ENABLED = env_bool("VISION_FETCH_ENABLED", True)
+# Seconds for one image fetch in total: resolving, connecting, redirects and the body.
+VISION_FETCH_TIMEOUT = env_float("VISION_FETCH_TIMEOUT", 10.0)
+VISION_MAX_REDIRECTS = env_int("VISION_MAX_REDIRECTS", 3)
+# Image URLs may only reach public addresses, except hosts ("name" or "name:port") and
+# networks (CIDR) listed here, e.g. an internal image store. Loopback, private,
+# link-local and metadata addresses stay refused unless listed.
+VISION_ALLOWED_HOSTS = env_list("VISION_ALLOWED_HOSTS", [])
+VISION_ALLOWED_NETWORKS = env_list("VISION_ALLOWED_NETWORKS", [])
+# Directory local image paths may be read from; empty (the default) refuses every path.
+VISION_LOCAL_DIR = env_str("VISION_LOCAL_DIR", "")
+for _network in VISION_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"VISION_ALLOWED_NETWORKS: {_network!r} is not a CIDR") from None

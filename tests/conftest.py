@@ -94,20 +94,41 @@ def model_configs(django_db_setup, django_db_blocker, devtriton):
     return rows
 
 
+@pytest.fixture(scope="session")
+def owner_key(django_db_setup, django_db_blocker) -> str:
+    """The secret of a committed API key allowed every model, without limits."""
+    from accounts.services import key_create, owner_get_or_create
+
+    with django_db_blocker.unblock():
+        _, secret = key_create(owner=owner_get_or_create(username="owner"), name="tests: owner")
+    return secret
+
+
 class LiveGateway:
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+    def __init__(
+        self, url: str, process: subprocess.Popen, log_path: Path, api_key: str | None = None
+    ) -> None:
         self.url = url
         self.process = process
         self.log_path = log_path
+        # The owner key's secret: what `client()` (and the `http` fixture) send by default.
+        self.api_key = api_key
 
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+    def client(self, *, api_key: str | None = "", **kwargs) -> httpx.Client:
+        """An httpx client sending `api_key` (default: the owner key; None: no key)."""
+        key = self.api_key if api_key == "" else api_key
+        headers = dict(kwargs.pop("headers", None) or {})
+        if key:
+            headers.setdefault("authorization", f"Bearer {key}")
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers, **kwargs)
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_gateway(tmp_dir: Path, extra_env: dict[str, str] | None = None) -> LiveGateway:
+def start_gateway(
+    tmp_dir: Path, extra_env: dict[str, str] | None = None, *, api_key: str | None = None
+) -> LiveGateway:
     port = free_port()
     log_path = tmp_dir / f"gateway-{port}.log"
     env = {
@@ -132,7 +153,7 @@ def start_gateway(tmp_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
     ]
     log = log_path.open("wb")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path)
+    gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -155,8 +176,8 @@ def stop_gateway(gateway: LiveGateway) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_gateway(model_configs, tmp_path_factory) -> Iterator[LiveGateway]:
-    gateway = start_gateway(tmp_path_factory.mktemp("gateway"))
+def live_gateway(model_configs, owner_key, tmp_path_factory) -> Iterator[LiveGateway]:
+    gateway = start_gateway(tmp_path_factory.mktemp("gateway"), api_key=owner_key)
     try:
         yield gateway
     finally:
@@ -169,9 +190,30 @@ def http(live_gateway) -> Iterator[httpx.Client]:
         yield client
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "committed_db: no test transaction; the test commits what it writes"
+    )
+    # pytest-django sets up the test database only for the aliases its marked tests
+    # ask for; a committed_db test has no django_db mark, so ask for "default" here
+    # (otherwise, run alone, it would reach the development database).
+    from pytest_django import fixtures as pytest_django_fixtures
+
+    databases_for = pytest_django_fixtures._get_databases_for_test
+
+    def databases_for_test(test: pytest.Item):
+        if test.get_closest_marker("committed_db"):
+            return ("default",), False
+        return databases_for(test)
+
+    pytest_django_fixtures._get_databases_for_test = databases_for_test
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # pytest-django creates the test database only when a collected test asks for
     # one; tests that talk to the live gateway need it even if they never query.
     for item in items:
+        if item.get_closest_marker("committed_db"):
+            continue  # commits its own rows for the gateway to see (tests/accounts)
         if {"model_configs", "live_gateway", "http"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.django_db)

@@ -1,0 +1,181 @@
+"""settings.GATEWAY_ACCOUNTING's `admit`: model access, quota admission, settlement, logs.
+
+See llmgateway/accounting.py for the contract with the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+
+from django.http import HttpRequest
+
+from accounts.logs import log_record
+from accounts.quota import Decision, Verdict, quota_store
+from accounts.services import KeyRecord, key_allows
+from llmgateway.accounting import Outcome, Reservation
+from llmgateway.api.errors import APIError, model_not_found
+from llmgateway.engine import Usage
+
+logger = logging.getLogger(__name__)
+
+# Marks a request whose log row the admission's own clean-up writes.
+ABANDONED = object()
+# A concurrency refusal clears as soon as any of the key's requests ends.
+CONCURRENCY_RETRY_MS = 250
+
+
+def duration(ms: int) -> str:
+    """OpenAI's reset format: "250ms", "12s", "1m30s"."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = math.ceil(ms / 1000)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def ratelimit_headers(key: KeyRecord, decision: Decision) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    reset = duration(decision.reset_ms)
+    if key.rpm_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(key.rpm_limit)
+        headers["x-ratelimit-remaining-requests"] = str(max(key.rpm_limit - decision.rpm_used, 0))
+        headers["x-ratelimit-reset-requests"] = reset
+    if key.tpm_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(key.tpm_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(max(key.tpm_limit - decision.tpm_used, 0))
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
+
+
+def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
+    headers = ratelimit_headers(key, decision)
+    if decision.verdict is Verdict.BUDGET:
+        left = max((key.budget_tokens or 0) - decision.budget_used, 0)
+        return APIError(
+            429,
+            "You exceeded your current quota: this key's token budget "
+            f"({key.budget_tokens} per {key.budget_period}) has {left} tokens left, and this "
+            f"request reserves {tokens} (prompt plus max tokens).",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers={**headers, "x-should-retry": "false"},
+        )
+    if decision.verdict is Verdict.CONCURRENCY:
+        wait_ms, what = CONCURRENCY_RETRY_MS, f"concurrent requests: limit {key.max_concurrency}"
+        kind = "requests"
+    elif decision.verdict is Verdict.REQUESTS:
+        wait_ms, what = decision.reset_ms, f"requests per min (RPM): limit {key.rpm_limit}"
+        kind = "requests"
+    else:
+        wait_ms, kind = decision.reset_ms, "tokens"
+        what = f"tokens per min (TPM): limit {key.tpm_limit}, requested {tokens}"
+    return APIError(
+        429,
+        f"Rate limit reached for this key on {what}. Please try again in {duration(wait_ms)}.",
+        type=kind,
+        code="rate_limit_exceeded",
+        headers={
+            **headers,
+            "retry-after": str(max(math.ceil(wait_ms / 1000), 1)),
+            "retry-after-ms": str(wait_ms),
+        },
+    )
+
+
+@dataclass(slots=True)
+class KeyAdmission:
+    request: HttpRequest
+    key: KeyRecord
+    reservation: Reservation
+    lease_id: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+    async def settle(self, outcome: Outcome) -> None:
+        """Charge the exact usage and write the log row; never raises."""
+        if self.settled:
+            return
+        self.settled = True
+        usage = outcome.usage
+        try:
+            record = log_record(
+                self.request,
+                key=self.key,
+                model=self.reservation.model,
+                endpoint=self.reservation.endpoint,
+                status=outcome.status,
+                error_type=outcome.error_type,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=outcome.finish_reason,
+                ttft_s=outcome.time_to_first_token,
+                streamed=outcome.streamed,
+                cancelled=outcome.cancelled,
+                response_text=getattr(outcome, "response_text", None),
+            )
+            await quota_store().settle(self.key, self.lease_id, usage.total_tokens, record)
+        except Exception:
+            # The client has its answer; a lost settlement expires with its lease.
+            logger.exception("settling request %s failed", self.record_id)
+
+    @property
+    def record_id(self) -> str:
+        return getattr(self.request, "request_id", "?")
+
+
+def _release_abandoned(
+    request: HttpRequest, key: KeyRecord, reservation: Reservation, task: asyncio.Task
+) -> None:
+    """Settle (or just log) a request whose client left while it was being admitted."""
+    decision = None if task.cancelled() or task.exception() else task.result()
+    lease_id = decision.lease_id if decision and decision.verdict is Verdict.OK else None
+    admission = KeyAdmission(request, key, reservation, lease_id)
+    outcome = Outcome(status=499, usage=Usage(), error_type="client_disconnected", cancelled=True)
+    _background(admission.settle(outcome))
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def admit(request: HttpRequest, reservation: Reservation) -> KeyAdmission:
+    key: KeyRecord | None = getattr(request, "auth", None)
+    if key is None:
+        raise APIError(401, "You didn't provide an API key.", code="invalid_api_key")
+    if not key_allows(key, reservation.model):
+        raise model_not_found(reservation.model)
+    tokens = reservation.prompt_tokens + reservation.max_tokens
+    lease_id, headers = None, {}
+    if key.has_limits:
+        task = asyncio.ensure_future(quota_store().reserve(key, tokens))
+        try:
+            decision = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The client left while Redis or the database was admitting it: give back
+            # whatever was reserved rather than leaving it to expire.
+            request.gateway_admission = ABANDONED
+            task.add_done_callback(lambda done: _release_abandoned(request, key, reservation, done))
+            raise
+        except Exception as exc:
+            logger.exception("quota store unavailable")
+            raise APIError(
+                503,
+                "Quota accounting is unavailable. Please retry shortly.",
+                type="server_error",
+                code="service_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
+        if decision.verdict is not Verdict.OK:
+            raise refusal(key, decision, tokens)
+        lease_id, headers = decision.lease_id, ratelimit_headers(key, decision)
+    admission = KeyAdmission(request, key, reservation, lease_id, headers)
+    request.gateway_admission = admission
+    return admission

@@ -1,0 +1,53 @@
+"""The one authentication class, applied to the inference routers in build_api()."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from accounts.services import KeyRecord, key_lookup, key_touch
+from llmgateway.api.errors import APIError
+
+AZURE_HEADER = "api-key"
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(401, message, code="invalid_api_key")
+
+
+class ApiKeyAuth(HttpBearer):
+    """`Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure OpenAI clients).
+
+    Returns the KeyRecord (as `request.auth`); every failure is a 401 with code
+    invalid_api_key, so the official clients raise AuthenticationError.
+    """
+
+    async def __call__(self, request: HttpRequest) -> KeyRecord:  # type: ignore[override]
+        raw = self._presented(request)
+        if not raw:
+            raise _unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+            )
+        key = await key_lookup(raw)
+        if key is None:
+            raise _unauthorized("Incorrect API key provided.")
+        if key.revoked:
+            raise _unauthorized("This API key has been revoked.")
+        if not key.is_active():
+            raise _unauthorized("This API key has expired.")
+        key_touch(key)
+        return key
+
+    def authenticate(self, request: HttpRequest, token: str) -> KeyRecord | None:
+        raise NotImplementedError  # __call__ does the work, asynchronously
+
+    @staticmethod
+    def _presented(request: HttpRequest) -> str:
+        value = request.headers.get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return request.headers.get(AZURE_HEADER, "").strip()
+
+
+api_key_auth = ApiKeyAuth()

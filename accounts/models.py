@@ -1,0 +1,194 @@
+"""API keys, their quota counters and leases, and the request log.
+
+A key's secret exists only in the response that created it. The table keeps
+the public id (to find the row), an HMAC-SHA256 of the whole key under a server
+pepper (to check it, in constant time) and the last four characters (to tell
+keys apart in the admin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from llmgateway.models import ModelConfig
+
+KEY_PREFIX = "sk-gw-"
+PUBLIC_ID_BYTES = 6  # 12 hex characters: unique, safe to show and log
+SECRET_BYTES = 32  # 256 bits from the OS CSPRNG
+
+
+def _pepper() -> bytes:
+    explicit = getattr(settings, "API_KEY_PEPPER", "")
+    if explicit:
+        return explicit.encode()
+    # A key derived from SECRET_KEY rather than SECRET_KEY itself, so the two uses
+    # of that secret never share a key.
+    return hmac.new(settings.SECRET_KEY.encode(), b"llmgateway api-key pepper", "sha256").digest()
+
+
+def hash_key(raw: str) -> str:
+    return hmac.new(_pepper(), raw.encode(), hashlib.sha256).hexdigest()
+
+
+def parse_public_id(raw: str) -> str | None:
+    """The public id inside a presented key, or None if it is not shaped like one of ours."""
+    if not raw.startswith(KEY_PREFIX):
+        return None
+    public_id, sep, secret = raw[len(KEY_PREFIX) :].partition("-")
+    if not sep or not secret or len(public_id) != PUBLIC_ID_BYTES * 2:
+        return None
+    return public_id
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "per day (UTC)"
+    MONTH = "month", "per calendar month (UTC)"
+    TOTAL = "total", "in total"
+
+
+class ApiKey(models.Model):
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    public_id = models.CharField(max_length=24, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    last_four = models.CharField(max_length=4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    all_models = models.BooleanField(
+        default=True, help_text="Every enabled model. Untick to allow only the models listed."
+    )
+    allowed_models = models.ManyToManyField(ModelConfig, blank=True, related_name="+")
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Blank: no limit."
+    )
+    tpm_limit = models.PositiveBigIntegerField(
+        "tokens per minute",
+        null=True,
+        blank=True,
+        help_text="Prompt plus completion tokens. Blank: no limit.",
+    )
+    max_concurrency = models.PositiveIntegerField(
+        "concurrent requests", null=True, blank=True, help_text="Blank: no limit."
+    )
+    budget_tokens = models.PositiveBigIntegerField(
+        "token budget", null=True, blank=True, help_text="Blank: no budget."
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
+
+    @property
+    def display(self) -> str:
+        return f"{KEY_PREFIX}{self.public_id}…{self.last_four}"
+
+    @classmethod
+    def issue(cls, **fields) -> tuple[ApiKey, str]:
+        """A new unsaved key and its secret; the secret is never stored."""
+        public_id = secrets.token_hex(PUBLIC_ID_BYTES)
+        raw = f"{KEY_PREFIX}{public_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+        key = cls(public_id=public_id, secret_hash=hash_key(raw), last_four=raw[-4:], **fields)
+        return key, raw
+
+    def matches(self, raw: str) -> bool:
+        return hmac.compare_digest(self.secret_hash, hash_key(raw))
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class KeyUsage(models.Model):
+    """Quota counters of one key for the database backend (accounts/quota/database.py).
+
+    Windows are identified by their start: the epoch minute for rpm/tpm, a period
+    label ("2025-06-01", "2025-06", "total") for the budget.
+    """
+
+    key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, primary_key=True)
+    touched_at = models.DateTimeField(null=True)
+    rpm_window = models.BigIntegerField(default=0)
+    rpm_count = models.PositiveIntegerField(default=0)
+    tpm_window = models.BigIntegerField(default=0)
+    tpm_used = models.BigIntegerField(default=0)
+    budget_window = models.CharField(max_length=16, blank=True)
+    budget_used = models.BigIntegerField(default=0)
+
+
+class QuotaLease(models.Model):
+    """One admitted, not yet settled request (database backend)."""
+
+    id = models.CharField(max_length=40, primary_key=True)
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    expires_at = models.DateTimeField(db_index=True)
+    reserved = models.BigIntegerField()
+    tpm_window = models.BigIntegerField(null=True)
+    budget_window = models.CharField(max_length=16, blank=True)
+
+
+class RequestLog(models.Model):
+    """One row per inference request, whatever its outcome."""
+
+    # Written more than once when the Redis outbox is re-drained after a crash; unique,
+    # so the second insert is ignored.
+    log_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=200, db_index=True)
+    # No database constraint: a log row outlives its key, and rows written from the
+    # outbox never wait on the key table.
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    key_public_id = models.CharField(max_length=24, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    endpoint = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True)
+    streamed = models.BooleanField(default=False)
+    cancelled = models.BooleanField(default=False)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    prompt_text = models.TextField(null=True, blank=True)
+    response_text = models.TextField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["api_key", "created_at"]),
+            models.Index(fields=["model", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.endpoint} {self.status}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

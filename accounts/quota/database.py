@@ -1,0 +1,188 @@
+"""Quota counters in the database: the default when REDIS_URL is unset.
+
+Every admission and settlement of a key runs in one transaction whose first
+statement is an UPDATE of that key's KeyUsage row. That takes the row lock on
+PostgreSQL (and the write lock on SQLite) before anything is read, so:
+
+- check-then-increment races are excluded: two admissions of one key run one
+  after the other, and the second sees the first's increments (no overshoot
+  of rpm, tpm, concurrency or budget, across any number of processes);
+- no deadlocks: a transaction locks exactly one KeyUsage row, and the
+  request-log INSERT takes no lock another transaction waits on (LiteLLM's
+  unordered multi-row upserts deadlocked, #27989);
+- a settlement and its request-log row commit together or not at all;
+- on SQLite the whole database is the lock; a transaction that loses the race
+  for it is retried (retry_when_locked).
+
+Keys do not contend with each other. The cost is serialising each key's
+admissions (a handful of queries each); Redis is the store for high rates.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.db import OperationalError, connection, transaction
+
+from accounts.logs import logs_write
+from accounts.models import KeyUsage, QuotaLease
+from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds
+from accounts.services import KeyRecord
+
+LOCKED_RETRIES = 200
+
+
+def _now(clock: Clock) -> datetime:
+    return datetime.fromtimestamp(clock.now_ms / 1000, UTC)
+
+
+def _locked_usage(key_id: int, clock: Clock) -> KeyUsage:
+    """Lock and return the key's counters (call inside a transaction)."""
+    if not KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock)):
+        # First use of a key created without its row: create it, then lock it.
+        KeyUsage.objects.get_or_create(key_id=key_id)
+        KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock))
+    return KeyUsage.objects.get(pk=key_id)
+
+
+def _roll(usage: KeyUsage, key: KeyRecord, clock: Clock) -> None:
+    """Start new windows where the clock has moved past the stored ones."""
+    if usage.rpm_window != clock.minute:
+        usage.rpm_window, usage.rpm_count = clock.minute, 0
+    if usage.tpm_window != clock.minute:
+        usage.tpm_window, usage.tpm_used = clock.minute, 0
+    budget_window, _ = clock.budget_window(key.budget_period)
+    if usage.budget_window != budget_window:
+        usage.budget_window, usage.budget_used = budget_window, 0
+
+
+def _release(usage: KeyUsage, lease: QuotaLease, amount: int) -> None:
+    """Take `amount` off the windows `lease` was charged to, if they are still current."""
+    if lease.tpm_window is not None and lease.tpm_window == usage.tpm_window:
+        usage.tpm_used -= amount
+    if lease.budget_window and lease.budget_window == usage.budget_window:
+        usage.budget_used -= amount
+
+
+def _expire_leases(usage: KeyUsage, key_id: int, clock: Clock) -> None:
+    expired = list(QuotaLease.objects.filter(key_id=key_id, expires_at__lte=_now(clock)))
+    for lease in expired:
+        _release(usage, lease, lease.reserved)
+    if expired:
+        QuotaLease.objects.filter(pk__in=[lease.pk for lease in expired]).delete()
+
+
+def _verdict(usage: KeyUsage, key: KeyRecord, tokens: int, live: int) -> Verdict:
+    # The same order as the Redis script: an exhausted budget wins, so the client is
+    # told not to retry.
+    if key.budget_tokens is not None and usage.budget_used + tokens > key.budget_tokens:
+        return Verdict.BUDGET
+    if key.rpm_limit is not None and usage.rpm_count + 1 > key.rpm_limit:
+        return Verdict.REQUESTS
+    if key.tpm_limit is not None and usage.tpm_used + tokens > key.tpm_limit:
+        return Verdict.TOKENS
+    if key.max_concurrency is not None and live + 1 > key.max_concurrency:
+        return Verdict.CONCURRENCY
+    return Verdict.OK
+
+
+def retry_when_locked(function):
+    """SQLite only: run again when another writer won a lock upgrade.
+
+    A deferred SQLite transaction that asks for the write lock while another
+    connection is committing gets SQLITE_BUSY at once (waiting would deadlock);
+    the transaction wrote nothing, so it is simply run again. PostgreSQL waits on
+    the row lock instead and never gets here.
+    """
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        for attempt in range(LOCKED_RETRIES):
+            try:
+                return function(*args, **kwargs)
+            except OperationalError as exc:
+                if connection.vendor != "sqlite" or "locked" not in str(exc):
+                    raise
+                if attempt == LOCKED_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.001, 0.005 * (attempt + 1)))
+        raise AssertionError("unreachable")
+
+    return run
+
+
+@retry_when_locked
+def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
+    with transaction.atomic():
+        usage = _locked_usage(key.id, clock)
+        _roll(usage, key, clock)
+        _expire_leases(usage, key.id, clock)
+        live = QuotaLease.objects.filter(key_id=key.id).count()
+        verdict = _verdict(usage, key, tokens, live)
+        lease_id = None
+        if verdict is Verdict.OK:
+            lease_id = uuid.uuid4().hex
+            usage.rpm_count += 1
+            usage.tpm_used += tokens if key.tpm_limit is not None else 0
+            usage.budget_used += tokens if key.budget_tokens is not None else 0
+            QuotaLease.objects.create(
+                id=lease_id,
+                key_id=key.id,
+                expires_at=_now(clock) + timedelta(seconds=lease_seconds()),
+                reserved=tokens,
+                tpm_window=usage.tpm_window if key.tpm_limit is not None else None,
+                budget_window=usage.budget_window if key.budget_tokens is not None else "",
+            )
+        usage.save()
+        return Decision(
+            verdict, usage.rpm_count, usage.tpm_used, usage.budget_used, clock.reset_ms, lease_id
+        )
+
+
+@retry_when_locked
+def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: Clock) -> None:
+    with transaction.atomic():
+        if lease_id is not None:
+            usage = _locked_usage(key.id, clock)
+            lease = QuotaLease.objects.filter(pk=lease_id).first()
+            if lease is not None:
+                _release(usage, lease, lease.reserved - tokens)
+                lease.delete()
+            else:
+                # The lease expired and its reservation was released: charge the usage
+                # to the current windows instead.
+                _roll(usage, key, clock)
+                usage.tpm_used += tokens if key.tpm_limit is not None else 0
+                usage.budget_used += tokens if key.budget_tokens is not None else 0
+            usage.save()
+        logs_write([log])
+
+
+class DatabaseStore:
+    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
+        return await sync_to_async(reserve)(key, tokens, Clock.read())
+
+    async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
+        await sync_to_async(settle)(key, lease_id, tokens, log, Clock.read())
+
+    async def log(self, record: dict) -> None:
+        await sync_to_async(retry_when_locked(logs_write))([record])
+
+    async def snapshot(self, key: KeyRecord) -> Snapshot:
+        return await sync_to_async(snapshot)(key, Clock.read())
+
+
+def snapshot(key: KeyRecord, clock: Clock) -> Snapshot:
+    usage = KeyUsage.objects.filter(pk=key.id).first() or KeyUsage(key_id=key.id)
+    budget_window, _ = clock.budget_window(key.budget_period)
+    return Snapshot(
+        rpm_used=usage.rpm_count if usage.rpm_window == clock.minute else 0,
+        tpm_used=usage.tpm_used if usage.tpm_window == clock.minute else 0,
+        budget_used=usage.budget_used if usage.budget_window == budget_window else 0,
+        leases=QuotaLease.objects.filter(key_id=key.id).count(),
+    )

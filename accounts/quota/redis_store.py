@@ -1,0 +1,273 @@
+"""Quota counters in Redis, shared by every replica (REDIS_URL set).
+
+Admission is one Lua script: it releases expired leases, checks the budget,
+requests per minute, tokens per minute and concurrency, and only if all pass
+increments them and records the lease. Redis runs a script atomically, so:
+
+- check-then-increment races are excluded across every process and replica:
+  no other admission or settlement of any key interleaves with a script (the
+  race behind LiteLLM #18730, #27736, #34732);
+- concurrency is one sorted set of leases per key, shared by all replicas, not
+  a per-process counter (LiteLLM #16011, #27900);
+- a lease carries an expiry; the next admission of that key releases expired
+  leases and their reservations, so a process that died mid-request leaks
+  nothing for longer than QUOTA_LEASE_SECONDS (LiteLLM #27639);
+- settlement is one script too: it swaps the reservation for the exact usage,
+  drops the lease and pushes the request-log record onto the outbox list in
+  the same atomic step, so a log row exists exactly when a settlement does.
+
+The outbox is drained into the database in batches by whichever process holds
+the drain lock (`LogDrain`), and by `manage.py drainrequestlogs`. A drainer
+that dies after inserting but before trimming leaves items that the next one
+inserts again; RequestLog.log_id is unique and duplicates are ignored.
+
+If Redis is unreachable admissions fail closed (503 from the caller); the
+limits never silently fall back to per-process counting (LiteLLM #35533).
+All of a key's Redis keys share the hash tag {<key id>}, so the scripts are
+valid on Redis Cluster. The clock is the gateway's (replicas must run NTP;
+skew only shifts minute boundaries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+
+import orjson
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+
+from accounts.logs import logs_write
+from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds, limit_arg
+from accounts.services import KeyRecord
+
+logger = logging.getLogger(__name__)
+
+OUTBOX = "gw:requestlog:outbox"
+DRAIN_LOCK = "gw:requestlog:drain-lock"
+DRAIN_BATCH = 500
+DRAIN_LOCK_MS = 30_000
+WINDOW_KEEP_MS = 120_000
+
+# KEYS: leases (zset id→expiry ms), held (hash id→"tokens|tpm key|budget key"),
+#       rpm counter, tpm counter, budget counter
+# ARGV: now ms, lease id, lease expiry ms, tokens, rpm limit, tpm limit,
+#       concurrency limit, budget limit (-1: none), window ttl ms, budget ttl ms (0: none)
+RESERVE = """
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, id in ipairs(expired) do
+  local held = redis.call('HGET', KEYS[2], id)
+  if held then
+    local amount, tpmkey, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
+    if tpmkey ~= '' and redis.call('EXISTS', tpmkey) == 1 then
+      redis.call('DECRBY', tpmkey, amount)
+    end
+    if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
+      redis.call('DECRBY', budgetkey, amount)
+    end
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+
+local tokens = tonumber(ARGV[4])
+local rpm_limit, tpm_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local conc_limit, budget_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
+local rpm = tonumber(redis.call('GET', KEYS[3]) or '0')
+local tpm = tonumber(redis.call('GET', KEYS[4]) or '0')
+local budget = tonumber(redis.call('GET', KEYS[5]) or '0')
+local live = redis.call('ZCARD', KEYS[1])
+
+local verdict = 0
+if budget_limit >= 0 and budget + tokens > budget_limit then verdict = 4
+elseif rpm_limit >= 0 and rpm + 1 > rpm_limit then verdict = 1
+elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then verdict = 2
+elseif conc_limit >= 0 and live + 1 > conc_limit then verdict = 3
+end
+if verdict ~= 0 then return {verdict, rpm, tpm, budget} end
+
+local window_ttl, budget_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+rpm = redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], window_ttl)
+local tpmkey, budgetkey = '', ''
+if tpm_limit >= 0 then
+  tpm = redis.call('INCRBY', KEYS[4], tokens)
+  redis.call('PEXPIRE', KEYS[4], window_ttl)
+  tpmkey = KEYS[4]
+end
+if budget_limit >= 0 then
+  budget = redis.call('INCRBY', KEYS[5], tokens)
+  if budget_ttl > 0 then redis.call('PEXPIRE', KEYS[5], budget_ttl) end
+  budgetkey = KEYS[5]
+end
+local expiry = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], expiry, ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], tokens .. '|' .. tpmkey .. '|' .. budgetkey)
+redis.call('PEXPIREAT', KEYS[1], expiry + 60000)
+redis.call('PEXPIREAT', KEYS[2], expiry + 60000)
+return {0, rpm, tpm, budget}
+"""
+
+# KEYS: leases, held, outbox, current tpm counter, current budget counter
+# ARGV: lease id, tokens used, log record JSON, charge tpm (0/1), charge budget (0/1),
+#       window ttl ms, budget ttl ms
+SETTLE = """
+local used = tonumber(ARGV[2])
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  local amount, tpmkey, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
+  local diff = used - tonumber(amount)
+  if tpmkey ~= '' and redis.call('EXISTS', tpmkey) == 1 then redis.call('INCRBY', tpmkey, diff) end
+  if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
+    redis.call('INCRBY', budgetkey, diff)
+  end
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+elseif ARGV[1] ~= '' then
+  -- The lease expired and its reservation was released: charge the usage now.
+  if ARGV[4] == '1' then
+    redis.call('INCRBY', KEYS[4], used)
+    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6]))
+  end
+  if ARGV[5] == '1' then
+    redis.call('INCRBY', KEYS[5], used)
+    if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[7])) end
+  end
+end
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 1
+"""
+
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _keys(key: KeyRecord, clock: Clock) -> list[str]:
+    tag = f"gw:{{{key.id}}}"
+    budget_window, _ = clock.budget_window(key.budget_period)
+    return [
+        f"{tag}:leases",
+        f"{tag}:held",
+        f"{tag}:rpm:{clock.minute}",
+        f"{tag}:tpm:{clock.minute}",
+        f"{tag}:budget:{budget_window}",
+    ]
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[int, aioredis.Redis] = {}
+        self.drain = LogDrain(self)
+
+    def client(self) -> aioredis.Redis:
+        # One pool per event loop: a redis.asyncio connection is bound to its loop.
+        loop_id = id(asyncio.get_running_loop())
+        client = self._clients.get(loop_id)
+        if client is None:
+            client = aioredis.from_url(self.url)
+            self._clients[loop_id] = client
+        return client
+
+    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
+        clock = Clock.read()
+        lease_id = uuid.uuid4().hex
+        _, budget_ttl = clock.budget_window(key.budget_period)
+        result = await self.client().eval(
+            RESERVE,
+            5,
+            *_keys(key, clock),
+            clock.now_ms,
+            lease_id,
+            clock.now_ms + int(lease_seconds() * 1000),
+            tokens,
+            limit_arg(key.rpm_limit),
+            limit_arg(key.tpm_limit),
+            limit_arg(key.max_concurrency),
+            limit_arg(key.budget_tokens),
+            clock.reset_ms + WINDOW_KEEP_MS,
+            budget_ttl * 1000,
+        )
+        verdict, rpm, tpm, budget = (int(v) for v in result)
+        admitted = verdict == Verdict.OK
+        return Decision(
+            Verdict(verdict), rpm, tpm, budget, clock.reset_ms, lease_id if admitted else None
+        )
+
+    async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
+        clock = Clock.read()
+        leases, held, _, tpm_key, budget_key = _keys(key, clock)
+        _, budget_ttl = clock.budget_window(key.budget_period)
+        await self.client().eval(
+            SETTLE,
+            5,
+            leases,
+            held,
+            OUTBOX,
+            tpm_key,
+            budget_key,
+            lease_id or "",
+            tokens,
+            orjson.dumps(log),
+            int(key.tpm_limit is not None),
+            int(key.budget_tokens is not None),
+            clock.reset_ms + WINDOW_KEEP_MS,
+            budget_ttl * 1000,
+        )
+        self.drain.kick()
+
+    async def log(self, record: dict) -> None:
+        await self.client().rpush(OUTBOX, orjson.dumps(record))
+        self.drain.kick()
+
+    async def snapshot(self, key: KeyRecord) -> Snapshot:
+        leases, _, rpm, tpm, budget = _keys(key, Clock.read())
+        client = self.client()
+        values = await client.mget(rpm, tpm, budget)
+        rpm_used, tpm_used, budget_used = (int(v or 0) for v in values)
+        return Snapshot(rpm_used, tpm_used, budget_used, await client.zcard(leases))
+
+
+class LogDrain:
+    """Moves outbox records into the database, off every request's path."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._task: asyncio.Task | None = None
+
+    def kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0.05)  # let a burst of settlements share one INSERT
+        try:
+            await drain(self.store.client())
+        except Exception:
+            logger.exception("request-log outbox drain failed; records stay in Redis")
+
+
+async def drain(client: aioredis.Redis) -> int:
+    """Drain the outbox until it is empty; return how many records were written."""
+    written = 0
+    token = secrets.token_hex(8)
+    while await client.llen(OUTBOX):
+        if not await client.set(DRAIN_LOCK, token, nx=True, px=DRAIN_LOCK_MS):
+            await asyncio.sleep(0.1)  # another process is draining; wait for it
+            continue
+        try:
+            items = await client.lrange(OUTBOX, 0, DRAIN_BATCH - 1)
+            if items:
+                await sync_to_async(logs_write)([orjson.loads(item) for item in items])
+                await client.ltrim(OUTBOX, len(items), -1)
+                written += len(items)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.eval(RELEASE_LOCK, 1, DRAIN_LOCK, token)
+    return written

@@ -1,0 +1,244 @@
+"""Quotas end to end: two gateway processes per store enforce one limit together."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+
+import httpx
+import pytest
+from asgiref.sync import async_to_sync
+
+from accounts.models import RequestLog
+from tests.accounts.conftest import (
+    BACKENDS,
+    bearer,
+    record,
+    redis_env,
+    wait_for_logs,
+    wait_for_minute_room,
+)
+from tests.conftest import CHAT_MODEL, start_gateway, stop_gateway
+
+pytestmark = pytest.mark.committed_db
+
+
+def spread(pair, secret: str, bodies: list[dict], prefix: str) -> list[httpx.Response]:
+    """Send every body at once, alternating between the two processes."""
+
+    async def main() -> list[httpx.Response]:
+        clients = [
+            httpx.AsyncClient(base_url=g.url, timeout=60, headers=bearer(secret)) for g in pair
+        ]
+        try:
+            return await asyncio.gather(
+                *(
+                    clients[i % 2].post(
+                        "/generate", json=body, headers={"x-request-id": f"{prefix}-{i}"}
+                    )
+                    for i, body in enumerate(bodies)
+                )
+            )
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    return asyncio.run(main())
+
+
+def logs(prefix: str):
+    return RequestLog.objects.filter(request_id__startswith=prefix + "-")
+
+
+def snapshot(key, backend: str, settings):
+    from accounts.quota import _store_for
+
+    store = _store_for(redis_env(backend)["REDIS_URL"])
+    return async_to_sync(store.snapshot)(record(key))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_100_concurrent_requests_across_two_processes_never_exceed_the_budget(
+    backend, make_key, gateway_pairs, settings
+):
+    budget = 1500
+    key, secret = make_key(budget_tokens=budget, budget_period="day")
+    prefix = f"budget-{backend}-{uuid.uuid4().hex[:6]}"
+    # Each reserves its prompt + 40 tokens and uses about half of the output.
+    bodies = [
+        {"model": CHAT_MODEL, "prompt": "[[long:20]]", "max_output_len": 40} for _ in range(100)
+    ]
+    responses = spread(gateway_pairs(backend), secret, bodies, prefix)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 429}
+    refused = [r for r in responses if r.status_code == 429]
+    assert {r.json()["error"]["code"] for r in refused} == {"insufficient_quota"}
+    assert {r.headers["x-should-retry"] for r in refused} == {"false"}
+    assert wait_for_logs(lambda: logs(prefix).count(), 100) == 100
+    served = sum(row.total_tokens for row in logs(prefix).filter(status=200))
+    assert served <= budget
+    usage = snapshot(key, backend, settings)
+    assert usage.budget_used == served and usage.leases == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rpm_across_two_processes_lets_exactly_the_limit_through(backend, make_key, gateway_pairs):
+    wait_for_minute_room()
+    _, secret = make_key(rpm_limit=10)
+    prefix = f"rpm-{backend}-{uuid.uuid4().hex[:6]}"
+    bodies = [{"model": CHAT_MODEL, "prompt": "[[say:hi]]"} for _ in range(40)]
+    responses = spread(gateway_pairs(backend), secret, bodies, prefix)
+    ok = [r for r in responses if r.status_code == 200]
+    limited = [r for r in responses if r.status_code == 429]
+    assert len(ok) == 10 and len(limited) == 30
+    for response in limited:
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        assert 0 < int(response.headers["retry-after-ms"]) <= 60_000
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
+    assert remaining == list(range(10))
+    for response in ok:
+        assert response.headers["x-ratelimit-limit-requests"] == "10"
+        assert response.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_concurrency_limit_holds_across_two_processes(backend, make_key, gateway_pairs):
+    _, secret = make_key(max_concurrency=3)
+    prefix = f"conc-{backend}-{uuid.uuid4().hex[:6]}"
+    slow = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:8]]"}
+    responses = spread(gateway_pairs(backend), secret, [slow] * 12, prefix)
+    assert sorted(r.status_code for r in responses) == [200] * 3 + [429] * 9
+    # All released: the next three run.
+    responses = spread(gateway_pairs(backend), secret, [slow] * 3, prefix + "b")
+    assert [r.status_code for r in responses] == [200] * 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_client_that_disconnects_mid_stream_is_charged_what_it_was_sent(
+    backend, make_key, gateway_pairs, devtriton, settings
+):
+    key, secret = make_key(budget_tokens=100_000, tpm_limit=100_000, max_concurrency=5)
+    request_id = f"disc-{backend}-{uuid.uuid4().hex[:6]}"
+    gateway = gateway_pairs(backend)[0]
+    received = 0
+    with (
+        gateway.client(api_key=secret) as client,
+        client.stream(
+            "POST",
+            "/generate",
+            json={"model": CHAT_MODEL, "prompt": "[[delay:30]][[long:400]]", "stream": True},
+            headers={"x-request-id": request_id},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"text":""' not in line:
+                received += 1
+                if received == 5:
+                    break
+    event = devtriton.wait_for_event("cancelled", request_id, timeout=10)
+    assert wait_for_logs(lambda: RequestLog.objects.filter(request_id=request_id).count(), 1)
+    row = RequestLog.objects.get(request_id=request_id)
+    assert row.cancelled and row.status == 499 and row.streamed
+    assert received <= row.completion_tokens <= event["tokens_sent"] < 400
+    usage = snapshot(key, backend, settings)
+    assert usage.budget_used == row.total_tokens == usage.tpm_used
+    assert usage.leases == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_processs_reservation_expires(
+    backend, make_key, gateway_pairs, owner_key, tmp_path, settings
+):
+    key, secret = make_key(max_concurrency=1, budget_tokens=10_000, budget_period="total")
+    doomed = start_gateway(tmp_path, {**redis_env(backend), "QUOTA_LEASE_SECONDS": "3"})
+    survivor = gateway_pairs(backend)[0]
+    body = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:200]]", "stream": True}
+    try:
+        with (
+            doomed.client(api_key=secret) as client,
+            client.stream("POST", "/generate", json=body) as response,
+        ):
+            assert response.status_code == 200
+            next(response.iter_lines())
+            doomed.process.send_signal(signal.SIGKILL)
+            doomed.process.wait(10)
+    except httpx.HTTPError:
+        pass
+    finally:
+        stop_gateway(doomed)
+    killed_at = time.monotonic()
+    quick = {"model": CHAT_MODEL, "prompt": "[[say:hi]]"}
+    with survivor.client(api_key=secret) as client:
+        held = client.post("/generate", json=quick)
+        assert held.status_code == 429  # the dead request still holds the only slot
+        assert held.json()["error"]["code"] == "rate_limit_exceeded"
+        assert snapshot(key, backend, settings).budget_used > 200
+        while (status := client.post("/generate", json=quick).status_code) == 429:
+            assert time.monotonic() - killed_at < 6
+            time.sleep(0.2)
+        assert status == 200
+    assert snapshot(key, backend, settings).budget_used < 100  # only the last request
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_request_log_rows_equal_requests_sent(backend, make_key, gateway_pairs):
+    """Under load with successes, refusals, Triton errors and disconnects mixed in."""
+    wait_for_minute_room()
+    _, secret = make_key(rpm_limit=30)
+    _, other = make_key()
+    prefix = f"load-{backend}-{uuid.uuid4().hex[:6]}"
+    pair = gateway_pairs(backend)
+
+    async def main() -> int:
+        sent = 0
+        clients = [httpx.AsyncClient(base_url=g.url, timeout=60) for g in pair]
+
+        async def send(i: int, kind: str) -> None:
+            client = clients[i % 2]
+            headers = {"x-request-id": f"{prefix}-{i}", **bearer(secret)}
+            body = {"model": CHAT_MODEL, "prompt": "[[say:hello there]]"}
+            if kind == "nokey":
+                del headers["authorization"]
+            elif kind == "badmodel":
+                body["model"] = "missing"
+            elif kind == "badjson":
+                await client.post("/generate", content=b"{", headers=headers)
+                return
+            elif kind == "error":
+                body["prompt"] = "[[long:10]][[error:3]]"
+                headers.update(bearer(other))
+            elif kind == "disconnect":
+                body.update(prompt="[[delay:50]][[long:100]]", stream=True)
+                headers.update(bearer(other))
+                async with client.stream("POST", "/generate", json=body, headers=headers) as r:
+                    async for _ in r.aiter_lines():
+                        break
+                return
+            elif kind == "stream":
+                body["stream"] = True
+                headers.update(bearer(other))
+            await client.post("/generate", json=body, headers=headers)
+
+        kinds = ["ok", "ok", "ok", "nokey", "badmodel", "badjson", "error", "disconnect", "stream"]
+        tasks = []
+        for i in range(90):  # 30 "ok" against rpm 30 plus the rpm-free kinds, then 10 over
+            tasks.append(send(i, kinds[i % len(kinds)]))
+        tasks += [send(90 + i, "ok") for i in range(10)]
+        sent = len(tasks)
+        await asyncio.gather(*tasks)
+        for client in clients:
+            await client.aclose()
+        return sent
+
+    sent = asyncio.run(main())
+    assert wait_for_logs(lambda: logs(prefix).count(), sent, timeout=20) == sent
+    time.sleep(0.5)
+    assert logs(prefix).count() == sent  # and no duplicates arrive late
+    statuses = set(logs(prefix).values_list("status", flat=True))
+    assert {200, 400, 401, 404, 429, 499, 500} <= statuses

@@ -1,0 +1,133 @@
+"""Both quota stores under concurrency, in process: no overshoot, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from accounts.quota import Verdict
+from accounts.quota import database as database_store
+from tests.accounts.conftest import record, wait_for_minute_room
+
+pytestmark = pytest.mark.committed_db
+
+
+def log(i: int = 0) -> dict:
+    from accounts.logs import log_record
+
+    class FakeRequest:
+        path = "/generate"
+        META: dict = {}
+        body = b""
+        request_id = f"store-{i}"
+
+    return log_record(FakeRequest(), status=200)
+
+
+async def new_key(make_key, **limits):
+    return await sync_to_async(lambda: record(make_key(**limits)[0]))()
+
+
+async def run(store, key, reserve: int, used: int, hold: float = 0.0):
+    decision = await store.reserve(key, reserve)
+    if decision.verdict is not Verdict.OK:
+        return decision, 0
+    await asyncio.sleep(hold)
+    await store.settle(key, decision.lease_id, used, log())
+    return decision, used
+
+
+async def test_100_concurrent_requests_never_exceed_the_budget(store, make_key):
+    key = await new_key(make_key, budget_tokens=1000, budget_period="day")
+    rng = random.Random(4)
+    results = await asyncio.gather(
+        *(run(store, key, 40, rng.randint(1, 40), hold=rng.random() / 50) for _ in range(100))
+    )
+    served = sum(used for _, used in results)
+    admitted = sum(1 for d, _ in results if d.verdict is Verdict.OK)
+    assert served <= 1000
+    assert admitted >= 25  # every reservation fits until the worst case could overshoot
+    assert {d.verdict for d, _ in results} <= {Verdict.OK, Verdict.BUDGET}
+    snapshot = await store.snapshot(key)
+    assert snapshot.budget_used == served and snapshot.leases == 0
+
+
+def test_database_store_holds_the_budget_across_threads(make_key, model_configs):
+    """Real parallel transactions (one connection per thread), not one serialised thread."""
+    from accounts.quota import Clock
+
+    key = record(make_key(budget_tokens=500, budget_period="total", max_concurrency=1000)[0])
+
+    def one(_):
+        try:
+            decision = database_store.reserve(key, 30, Clock.read())
+            if decision.verdict is Verdict.OK:
+                database_store.settle(key, decision.lease_id, 25, log(), Clock.read())
+                return 25
+            return 0
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        served = sum(pool.map(one, range(100)))
+    assert served <= 500
+    assert database_store.snapshot(key, Clock.read()).budget_used == served
+
+
+async def test_rpm_lets_exactly_the_limit_through(store, make_key):
+    wait_for_minute_room()
+    key = await new_key(make_key, rpm_limit=10)
+    results = await asyncio.gather(*(run(store, key, 5, 5) for _ in range(100)))
+    verdicts = [d.verdict for d, _ in results]
+    assert verdicts.count(Verdict.OK) == 10
+    assert verdicts.count(Verdict.REQUESTS) == 90
+
+
+async def test_concurrency_limit_and_release(store, make_key):
+    key = await new_key(make_key, max_concurrency=5)
+    decisions = await asyncio.gather(*(store.reserve(key, 10) for _ in range(50)))
+    admitted = [d for d in decisions if d.verdict is Verdict.OK]
+    assert len(admitted) == 5
+    assert {d.verdict for d in decisions if d not in admitted} == {Verdict.CONCURRENCY}
+    assert (await store.reserve(key, 10)).verdict is Verdict.CONCURRENCY
+    await store.settle(key, admitted[0].lease_id, 3, log())
+    assert (await store.reserve(key, 10)).verdict is Verdict.OK
+
+
+async def test_tpm_reserves_the_worst_case_and_settles_to_the_exact_usage(store, make_key):
+    wait_for_minute_room()
+    key = await new_key(make_key, tpm_limit=100)
+    first = await store.reserve(key, 60)
+    assert first.verdict is Verdict.OK and first.tpm_used == 60
+    assert (await store.reserve(key, 60)).verdict is Verdict.TOKENS
+    await store.settle(key, first.lease_id, 15, log())
+    assert (await store.snapshot(key)).tpm_used == 15
+    assert (await store.reserve(key, 60)).verdict is Verdict.OK
+
+
+async def test_an_unsettled_lease_expires_and_releases_its_reservation(store, make_key, settings):
+    settings.QUOTA_LEASE_SECONDS = 0.5
+    key = await new_key(make_key, max_concurrency=1, budget_tokens=100, budget_period="month")
+    held = await store.reserve(key, 80)  # its process "dies": never settled
+    assert held.verdict is Verdict.OK
+    assert (await store.reserve(key, 30)).verdict is Verdict.BUDGET
+    await asyncio.sleep(0.6)
+    again = await store.reserve(key, 80)
+    assert again.verdict is Verdict.OK and again.budget_used == 80
+    # The dead request settling late charges its real usage without double counting.
+    await store.settle(key, held.lease_id, 7, log())
+    await store.settle(key, again.lease_id, 20, log())
+    snapshot = await store.snapshot(key)
+    assert snapshot.budget_used == 27 and snapshot.leases == 0
+
+
+async def test_budget_refusal_comes_before_rate_limits(store, make_key):
+    wait_for_minute_room()
+    key = await new_key(make_key, rpm_limit=1, budget_tokens=10, budget_period="day")
+    assert (await store.reserve(key, 50)).verdict is Verdict.BUDGET
+    assert (await store.reserve(key, 5)).verdict is Verdict.OK
