@@ -114,7 +114,7 @@ class KeyAdmission:
                 ttft_s=outcome.time_to_first_token,
                 streamed=outcome.streamed,
                 cancelled=outcome.cancelled,
-                response_text=getattr(outcome, "response_text", None),
+                response_text=outcome.response_text,
             )
             await quota_store().settle(self.key, self.lease_id, usage.total_tokens, record)
         except Exception:

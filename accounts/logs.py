@@ -80,7 +80,10 @@ def log_record(
         "response_text": None,
     }
     if settings.REQUEST_LOG_CONTENT:
-        record["prompt_text"] = request.body.decode("utf-8", "replace")[:MAX_TEXT]
+        try:
+            record["prompt_text"] = request.body.decode("utf-8", "replace")[:MAX_TEXT]
+        except Exception:  # a body over the size limit cannot be read (413)
+            record["prompt_text"] = None
         if response_text is not None:
             record["response_text"] = response_text[:MAX_TEXT]
     return record

@@ -43,6 +43,9 @@ class KeyRecord:
     budget_tokens: int | None
     budget_period: str
 
+    def allows(self, model_name: str) -> bool:
+        return key_allows(self, model_name)
+
     @classmethod
     def from_row(cls, key: ApiKey) -> KeyRecord:
         return cls(

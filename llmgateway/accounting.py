@@ -33,6 +33,8 @@ class Outcome:
     # Seconds from the request's start to its first generated token, if any.
     time_to_first_token: float | None = None
     cancelled: bool = False
+    # What the client was sent, only when REQUEST_LOG_CONTENT keeps it (else None).
+    response_text: str | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +68,16 @@ async def _null_admit(request: HttpRequest, reservation: Reservation) -> Admissi
 def _admit_function():
     path = getattr(settings, "GATEWAY_ACCOUNTING", "")
     return import_string(path) if path else _null_admit
+
+
+def model_visible(request: HttpRequest, name: str) -> bool:
+    """Whether the caller's key may see the model called `name` (True without keys).
+
+    Models a key may not use are hidden, not forbidden: /v1/models leaves them
+    out and asking for one answers 404 model_not_found, as for a missing model.
+    """
+    allows = getattr(getattr(request, "auth", None), "allows", None)
+    return allows(name) if allows is not None else True
 
 
 async def admit(request: HttpRequest, reservation: Reservation) -> Admission:

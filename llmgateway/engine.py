@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
@@ -85,10 +86,24 @@ class Usage:
 class _Choice:
     """Per-sequence state: detokenizer, stop matcher, counts and finish reason."""
 
-    __slots__ = ("index", "detok", "stops", "count", "finish_reason", "_text_model", "_limit")
+    __slots__ = (
+        "index",
+        "detok",
+        "stops",
+        "count",
+        "finish_reason",
+        "transcript",
+        "_text_model",
+        "_limit",
+    )
 
     def __init__(
-        self, index: int, text_model: TextModel, prompt_ids: list[int], params: SamplingParams
+        self,
+        index: int,
+        text_model: TextModel,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        record: bool = False,
     ):
         self.index = index
         self.detok = IncrementalDetokenizer(
@@ -97,6 +112,8 @@ class _Choice:
         self.stops = StopMatcher(params.stop)
         self.count = 0
         self.finish_reason: str | None = None
+        # The text sent, kept only when request logs store it (REQUEST_LOG_CONTENT).
+        self.transcript: list[str] | None = [] if record else None
         self._text_model = text_model
         self._limit = params.max_tokens
 
@@ -135,6 +152,8 @@ class _Choice:
         text = "".join(text_parts)
         if not text and not consumed and self.finish_reason is None:
             return None
+        if self.transcript is not None:
+            self.transcript.append(text)
         return Delta(self.index, text, consumed, self.finish_reason)
 
     def finish(self) -> Delta | None:
@@ -142,7 +161,10 @@ class _Choice:
         if self.finish_reason is not None:
             return None
         self.finish_reason = "length" if self.count >= self._limit else "stop"
-        return Delta(self.index, self._drain(), [], self.finish_reason)
+        text = self._drain()
+        if self.transcript is not None:
+            self.transcript.append(text)
+        return Delta(self.index, text, [], self.finish_reason)
 
     def _drain(self) -> str:
         if self.stops.matched is not None:
@@ -247,9 +269,16 @@ class Generation:
         self.usage = Usage(prompt_tokens=len(request.prompt_ids))
         self.first_token_at: float | None = None
         params = request.params
+        record = getattr(settings, "REQUEST_LOG_CONTENT", False)
         self._choices = [
-            _Choice(i, engine.text, request.prompt_ids, params) for i in range(request.n)
+            _Choice(i, engine.text, request.prompt_ids, params, record) for i in range(request.n)
         ]
+
+    def output_text(self) -> str | None:
+        """The text generated so far, when request logs keep it; choices separated by a blank line."""
+        if self._choices[0].transcript is None:
+            return None
+        return "\n\n".join("".join(c.transcript or ()) for c in self._choices)
 
     @property
     def choice_count(self) -> int:
@@ -365,6 +394,10 @@ class BatchGeneration:
     def first_token_at(self) -> float | None:
         times = [g.first_token_at for g in self.generations if g.first_token_at is not None]
         return min(times) if times else None
+
+    def output_text(self) -> str | None:
+        texts = [g.output_text() for g in self.generations]
+        return None if texts[0] is None else "\n\n".join(t or "" for t in texts)
 
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._run()

@@ -149,6 +149,7 @@ async def settle(
         streamed=streamed,
         time_to_first_token=(first - started) if first is not None else None,
         cancelled=cancelled,
+        response_text=generation.output_text(),
     )
     task = asyncio.ensure_future(admission.settle(outcome))
     try:

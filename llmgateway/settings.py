@@ -85,6 +85,7 @@ MIDDLEWARE = [
     # One request-log row for every inference request, including those refused before
     # admission (400/401/404/429); a no-op when GATEWAY_PLATFORM is off.
     "accounts.middleware.request_log_middleware",
+    "llmgateway.api.middleware.body_limit_middleware",
     "llmgateway.api.middleware.admin_middleware",
 ]
 # Wrapped around the admin and other non-API paths only (see api/middleware.py).

@@ -17,7 +17,7 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
-from llmgateway.accounting import admit
+from llmgateway.accounting import admit, model_visible
 from llmgateway.api.errors import invalid, model_not_found
 from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job, stream_settled
 from llmgateway.api.openai_schemas import (
@@ -76,13 +76,14 @@ def _model_card(config: ModelConfig) -> dict[str, Any]:
 
 @router.get("/models")
 async def models_list(request: HttpRequest) -> HttpResponse:
-    return _json({"object": "list", "data": [_model_card(c) for c in await model_list()]})
+    cards = [_model_card(c) for c in await model_list() if model_visible(request, c.name)]
+    return _json({"object": "list", "data": cards})
 
 
 @router.get("/models/{path:model_id}")
 async def models_retrieve(request: HttpRequest, model_id: str) -> HttpResponse:
     config = await model_get(name=model_id)
-    if config is None:
+    if config is None or not model_visible(request, model_id):
         raise model_not_found(model_id)
     return _json(_model_card(config))
 

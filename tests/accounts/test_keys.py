@@ -157,3 +157,16 @@ def test_refused_requests_are_logged_with_the_request_id(live_gateway, committed
         CHAT_MODEL,
         None,
     )
+
+
+def test_models_list_shows_only_what_the_key_may_use(make_key, live_gateway):
+    _, secret = make_key(models=[V08_MODEL])
+    with live_gateway.client(api_key=secret) as client:
+        listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+        assert listed == {V08_MODEL}
+        assert client.get(f"/v1/models/{V08_MODEL}").status_code == 200
+        hidden = client.get(f"/v1/models/{CHAT_MODEL}")
+        assert hidden.status_code == 404
+        assert error(hidden)["code"] == "model_not_found"
+    with live_gateway.client() as owner:
+        assert {CHAT_MODEL, V08_MODEL} <= {m["id"] for m in owner.get("/v1/models").json()["data"]}

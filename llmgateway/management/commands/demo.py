@@ -6,6 +6,7 @@ scripted TensorRT-LLM model, SQLite, and uvicorn. Stops everything on Ctrl-C.
 
 from __future__ import annotations
 
+import secrets
 import socket
 from pathlib import Path
 
@@ -19,6 +20,25 @@ from llmgateway.services import model_upsert
 
 DEMO_MODEL = "qwen1.5-chat"
 TOKENIZER = Path(__file__).resolve().parents[2] / "devtriton" / "tokenizer"
+
+
+def _admin_and_key() -> tuple[str, str]:
+    """A superuser `admin` with a fresh password, and a new API key for it."""
+    from django.contrib.auth import get_user_model
+
+    password = secrets.token_urlsafe(12)
+    admin, _ = get_user_model().objects.get_or_create(
+        username="admin", defaults={"is_staff": True, "is_superuser": True}
+    )
+    admin.is_staff = admin.is_superuser = True
+    admin.set_password(password)
+    admin.save()
+    if not settings.GATEWAY_PLATFORM:
+        return password, ""
+    from accounts.services import key_create
+
+    _, secret = key_create(owner=admin, name="demo")
+    return password, secret
 
 
 def _port_free(port: int) -> bool:
@@ -58,7 +78,8 @@ class Command(BaseCommand):
                 model_type="qwen2-chat",
                 enabled=True,
             )
-            self._print_banner(options, triton)
+            password, secret = _admin_and_key()
+            self._print_banner(options, triton, password, secret)
             run_uvicorn(
                 host=options["host"],
                 port=options["port"],
@@ -66,16 +87,21 @@ class Command(BaseCommand):
                 access_log=True,
             )
 
-    def _print_banner(self, options: dict, triton: DevTriton) -> None:
+    def _print_banner(self, options: dict, triton: DevTriton, password: str, secret: str) -> None:
         base = f"http://localhost:{options['port']}"
+        auth = f'-H "Authorization: Bearer {secret}" ' if secret else ""
         lines = [
             "",
             f"dev Triton: grpc {triton.grpc_url} (TensorRT-LLM {options['trtllm_version']} interface)",
             f"model:      {DEMO_MODEL}",
             f"gateway:    {base}",
+            f"admin:      {base}/admin/  user admin, password {password}",
+            f"API key:    {secret or '(keys are off: GATEWAY_PLATFORM=false)'}",
             "",
             "try:",
-            f"  curl -X POST {base}/generate -d '{{\"prompt\": \"who are you?\"}}'",
+            f'  curl -X POST {base}/generate {auth}-d \'{{"prompt": "who are you?"}}\'',
+            f"  curl {base}/v1/chat/completions {auth}-H 'content-type: application/json' "
+            f'-d \'{{"model": "{DEMO_MODEL}", "messages": [{{"role": "user", "content": "hi"}}]}}\'',
             "",
         ]
         self.stdout.write("\n".join(lines))
