@@ -43,12 +43,19 @@ async def bench(args) -> None:
     from llmgateway.devtriton.server import DevTriton, free_port
     from llmgateway.services import model_upsert
     from llmgateway.textgen.tokenizer import load_text_model
+
     with DevTriton(
-        grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-        models={"tensorrt_llm": args.trtllm_version}, state_dir=workdir / "triton",
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models={"tensorrt_llm": args.trtllm_version},
+        state_dir=workdir / "triton",
     ) as triton:
         await asyncio.to_thread(
-            model_upsert, name="bench", triton_url=triton.grpc_url, triton_model="tensorrt_llm",
+            model_upsert,
+            name="bench",
+            triton_url=triton.grpc_url,
+            triton_model="tensorrt_llm",
             tokenizer_path=TOKENIZER,
         )
         port = free_port()
@@ -72,7 +79,9 @@ async def bench(args) -> None:
                     ("pad_id", np.array([[text.pad_id]], dtype=np.int32)),
                     ("streaming", np.array([[False]], dtype=bool)),
                 ]:
-                    tensor = grpcclient.InferInput(name, value.shape, "BOOL" if value.dtype == bool else "INT32")
+                    tensor = grpcclient.InferInput(
+                        name, value.shape, "BOOL" if value.dtype == bool else "INT32"
+                    )
                     tensor.set_data_from_numpy(value)
                     tensors.append(tensor)
                 return tensors
@@ -106,7 +115,9 @@ async def bench(args) -> None:
                     )
                     results[name] = Result(name, latencies, elapsed)
                     r = results[name]
-                    rows.append([str(concurrency), name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"])
+                    rows.append(
+                        [str(concurrency), name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
+                    )
                 d, g = results["direct"], results["gateway"]
                 summary.append(
                     f"c={concurrency}: gateway adds {g.p50 - d.p50:+.2f} ms p50, "

@@ -78,8 +78,19 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
         **(env or {}),
     }
     command = [
-        sys.executable, "-m", "uvicorn", "llmgateway.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "llmgateway.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
     ]
     process = subprocess.Popen(command, cwd=ROOT, env=full_env)
     import httpx

@@ -223,3 +223,39 @@ def test_deadline_cancels_inside_triton(http, devtriton):
     assert response.json()["error"]["code"] == "timeout"
     event = devtriton.wait_for_event("cancelled", request_id, timeout=10)
     assert event["tokens_sent"] < 400
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/nope", "/generate/extra"])
+def test_unknown_path_is_404_in_the_envelope(http, path):
+    response = http.post(path, json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_url"
+    assert response.headers["x-request-id"]
+
+
+def test_wrong_method_is_405_in_the_envelope(http):
+    response = http.get("/generate")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_body_over_the_limit_is_413(http):
+    big = b'{"prompt": "' + b"x" * (21 * 1024 * 1024) + b'"}'
+    response = http.post("/generate", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_client_request_id_is_echoed(http):
+    response = http.get("/health", headers={"x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_readiness_reports_models(http):
+    response = http.get("/health/ready")
+    body = response.json()
+    # dev-down points at a port with no Triton: reported, but the others still serve.
+    assert response.status_code == 200
+    assert body["database"] == "ok"
+    assert body["models"]["dev-chat"] == "ready"
+    assert body["models"]["dev-down"] == "unavailable"

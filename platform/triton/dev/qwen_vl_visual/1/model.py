@@ -44,7 +44,9 @@ class TritonPythonModel:
             pixels = pb_utils.get_input_tensor_by_name(request, "input").as_numpy()
             self._event(request.request_id(), pixels.shape[0])
             features = np.stack([self.encode(image) for image in pixels]).astype(np.float16)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output", features)]))
+            responses.append(
+                pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output", features)])
+            )
         return responses
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -62,7 +64,9 @@ class TritonPythonModel:
         return out
 
     def _event(self, request_id: str, batch: int) -> None:
-        line = json.dumps({"event": "encode", "request_id": request_id, "model": self.model_name, "batch": batch})
+        line = json.dumps(
+            {"event": "encode", "request_id": request_id, "model": self.model_name, "batch": batch}
+        )
         fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode())

@@ -1,0 +1,192 @@
+"""Streaming through /v1/chat/completions vs a direct Triton stream.
+
+    .venv/bin/python -m bench.bench_stream [--runs 30] [--long 4000]
+
+In one run, with dev Triton and one gateway worker (keys and quotas off, so this
+measures the streaming path itself):
+- time to first token, p50 over --runs short streams, gateway vs a direct
+  tritonclient stream of the same request;
+- gateway CPU per token (utime+stime of the worker from /proc), measured over
+  windows of a --long-token stream: the cost must not grow with the output.
+Targets (issue 3): at most +1 ms to the time to first token, at most 0.1 ms of
+gateway CPU per token, the same at token 4,000 as at token 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import TOKENIZER, start_gateway, table
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def setup_django(db_path: Path) -> None:
+    os.environ["SQLITE_PATH"] = str(db_path)
+    os.environ["GATEWAY_PLATFORM"] = "false"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+async def bench(args) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    db_path = workdir / "bench.sqlite3"
+    await asyncio.to_thread(setup_django, db_path)
+    import aiohttp
+    import orjson
+    import tritonclient.grpc.aio as grpcclient
+
+    from llmgateway.devtriton.server import DevTriton, free_port
+    from llmgateway.services import model_upsert
+    from llmgateway.textgen.tokenizer import load_text_model
+
+    with DevTriton(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models={"tensorrt_llm": "recent"},
+        state_dir=workdir / "triton",
+    ) as triton:
+        await asyncio.to_thread(
+            model_upsert,
+            name="bench",
+            triton_url=triton.grpc_url,
+            triton_model="tensorrt_llm",
+            tokenizer_path=TOKENIZER,
+            max_output_tokens=args.long + 100,
+            context_length=args.long + 1000,
+        )
+        port = free_port()
+        gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
+        try:
+            text = load_text_model(TOKENIZER)
+            client = grpcclient.InferenceServerClient(triton.grpc_url)
+            session = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+
+            def direct_inputs(prompt: str, max_tokens: int):
+                ids = np.array(
+                    [text.encode(text.render_chat([{"role": "user", "content": prompt}]))],
+                    dtype=np.int32,
+                )
+                tensors = []
+                for name, value in [
+                    ("input_ids", ids),
+                    ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
+                    ("request_output_len", np.array([[max_tokens]], dtype=np.int32)),
+                    ("end_id", np.array([[text.end_id]], dtype=np.int32)),
+                    ("streaming", np.array([[True]], dtype=bool)),
+                ]:
+                    t = grpcclient.InferInput(
+                        name, value.shape, "BOOL" if value.dtype == bool else "INT32"
+                    )
+                    t.set_data_from_numpy(value)
+                    tensors.append(t)
+                return tensors
+
+            async def direct_ttft(prompt: str, max_tokens: int) -> float:
+                async def requests():
+                    yield {
+                        "model_name": "tensorrt_llm",
+                        "inputs": direct_inputs(prompt, max_tokens),
+                    }
+
+                start = time.perf_counter()
+                first = None
+                async for result, error in client.stream_infer(requests()):
+                    assert error is None
+                    if first is None:
+                        first = time.perf_counter() - start
+                    if result.get_response().parameters["triton_final_response"].bool_param:
+                        break
+                return first
+
+            async def gateway_stream(prompt: str, max_tokens: int, on_token=None) -> float:
+                body = {
+                    "model": "bench",
+                    "stream": True,
+                    "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": prompt}],
+                }
+                start = time.perf_counter()
+                first = None
+                tokens = 0
+                async with session.post("/v1/chat/completions", json=body) as response:
+                    assert response.status == 200, await response.text()
+                    async for line in response.content:
+                        if not line.startswith(b"data: {"):
+                            continue
+                        chunk = orjson.loads(line[6:])
+                        delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
+                        if delta.get("content"):
+                            tokens += 1
+                            if first is None:
+                                first = time.perf_counter() - start
+                            if on_token:
+                                on_token(tokens)
+                return first
+
+            prompt = "who are you?"
+            for _ in range(5):
+                await direct_ttft(prompt, 8)
+                await gateway_stream(prompt, 8)
+            direct = [await direct_ttft(prompt, 8) for _ in range(args.runs)]
+            via = [await gateway_stream(prompt, 8) for _ in range(args.runs)]
+            d50, g50 = statistics.median(direct) * 1000, statistics.median(via) * 1000
+
+            # CPU per token over windows of one long stream ([[long:N]] = N tokens).
+            marks = [10, 500, 1000, 2000, 3000, args.long]
+            samples: dict[int, list[float]] = {m: [] for m in marks}
+            long_prompt = f"[[long:{args.long}]]"
+            for _ in range(args.long_runs):
+                seen: dict[int, float] = {}
+
+                def on_token(n: int, seen=seen) -> None:
+                    if n in samples:
+                        seen[n] = cpu_seconds(gateway.pid)
+
+                await gateway_stream(long_prompt, args.long, on_token)
+                for m in marks:
+                    samples[m].append(seen.get(m, float("nan")))
+            rows = [["window (tokens)", "gateway CPU ms/token"]]
+            for a, b in zip(marks, marks[1:], strict=False):
+                per = statistics.mean(
+                    (y - x) / (b - a) for x, y in zip(samples[a], samples[b], strict=True)
+                )
+                rows.append([f"{a}-{b}", f"{per * 1000:.4f}"])
+            await session.close()
+            print(
+                f"time to first token p50: direct {d50:.2f} ms, gateway {g50:.2f} ms ({g50 - d50:+.2f} ms)"
+            )
+            print(table(rows))
+        finally:
+            gateway.terminate()
+            gateway.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--long", type=int, default=4000)
+    parser.add_argument("--long-runs", type=int, default=3)
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Start the gateway from the seed's environment variables:
+#   TOKENIZER_PATH, TRITON_SERVER_HOST, TRITON_SERVER_PORT, MODEL_TYPE, WORKERS
+# plus MODEL_NAME (Triton model, default tensorrt_llm), SERVED_MODEL_NAME and PORT.
+# Without TOKENIZER_PATH no model is registered: manage models in the admin.
+set -eu
+if [ -z "${SECRET_KEY:-}" ]; then
+  echo "SECRET_KEY must be set (API keys are hashed with it; keep it stable)." >&2
+  exit 2
+fi
+set -- --host 0.0.0.0 --port "${PORT:-9900}" --workers "${WORKERS:-4}"
+if [ -n "${TOKENIZER_PATH:-}" ]; then
+  set -- "$@" --model-name "${MODEL_NAME:-tensorrt_llm}" \
+    --tokenizer-path "$TOKENIZER_PATH" \
+    --server-url "${TRITON_SERVER_HOST:-127.0.0.1}:${TRITON_SERVER_PORT:-8001}" \
+    --model_type "${MODEL_TYPE:-qwen2-chat}"
+  if [ -n "${SERVED_MODEL_NAME:-}" ]; then
+    set -- "$@" --served-model-name "$SERVED_MODEL_NAME"
+  fi
+fi
+exec python manage.py serve "$@"
