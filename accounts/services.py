@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, KeyUsage, hash_key, parse_public_id
+from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _load(raw: str) -> KeyRecord | None:
     return KeyRecord.from_row(key)
 
 
-_aload = sync_to_async(_load)
+_aload = orm(_load)
 
 
 async def key_lookup(raw: str) -> KeyRecord | None:

@@ -22,7 +22,7 @@ from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
 from llmgateway.triton.client import ModelSpec, TritonBackend, get_backend
-from llmgateway.triton.stream import TritonResponse, build_request, stream_responses
+from llmgateway.triton.stream import TritonResponse, TritonStream, build_request
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,9 @@ class Generation:
         self._choices = [
             _Choice(i, engine.text, request.prompt_ids, params, record) for i in range(request.n)
         ]
+        self._streams: list[tuple[int | None, TritonStream]] | None = None
+        self._echo = 0
+        self._per_token = False
 
     def output_text(self) -> str | None:
         """The text generated so far, when request logs keep it; choices separated by a blank line."""
@@ -291,14 +294,28 @@ class Generation:
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._run()
 
-    async def _run(self) -> AsyncIterator[Delta]:
+    async def start(self) -> None:
+        """Send the request(s) to Triton now, before iterating.
+
+        A caller that starts a generation and may never iterate it must arrange
+        for `cancel()` (a streaming response does, through its closers).
+        """
+        if self._streams is None:
+            self._streams = await self._open()
+
+    def cancel(self) -> None:
+        for _, stream in self._streams or ():
+            stream.cancel()
+
+    async def _open(self) -> list[tuple[int | None, TritonStream]]:
         spec = await self.engine.spec()
         request = self.request
         # Stream from Triton when the client streams, or when stop strings could
         # end generation early: then we can cancel it the moment they match.
         streaming = spec.decoupled and (request.stream or bool(request.params.stop))
         streaming = streaming and request.params.beam_width == 1
-        per_token = bool(request.params.stop) or streaming
+        self._per_token = bool(request.params.stop) or streaming
+        self._echo = 0 if streaming or not spec.echoes_prompt else len(request.prompt_ids)
         n = request.n
         seed = request.params.seed
         if n > 1 and spec.accepts("num_return_sequences"):
@@ -311,36 +328,54 @@ class Generation:
         else:
             plans = [(0, seed, 1)]
         streams = []
-        for choice_index, plan_seed, sequences in plans:
-            rid = request.request_id if len(plans) == 1 else f"{request.request_id}-{choice_index}"
-            proto = build_request(
-                spec,
-                request_id=rid,
-                inputs=self.engine._inputs(
-                    spec, request, streaming=streaming, seed=plan_seed, sequences=sequences
-                ),
-                outputs=self._outputs(),
-            )
-            streams.append(
-                (
-                    choice_index,
-                    stream_responses(self.engine.backend, spec, proto, deadline_s=request.timeout),
+        try:
+            for choice_index, plan_seed, sequences in plans:
+                rid = (
+                    request.request_id
+                    if len(plans) == 1
+                    else f"{request.request_id}-{choice_index}"
                 )
-            )
-        echo = 0 if streaming or not spec.echoes_prompt else len(request.prompt_ids)
-        async with contextlib.aclosing(_merge(streams)) as merged:
-            async for choice_index, response in merged:
-                for delta in self._deltas(choice_index, response, echo, per_token):
-                    yield delta
-                if self.choices_finished:
-                    return
+                proto = build_request(
+                    spec,
+                    request_id=rid,
+                    inputs=self.engine._inputs(
+                        spec, request, streaming=streaming, seed=plan_seed, sequences=sequences
+                    ),
+                    outputs=self._outputs(n_sequences=sequences),
+                )
+                stream = TritonStream(self.engine.backend, spec, proto, deadline_s=request.timeout)
+                streams.append((choice_index, stream))
+                stream.open()
+        except BaseException:
+            for _, stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        await self.start()
+        streams = [(index, stream.responses()) for index, stream in self._streams]
+        echo, per_token = self._echo, self._per_token
+        try:
+            async with contextlib.aclosing(_merge(streams)) as merged:
+                async for choice_index, response in merged:
+                    for delta in self._deltas(choice_index, response, echo, per_token):
+                        yield delta
+                    if self.choices_finished:
+                        return
+        finally:
+            # Streams whose reader never started (or is being abandoned) are cancelled;
+            # finished ones are left alone.
+            self.cancel()
         for choice in self._choices:
             delta = choice.finish()
             if delta is not None:
                 yield delta
 
-    def _outputs(self) -> list[str]:
-        names = ["output_ids", "sequence_length", "sequence_index"]
+    def _outputs(self, n_sequences: int) -> list[str]:
+        names = ["output_ids", "sequence_length"]
+        if n_sequences > 1:
+            names.append("sequence_index")
         if self.request.params.logprobs:
             names += ["output_log_probs"]
         return names
@@ -394,6 +429,18 @@ class BatchGeneration:
     def first_token_at(self) -> float | None:
         times = [g.first_token_at for g in self.generations if g.first_token_at is not None]
         return min(times) if times else None
+
+    async def start(self) -> None:
+        try:
+            for generation in self.generations:
+                await generation.start()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            generation.cancel()
 
     def output_text(self) -> str | None:
         texts = [g.output_text() for g in self.generations]

@@ -188,3 +188,31 @@ async def collect_settled(
             error_type=error_type,
             cancelled=cancelled,
         )
+
+
+async def stream_start(generation: Generation, admission: Admission, *, started: float) -> None:
+    """Send a streamed generation to Triton before the HTTP response starts.
+
+    Triton computes the first token while the headers and the first chunks go
+    out, which takes the gateway's own set-up off the time to first token. A
+    Triton that cannot take the request still gets a proper status (503, ...)
+    instead of a 200 stream carrying an error.
+    """
+    try:
+        await generation.start()
+    except TritonError as exc:
+        api_error = from_triton(exc)
+        await settle(
+            admission,
+            generation,
+            status=api_error.status,
+            started=started,
+            streamed=True,
+            error_type=api_error.code or api_error.type,
+        )
+        raise api_error from exc
+
+
+def cancel_on_close(response, generation: Generation) -> None:
+    """If the client leaves before the stream's body runs, still cancel Triton's work."""
+    response._resource_closers.append(generation.cancel)

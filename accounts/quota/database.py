@@ -26,13 +26,13 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection, transaction
 
 from accounts.logs import logs_write
 from accounts.models import KeyUsage, QuotaLease
 from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds
 from accounts.services import KeyRecord
+from llmgateway.db import orm
 
 LOCKED_RETRIES = 200
 
@@ -165,16 +165,16 @@ def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: 
 
 class DatabaseStore:
     async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
-        return await sync_to_async(reserve)(key, tokens, Clock.read())
+        return await orm(reserve)(key, tokens, Clock.read())
 
     async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
-        await sync_to_async(settle)(key, lease_id, tokens, log, Clock.read())
+        await orm(settle)(key, lease_id, tokens, log, Clock.read())
 
     async def log(self, record: dict) -> None:
-        await sync_to_async(retry_when_locked(logs_write))([record])
+        await orm(retry_when_locked(logs_write))([record])
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
-        return await sync_to_async(snapshot)(key, Clock.read())
+        return await orm(snapshot)(key, Clock.read())
 
 
 def snapshot(key: KeyRecord, clock: Clock) -> Snapshot:

@@ -38,11 +38,11 @@ import uuid
 
 import orjson
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 
 from accounts.logs import logs_write
 from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds, limit_arg
 from accounts.services import KeyRecord
+from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ async def drain(client: aioredis.Redis) -> int:
         try:
             items = await client.lrange(OUTBOX, 0, DRAIN_BATCH - 1)
             if items:
-                await sync_to_async(logs_write)([orjson.loads(item) for item in items])
+                await orm(logs_write)([orjson.loads(item) for item in items])
                 await client.ltrim(OUTBOX, len(items), -1)
                 written += len(items)
         finally:

@@ -20,19 +20,21 @@ from typing import Annotated
 
 import orjson
 from django.http import HttpRequest, HttpResponse
-from ninja import Field, Router, Schema
-from pydantic import AfterValidator
+from ninja import Field, Router
+from pydantic import AfterValidator, BaseModel
 
 from llmgateway.accounting import Reservation, admit
 from llmgateway.api.errors import from_triton, invalid
 from llmgateway.api.sse import DONE, event, sse_response
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, SamplingParams
 from llmgateway.generation import (
+    cancel_on_close,
     collect_settled,
     deltas,
     max_tokens_resolve,
     model_resolve,
     settle,
+    stream_start,
     timeout_resolve,
 )
 from llmgateway.models import ModelConfig
@@ -54,7 +56,7 @@ def _image_ref(value: str) -> str:
 ImageRef = Annotated[str, AfterValidator(_image_ref)]
 
 
-class SamplingFields(Schema):
+class SamplingFields(BaseModel):
     model: str | None = None
     max_output_len: Annotated[int, Field(ge=1)] | None = None
     num_beams: Annotated[int, Field(ge=1, le=MAX_BEAMS)] = 1
@@ -169,8 +171,10 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
     generation = engine.generate(gen_request)
     prefix = _prefix(payload, payload.prompt)
     if payload.stream:
-        body = _stream(generation, admission, request_id, prefix, started)
-        return _apply_headers(sse_response(body), admission.headers)
+        await stream_start(generation, admission, started=started)
+        response = sse_response(_stream(generation, admission, request_id, prefix, started))
+        cancel_on_close(response, generation)
+        return _apply_headers(response, admission.headers)
     (result,) = await collect_settled(generation, admission, started=started)
     return _apply_headers(
         _json({"text": prefix + result.text, "id": request_id}), admission.headers

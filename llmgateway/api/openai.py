@@ -38,9 +38,11 @@ from llmgateway.engine import (
 )
 from llmgateway.generation import (
     ChoiceResult,
+    cancel_on_close,
     collect_settled,
     max_tokens_resolve,
     model_resolve,
+    stream_start,
     timeout_resolve,
 )
 from llmgateway.models import ModelConfig
@@ -163,7 +165,9 @@ async def job_run(request: HttpRequest, job: Job, engine: Engine, shaper: Shaper
     if job.vision is not None:
         await vision_inputs_load(job.vision, request=job.requests[0], admission=admission)
     if job.stream:
+        await stream_start(job.generation, admission, started=started)
         response = sse_response(stream_settled(job, admission, started, shaper.chunks()))
+        cancel_on_close(response, job.generation)
     else:
         results = await collect_settled(job.generation, admission, started=started)
         response = _json(shaper.response(results))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from ninja import Field, Schema
-from pydantic import ConfigDict, field_validator
+from ninja import Field
+from pydantic import BaseModel, ConfigDict, field_validator
 
 MAX_N = 16
 MAX_STOPS = 16
@@ -25,7 +25,7 @@ Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-class OpenAISchema(Schema):
+class OpenAISchema(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 

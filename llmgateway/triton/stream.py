@@ -100,52 +100,87 @@ def _map_rpc_error(exc: grpc.RpcError) -> Exception:
     return TritonInferenceError("The inference server failed the request.", detail=detail or "")
 
 
-async def stream_responses(
-    backend: TritonBackend,
-    spec: ModelSpec,
-    request: service_pb2.ModelInferRequest,
-    *,
-    deadline_s: float,
-) -> AsyncIterator[TritonResponse]:
-    """Yield the responses to `request` until the final one.
+class TritonStream:
+    """One request on its own gRPC stream.
 
-    Leaving early (a stop string, a client disconnect, the deadline) cancels the
-    gRPC call, which cancels the request inside Triton.
+    `open()` sends the request (callers may open early, so Triton starts while
+    the HTTP response is still being set up); `responses()` reads until the
+    final response. Leaving `responses()` early (a stop string, a client
+    disconnect, the deadline) or calling `cancel()` cancels the gRPC call, which
+    cancels the request inside Triton.
     """
-    # The gRPC deadline also reaches the server, which cancels the request there.
-    call = backend.stub.ModelStreamInfer(timeout=deadline_s)
-    finished = False
-    try:
+
+    def __init__(
+        self,
+        backend: TritonBackend,
+        spec: ModelSpec,
+        request: service_pb2.ModelInferRequest,
+        *,
+        deadline_s: float,
+    ) -> None:
+        self._backend = backend
+        self._spec = spec
+        self._request = request
+        self._deadline_s = deadline_s
+        self._call = None
+        self._write: asyncio.Future | None = None
+        self._finished = False
+
+    def open(self) -> None:
+        """Start the RPC and send the request without waiting for the send to finish."""
+        if self._call is not None:
+            return
+        # The gRPC deadline also reaches the server, which cancels the request there.
+        self._call = self._backend.stub.ModelStreamInfer(timeout=self._deadline_s)
+        self._write = asyncio.ensure_future(self._call.write(self._request))
+        # A stream cancelled before anyone awaits the send must not log "never retrieved".
+        self._write.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def cancel(self) -> None:
+        """Cancel the request inside Triton unless it already finished. Idempotent."""
+        if self._call is not None and not self._finished:
+            self._finished = True
+            self._call.cancel()
+            if self._write is not None and not self._write.done():
+                self._write.cancel()
+
+    async def responses(self) -> AsyncIterator[TritonResponse]:
+        self.open()
+        call = self._call
+        clean_end = False
         try:
-            await call.write(request)
-        except grpc.RpcError as exc:
-            raise _map_rpc_error(exc) from exc
-        while True:
             try:
-                message = await call.read()
+                await self._write
             except grpc.RpcError as exc:
                 raise _map_rpc_error(exc) from exc
-            if message is grpc.aio.EOF:
-                finished = True
-                return
-            if message.error_message:
-                finished = True
-                logger.warning("Triton error for %s: %s", request.id, message.error_message)
-                raise TritonInferenceError(
-                    "The inference server failed the request.", detail=message.error_message
-                )
-            response = parse_response(message.infer_response, spec.decoupled)
-            if response.final:
-                finished = True
-            yield response
-            if finished:
-                return
-    finally:
-        if finished:
-            # Half-close so the server ends the RPC cleanly.
-            try:
-                await asyncio.shield(call.done_writing())
-            except (grpc.RpcError, asyncio.CancelledError, RuntimeError):
-                call.cancel()
-        else:
-            call.cancel()
+            while True:
+                try:
+                    message = await call.read()
+                except grpc.RpcError as exc:
+                    raise _map_rpc_error(exc) from exc
+                if message is grpc.aio.EOF:
+                    clean_end = True
+                    return
+                if message.error_message:
+                    clean_end = True
+                    logger.warning(
+                        "Triton error for %s: %s", self._request.id, message.error_message
+                    )
+                    raise TritonInferenceError(
+                        "The inference server failed the request.", detail=message.error_message
+                    )
+                response = parse_response(message.infer_response, self._spec.decoupled)
+                clean_end = response.final
+                yield response
+                if clean_end:
+                    return
+        finally:
+            if clean_end and not self._finished:
+                self._finished = True
+                # Half-close so the server ends the RPC cleanly.
+                try:
+                    await asyncio.shield(call.done_writing())
+                except (grpc.RpcError, asyncio.CancelledError, RuntimeError):
+                    call.cancel()
+            else:
+                self.cancel()
