@@ -259,3 +259,11 @@ def test_readiness_reports_models(http):
     assert body["database"] == "ok"
     assert body["models"]["dev-chat"] == "ready"
     assert body["models"]["dev-down"] == "unavailable"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_flags_only_final_response_ends_the_stream(http, model):
+    """Like TRT-LLM's BLS model: data without FINAL, then an empty FINAL response."""
+    joined, events = streamed(http, {"model": model, "prompt": "[[say:done 好]][[flagsfinal]]"})
+    assert joined == "done 好"
+    assert events[-2]["finish_reason"] == "stop"

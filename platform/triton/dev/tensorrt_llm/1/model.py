@@ -45,7 +45,9 @@ WHO_ANSWER = (
     "I am the dev Triton scripted model, a deterministic stand-in for a TensorRT-LLM engine."
 )
 
-DIRECTIVE_RE = re.compile(r"\[\[(say|long|utf8|tool|delay|error)(?::(.*?))?\]\]", re.DOTALL)
+DIRECTIVE_RE = re.compile(
+    r"\[\[(say|long|utf8|tool|delay|error|flagsfinal)(?::(.*?))?\]\]", re.DOTALL
+)
 TOOL_HEAD_RE = re.compile(r"\[\[tool:([^:\]]+):")
 SAMPLING_INPUTS = (
     "temperature",
@@ -136,6 +138,8 @@ class Script:
     segments: list[list[int]]  # token ids per content directive, in order
     delay_s: float = 0.0
     error_after: int | None = None
+    # End a stream with a flags-only FINAL after the data, as TRT-LLM's BLS model does.
+    flags_only_final: bool = False
 
 
 class RequestError(Exception):
@@ -401,6 +405,8 @@ class TritonPythonModel:
             script.delay_s = _int(arg, name) / 1000
         elif name == "error":
             script.error_after = _int(arg, name)
+        elif name == "flagsfinal":
+            script.flags_only_final = True
 
     def _per_char(self, text: str) -> list[int]:
         """Encode character by character so every character boundary is a token boundary."""
@@ -505,11 +511,14 @@ class Streamer(Emitter):
             cum = np.array([cums[index]], dtype=np.float32)
             is_last = number == len(steps) - 1
             tensors = self.outputs(ids, np.array([1]), index, ids, cum)
+            final_here = is_last and not script.flags_only_final
             self.sender.send(
                 pb_utils.InferenceResponse(output_tensors=tensors),
-                flags=FINAL if is_last else 0,
+                flags=FINAL if final_here else 0,
             )
             self.sent += 1
+        if script.flags_only_final:
+            self.sender.send(flags=FINAL)
         self.model._event("finished", self.job, tokens_sent=self.sent, reason=_overall(reasons))
 
     def _send_empty_final(self) -> None:

@@ -1,0 +1,65 @@
+"""The Triton core against the real dev Triton: one stream per request, the final response."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from llmgateway.textgen.tokenizer import load_text_model
+from llmgateway.triton.client import get_backend
+from llmgateway.triton.stream import TritonStream, build_request
+from tests.conftest import TOKENIZER
+
+
+def _prompt(text: str) -> np.ndarray:
+    model = load_text_model(TOKENIZER)
+    return np.asarray(model.encode(model.render_chat([{"role": "user", "content": text}])))
+
+
+async def _collect(devtriton, model: str, text: str, *, streaming: bool = True):
+    backend = get_backend(devtriton.grpc_url)
+    spec = await backend.model_spec(model)
+    ids = _prompt(text)
+    request = build_request(
+        spec,
+        request_id=f"stream-test-{model}-{text[:8]}",
+        inputs={
+            "input_ids": ids,
+            "input_lengths": np.array([len(ids)]),
+            "request_output_len": np.array([64]),
+            "end_id": np.array([load_text_model(TOKENIZER).end_id]),
+            "streaming": np.array([streaming]),
+            "exclude_input_in_output": np.array([True]),
+            "not_declared_anywhere": np.array([1]),  # silently left out, never sent
+        },
+        outputs=["output_ids", "sequence_length"],
+    )
+    stream = TritonStream(backend, spec, request, deadline_s=10)
+    return [r async for r in stream.responses()]
+
+
+@pytest.mark.parametrize("model", ["tensorrt_llm", "tensorrt_llm_v08"])
+async def test_a_flags_only_final_response_reaches_us_and_ends_the_stream(devtriton, model):
+    responses = await asyncio.wait_for(
+        _collect(devtriton, model, "[[say:abc]][[flagsfinal]]"), timeout=5
+    )
+    assert [r.final for r in responses] == [False] * (len(responses) - 1) + [True]
+    assert "output_ids" not in responses[-1].outputs  # the empty final response
+    tokens = [int(t) for r in responses[:-1] for t in r.outputs["output_ids"].reshape(-1)]
+    assert load_text_model(TOKENIZER).decode(tokens) == "abc"  # end_id is skipped
+
+
+@pytest.mark.parametrize("model", ["tensorrt_llm", "tensorrt_llm_v08"])
+async def test_the_final_flag_rides_on_the_last_data_response(devtriton, model):
+    responses = await asyncio.wait_for(_collect(devtriton, model, "[[say:abc]]"), timeout=5)
+    assert responses[-1].final and "output_ids" in responses[-1].outputs
+    assert not any(r.final for r in responses[:-1])
+
+
+async def test_not_streaming_is_one_response(devtriton):
+    responses = await asyncio.wait_for(
+        _collect(devtriton, "tensorrt_llm", "[[say:abc]]", streaming=False), timeout=5
+    )
+    assert len(responses) == 1 and responses[0].final
