@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import TOKENIZER, Result, rss_mb, run_load, start_gateway, table
+from bench.common import TOKENIZER, compare, rss_mb, start_gateway, table
 
 
 def setup_django(db_path: Path) -> None:
     import os
 
     os.environ["SQLITE_PATH"] = str(db_path)
+    # The bare gateway: keys, quotas and logs are measured by bench_platform.py.
+    os.environ["GATEWAY_PLATFORM"] = "false"
     os.environ.setdefault("DATABASE_URL", os.environ.get("BENCH_DATABASE_URL", ""))
     import django
 
@@ -59,7 +61,7 @@ async def bench(args) -> None:
             tokenizer_path=TOKENIZER,
         )
         port = free_port()
-        gateway = start_gateway(port, db_path)
+        gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:
             text = load_text_model(TOKENIZER)
             prompt = "who are you?"
@@ -108,20 +110,21 @@ async def bench(args) -> None:
             rows = [["concurrency", "path", "p50 ms", "p95 ms", "req/s"]]
             summary = []
             for concurrency in (1, 16):
-                results = {}
-                for name, call in (("direct", direct), ("gateway", via_gateway)):
-                    latencies, elapsed = await run_load(
-                        call, concurrency=concurrency, requests=args.requests
-                    )
-                    results[name] = Result(name, latencies, elapsed)
-                    r = results[name]
+                results = await compare(
+                    {"direct": direct, "gateway": via_gateway},
+                    concurrency=concurrency,
+                    requests=args.requests,
+                    cpu_pids={"gateway": gateway.pid},
+                )
+                for r in results.values():
                     rows.append(
-                        [str(concurrency), name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
+                        [str(concurrency), r.name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
                     )
                 d, g = results["direct"], results["gateway"]
                 summary.append(
                     f"c={concurrency}: gateway adds {g.p50 - d.p50:+.2f} ms p50, "
-                    f"{g.rps / d.rps:.2f}x the direct rate"
+                    f"{g.rps / d.rps:.2f}x the direct rate, "
+                    f"{g.cpu_ms_per_request:.2f} ms of gateway CPU per request"
                 )
             await session.close()
             print(table(rows))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import TOKENIZER, Result, rss_mb, run_load, start_gateway, table
+from bench.common import TOKENIZER, compare, rss_mb, start_gateway, table
 
 DATABASE = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmgateway_bench"
@@ -145,21 +145,23 @@ async def bench(args) -> None:
             rows = [["concurrency", "path", "p50 ms", "p95 ms", "req/s"]]
             summary = []
             for concurrency in (1, 16):
-                results = {}
-                for name, call in paths.items():
-                    latencies, elapsed = await run_load(
-                        call, concurrency=concurrency, requests=args.requests
-                    )
-                    r = results[name] = Result(name, latencies, elapsed)
+                results = await compare(
+                    paths,
+                    concurrency=concurrency,
+                    requests=args.requests,
+                    cpu_pids={"platform off": off.pid, "platform on": on.pid},
+                )
+                for r in results.values():
                     rows.append(
-                        [str(concurrency), name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
+                        [str(concurrency), r.name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
                     )
                 d = results["direct"]
                 for name in ("platform off", "platform on"):
                     g = results[name]
                     summary.append(
                         f"c={concurrency} {name}: {g.p50 - d.p50:+.2f} ms p50 over direct, "
-                        f"{g.rps / d.rps:.2f}x its rate"
+                        f"{g.rps / d.rps:.2f}x its rate, "
+                        f"{g.cpu_ms_per_request:.2f} ms gateway CPU per request"
                     )
             print(table(rows))
             print("\n".join(summary))

@@ -24,14 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import TOKENIZER, start_gateway, table
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+from bench.common import TOKENIZER, cpu_seconds, start_gateway, table
 
 
 def setup_django(db_path: Path) -> None:
@@ -146,8 +139,11 @@ async def bench(args) -> None:
             for _ in range(5):
                 await direct_ttft(prompt, 8)
                 await gateway_stream(prompt, 8)
-            direct = [await direct_ttft(prompt, 8) for _ in range(args.runs)]
-            via = [await gateway_stream(prompt, 8) for _ in range(args.runs)]
+            # Alternate, so a noisy neighbour hits both paths alike.
+            direct, via = [], []
+            for _ in range(args.runs):
+                direct.append(await direct_ttft(prompt, 8))
+                via.append(await gateway_stream(prompt, 8))
             d50, g50 = statistics.median(direct) * 1000, statistics.median(via) * 1000
 
             # CPU per token over windows of one long stream ([[long:N]] = N tokens).

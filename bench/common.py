@@ -23,6 +23,11 @@ class Result:
     name: str
     latencies: list[float]
     elapsed: float
+    cpu_seconds: float = 0.0  # of the process named in compare(cpu_pids=...), if any
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_seconds / len(self.latencies) * 1000
 
     @property
     def p50(self) -> float:
@@ -109,3 +114,43 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+async def compare(
+    calls: dict[str, Callable[[], Awaitable[None]]],
+    *,
+    concurrency: int,
+    requests: int,
+    rounds: int = 5,
+    cpu_pids: dict[str, int] | None = None,
+) -> dict[str, Result]:
+    """Run each path in alternating rounds, so a noisy neighbour hits all of them alike.
+
+    With cpu_pids, the CPU time (user + system) that process spent during a path's
+    rounds is recorded: the gateway's own cost, which idle-core wake-ups on a VM do
+    not distort the way they distort latency at concurrency 1.
+    """
+    cpu_pids = cpu_pids or {}
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    elapsed: dict[str, float] = dict.fromkeys(calls, 0.0)
+    cpu: dict[str, float] = dict.fromkeys(calls, 0.0)
+    for round_number in range(rounds):
+        for name, call in calls.items():
+            if round_number == 0:
+                for _ in range(20):
+                    await call()
+            pid = cpu_pids.get(name)
+            before = cpu_seconds(pid) if pid else 0.0
+            lat, seconds = await run_load(
+                call, concurrency=concurrency, requests=requests // rounds, warmup=0
+            )
+            cpu[name] += (cpu_seconds(pid) - before) if pid else 0.0
+            latencies[name] += lat
+            elapsed[name] += seconds
+    return {name: Result(name, latencies[name], elapsed[name], cpu[name]) for name in calls}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
