@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
+# One secret for the bench process and its gateways: API keys are hashed with it.
+os.environ.setdefault("SECRET_KEY", "bench-secret-key")
 TOKENIZER = str(ROOT / "llmgateway" / "devtriton" / "tokenizer")
 
 
@@ -77,7 +79,7 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
         "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", ""),
         "SQLITE_PATH": str(db_path),
         "DEBUG": "false",
-        "SECRET_KEY": "bench-secret-key",
+        "SECRET_KEY": os.environ["SECRET_KEY"],
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
         **(env or {}),
