@@ -15,36 +15,26 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from bench.common import TOKENIZER, compare, rss_mb, start_gateway, table
-
-
-def setup_django(db_path: Path) -> None:
-    import os
-
-    os.environ["SQLITE_PATH"] = str(db_path)
-    # The bare gateway: keys, quotas and logs are measured by bench_platform.py.
-    os.environ["GATEWAY_PLATFORM"] = "false"
-    os.environ.setdefault("DATABASE_URL", os.environ.get("BENCH_DATABASE_URL", ""))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
+from bench.common import (
+    TOKENIZER,
+    compare,
+    direct_call,
+    rss_mb,
+    setup_django,
+    start_gateway,
+    table,
+)
 
 
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     db_path = workdir / "bench.sqlite3"
-    await asyncio.to_thread(setup_django, db_path)
+    await asyncio.to_thread(setup_django, platform=False, sqlite_path=db_path)
     import aiohttp
     import tritonclient.grpc.aio as grpcclient
 
     from llmgateway.devtriton.server import DevTriton, free_port
     from llmgateway.services import model_upsert
-    from llmgateway.textgen.tokenizer import load_text_model
 
     with DevTriton(
         grpc_port=free_port(),
@@ -63,39 +53,9 @@ async def bench(args) -> None:
         port = free_port()
         gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:
-            text = load_text_model(TOKENIZER)
-            prompt = "who are you?"
-            ids = np.array(
-                [text.encode(text.render_chat([{"role": "user", "content": prompt}]))],
-                dtype=np.int32,
-            )
             triton_client = grpcclient.InferenceServerClient(triton.grpc_url)
-
-            def inputs():
-                tensors = []
-                for name, value in [
-                    ("input_ids", ids),
-                    ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
-                    ("request_output_len", np.array([[args.max_tokens]], dtype=np.int32)),
-                    ("end_id", np.array([[text.end_id]], dtype=np.int32)),
-                    ("pad_id", np.array([[text.pad_id]], dtype=np.int32)),
-                    ("streaming", np.array([[False]], dtype=bool)),
-                ]:
-                    tensor = grpcclient.InferInput(
-                        name, value.shape, "BOOL" if value.dtype == bool else "INT32"
-                    )
-                    tensor.set_data_from_numpy(value)
-                    tensors.append(tensor)
-                return tensors
-
-            async def direct() -> None:
-                async def requests():
-                    yield {"model_name": "tensorrt_llm", "inputs": inputs()}
-
-                async for result, error in triton_client.stream_infer(requests()):
-                    assert error is None, error
-                    result.as_numpy("output_ids")
-                    break
+            prompt = "who are you?"
+            direct = direct_call(triton_client, prompt, max_tokens=args.max_tokens)
 
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64), base_url=f"http://127.0.0.1:{port}"

@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench.common import TOKENIZER, compare, rss_mb, start_gateway, table
+from bench.common import TOKENIZER, compare, direct_call, rss_mb, start_gateway, table
+from bench.common import setup_django as common_setup
 
 DATABASE = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmgateway_bench"
@@ -30,7 +29,7 @@ DATABASE = os.environ.get(
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
-def setup_django() -> None:
+def setup_database() -> None:
     import psycopg
 
     admin_url = DATABASE.rsplit("/", 1)[0] + "/postgres"
@@ -39,17 +38,12 @@ def setup_django() -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = DATABASE
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
+    common_setup(platform=True)
 
 
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-platform-"))
-    await asyncio.to_thread(setup_django)
+    await asyncio.to_thread(setup_database)
     import aiohttp
     import redis
     import tritonclient.grpc.aio as grpcclient
@@ -57,7 +51,6 @@ async def bench(args) -> None:
     from accounts.services import key_create, owner_get_or_create
     from llmgateway.devtriton.server import DevTriton, free_port
     from llmgateway.services import model_upsert
-    from llmgateway.textgen.tokenizer import load_text_model
 
     redis.Redis.from_url(REDIS).flushdb()
     with DevTriton(
@@ -91,38 +84,9 @@ async def bench(args) -> None:
             off_port, workdir / "unused.sqlite3", {**env, "GATEWAY_PLATFORM": "false"}
         )
         try:
-            text = load_text_model(TOKENIZER)
             prompt = "who are you?"
-            ids = np.array(
-                [text.encode(text.render_chat([{"role": "user", "content": prompt}]))],
-                dtype=np.int32,
-            )
             triton_client = grpcclient.InferenceServerClient(triton.grpc_url)
-
-            def inputs():
-                tensors = []
-                for name, value in [
-                    ("input_ids", ids),
-                    ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
-                    ("request_output_len", np.array([[args.max_tokens]], dtype=np.int32)),
-                    ("end_id", np.array([[text.end_id]], dtype=np.int32)),
-                    ("pad_id", np.array([[text.pad_id]], dtype=np.int32)),
-                    ("streaming", np.array([[False]], dtype=bool)),
-                ]:
-                    dtype = "BOOL" if value.dtype == bool else "INT32"
-                    tensor = grpcclient.InferInput(name, value.shape, dtype)
-                    tensor.set_data_from_numpy(value)
-                    tensors.append(tensor)
-                return tensors
-
-            async def direct() -> None:
-                async def requests():
-                    yield {"model_name": "tensorrt_llm", "inputs": inputs()}
-
-                async for result, error in triton_client.stream_infer(requests()):
-                    assert error is None, error
-                    result.as_numpy("output_ids")
-                    break
+            direct = direct_call(triton_client, prompt, max_tokens=args.max_tokens)
 
             body = {
                 "model": "bench",

@@ -16,39 +16,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench.common import TOKENIZER, cpu_seconds, start_gateway, table
-
-
-def setup_django(db_path: Path) -> None:
-    os.environ["SQLITE_PATH"] = str(db_path)
-    os.environ["GATEWAY_PLATFORM"] = "false"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
+from bench.common import (
+    TOKENIZER,
+    cpu_seconds,
+    direct_inputs,
+    setup_django,
+    start_gateway,
+    table,
+)
 
 
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     db_path = workdir / "bench.sqlite3"
-    await asyncio.to_thread(setup_django, db_path)
+    await asyncio.to_thread(setup_django, platform=False, sqlite_path=db_path)
     import aiohttp
     import orjson
     import tritonclient.grpc.aio as grpcclient
 
     from llmgateway.devtriton.server import DevTriton, free_port
     from llmgateway.services import model_upsert
-    from llmgateway.textgen.tokenizer import load_text_model
 
     with DevTriton(
         grpc_port=free_port(),
@@ -69,35 +61,14 @@ async def bench(args) -> None:
         port = free_port()
         gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:
-            text = load_text_model(TOKENIZER)
             client = grpcclient.InferenceServerClient(triton.grpc_url)
             session = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
-
-            def direct_inputs(prompt: str, max_tokens: int):
-                ids = np.array(
-                    [text.encode(text.render_chat([{"role": "user", "content": prompt}]))],
-                    dtype=np.int32,
-                )
-                tensors = []
-                for name, value in [
-                    ("input_ids", ids),
-                    ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
-                    ("request_output_len", np.array([[max_tokens]], dtype=np.int32)),
-                    ("end_id", np.array([[text.end_id]], dtype=np.int32)),
-                    ("streaming", np.array([[True]], dtype=bool)),
-                ]:
-                    t = grpcclient.InferInput(
-                        name, value.shape, "BOOL" if value.dtype == bool else "INT32"
-                    )
-                    t.set_data_from_numpy(value)
-                    tensors.append(t)
-                return tensors
 
             async def direct_ttft(prompt: str, max_tokens: int) -> float:
                 async def requests():
                     yield {
                         "model_name": "tensorrt_llm",
-                        "inputs": direct_inputs(prompt, max_tokens),
+                        "inputs": direct_inputs(prompt, max_tokens=max_tokens, streaming=True),
                     }
 
                 start = time.perf_counter()
@@ -147,7 +118,7 @@ async def bench(args) -> None:
             d50, g50 = statistics.median(direct) * 1000, statistics.median(via) * 1000
 
             # CPU per token over windows of one long stream ([[long:N]] = N tokens).
-            marks = [10, 500, 1000, 2000, 3000, args.long]
+            marks = [10, *(m for m in (500, 1000, 2000, 3000) if m < args.long), args.long]
             samples: dict[int, list[float]] = {m: [] for m in marks}
             long_prompt = f"[[long:{args.long}]]"
             for _ in range(args.long_runs):

@@ -156,3 +156,63 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process `pid`, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def setup_django(*, platform: bool, sqlite_path: Path | None = None) -> None:
+    """Configure Django in the bench process (the gateways get the same settings) and
+    migrate. Call through asyncio.to_thread from async code."""
+    if sqlite_path is not None:
+        os.environ["SQLITE_PATH"] = str(sqlite_path)
+    os.environ["GATEWAY_PLATFORM"] = "true" if platform else "false"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def direct_inputs(prompt: str, *, max_tokens: int, streaming: bool) -> list:
+    """The TRT-LLM tensors a direct tritonclient call sends for one chat turn."""
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    from llmgateway.textgen.tokenizer import load_text_model
+
+    text = load_text_model(TOKENIZER)
+    ids = np.array(
+        [text.encode(text.render_chat([{"role": "user", "content": prompt}]))], dtype=np.int32
+    )
+    tensors = []
+    for name, value in [
+        ("input_ids", ids),
+        ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
+        ("request_output_len", np.array([[max_tokens]], dtype=np.int32)),
+        ("end_id", np.array([[text.end_id]], dtype=np.int32)),
+        ("pad_id", np.array([[text.pad_id]], dtype=np.int32)),
+        ("streaming", np.array([[streaming]], dtype=bool)),
+    ]:
+        tensor = grpcclient.InferInput(
+            name, value.shape, "BOOL" if value.dtype == bool else "INT32"
+        )
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    return tensors
+
+
+def direct_call(client, prompt: str, *, max_tokens: int) -> Callable[[], Awaitable[None]]:
+    """A non-streamed request straight to Triton's tensorrt_llm model, as a load callable."""
+
+    async def call() -> None:
+        async def requests():
+            yield {
+                "model_name": "tensorrt_llm",
+                "inputs": direct_inputs(prompt, max_tokens=max_tokens, streaming=False),
+            }
+
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            result.as_numpy("output_ids")
+            break
+
+    return call
