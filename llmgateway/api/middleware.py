@@ -65,8 +65,9 @@ def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     return response
 
 
-class request_id_middleware:  # noqa: N801 - named like a function in settings.MIDDLEWARE
-    """Every response, errors included, carries x-request-id (the client's if given)."""
+class _Middleware:
+    """Sync- and async-capable middleware with two hooks: `before` may answer early,
+    `after` may replace the response. Sync under runserver, async under uvicorn."""
 
     sync_capable = True
     async_capable = True
@@ -77,43 +78,43 @@ class request_id_middleware:  # noqa: N801 - named like a function in settings.M
         if self.is_async:
             markcoroutinefunction(self)
 
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return response
+
     def __call__(self, request: HttpRequest):
         if self.is_async:
             return self._acall(request)
-        request.request_id = _request_id(request)
-        return _finish(request, self.get_response(request))
+        early = self.before(request)
+        return self.after(request, early if early is not None else self.get_response(request))
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
+        early = self.before(request)
+        if early is None:
+            early = await self.get_response(request)
+        return self.after(request, early)
+
+
+class request_id_middleware(_Middleware):  # noqa: N801 - named like a function in settings
+    """Every response, errors included, carries x-request-id (the client's if given)."""
+
+    def before(self, request: HttpRequest) -> None:
         request.request_id = _request_id(request)
-        return _finish(request, await self.get_response(request))
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return _finish(request, response)
 
 
-class body_limit_middleware:  # noqa: N801
+class body_limit_middleware(_Middleware):  # noqa: N801
     """413 for a body declared over GATEWAY_MAX_BODY_BYTES, before anything reads it.
 
     Runs after the request-log middleware, so a refused upload still gets its row.
     """
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
-        if self.is_async:
-            return self._acall(request)
-        if _too_large(request):
-            return too_large().response()
-        return self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        if _too_large(request):
-            return too_large().response()
-        return await self.get_response(request)
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return too_large().response() if _too_large(request) else None
 
 
 class admin_middleware:  # noqa: N801
