@@ -318,8 +318,17 @@ class OutputParser:
     def __init__(self) -> None:
         self.calls = 0
         self._pending_space = ""
+        self._buffer = ""
 
     def feed(self, text: str) -> list[Event]:
+        out: list[Event] = []
+        self._buffer += text
+        while self._step(out):
+            pass
+        return out
+
+    def _step(self, out: list[Event]) -> bool:
+        """Advance the parser's state machine once; True while it may advance again."""
         raise NotImplementedError
 
     def finish(self) -> list[Event]:
@@ -352,18 +361,9 @@ class HermesParser(OutputParser):
     def __init__(self) -> None:
         super().__init__()
         self._state = "content"
-        self._buffer = ""
         self._scanner = _JSONValueScanner()
 
-    def feed(self, text: str) -> list[Event]:
-        out: list[Event] = []
-        self._buffer += text
-        while self._step(out):
-            pass
-        return out
-
     def _step(self, out: list[Event]) -> bool:
-        """Advance the state machine once; True while it may advance again."""
         buffer = self._buffer
         if self._state == "content":
             at = buffer.find(self.OPEN)
@@ -446,16 +446,8 @@ class ReactParser(OutputParser):
     def __init__(self, *, continues_thought: bool = False) -> None:
         super().__init__()
         self._state = "thought" if continues_thought else "start"
-        self._buffer = ""
         # Drop the space after "Final Answer:" or "Action Input:" however it arrives.
         self._lstrip = False
-
-    def feed(self, text: str) -> list[Event]:
-        out: list[Event] = []
-        self._buffer += text
-        while self._step(out):
-            pass
-        return out
 
     def _step(self, out: list[Event]) -> bool:
         buffer = self._buffer
