@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,9 +59,19 @@ def test_demo_serves_generate_with_the_printed_key(tmp_path):
         assert "dev Triton scripted model" in response.json()["text"]
         login = httpx.get(f"http://localhost:{port}/admin/login/", timeout=10)
         assert login.status_code == 200 and password
+        grpc_port = int(re.search(r"dev Triton: grpc 127\.0\.0\.1:(\d+)", banner).group(1))
+        # What an operator's Ctrl-C or `kill` does: the dev Triton goes with the demo.
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+        deadline = time.monotonic() + 15
+        while _listening(grpc_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _listening(grpc_port), "the demo left its tritonserver running"
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -153,6 +154,12 @@ class DevTriton:
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
                 start_new_session=True,
+                # Tied to the starting thread: only safe from the main thread.
+                preexec_fn=(
+                    _die_with_parent
+                    if threading.current_thread() is threading.main_thread()
+                    else None
+                ),
             )
         try:
             self._wait_ready(timeout)

@@ -7,6 +7,7 @@ scripted TensorRT-LLM model, SQLite, and uvicorn. Stops everything on Ctrl-C.
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from llmgateway.services import model_upsert
 
 DEMO_MODEL = "qwen1.5-chat"
 TOKENIZER = Path(__file__).resolve().parents[2] / "devtriton" / "tokenizer"
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _admin_and_key() -> tuple[str, str]:
@@ -60,6 +65,9 @@ class Command(BaseCommand):
         parser.add_argument("--trtllm-version", choices=["0.8", "recent"], default="0.8")
 
     def handle(self, *args, **options) -> None:
+        # uvicorn re-raises SIGTERM after its graceful shutdown; unwind instead, so the
+        # dev Triton below is stopped rather than left running.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         call_command("migrate", interactive=False, verbosity=0)
         triton = DevTriton(
             grpc_port=_pick(8001),
