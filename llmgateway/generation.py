@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -12,11 +13,14 @@ from django.conf import settings
 
 from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
+from llmgateway.api.sse import DONE, event
 from llmgateway.engine import Delta, Engine, Generation
 from llmgateway.models import ModelConfig
 from llmgateway.services import engine_get, model_get, model_list
 from llmgateway.textgen.tokenizer import TokenizerError
 from llmgateway.triton.errors import TritonError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -216,3 +220,55 @@ async def stream_start(generation: Generation, admission: Admission, *, started:
 def cancel_on_close(response, generation: Generation) -> None:
     """If the client leaves before the stream's body runs, still cancel Triton's work."""
     response._resource_closers.append(generation.cancel)
+
+
+async def stream_settled(
+    chunks: AsyncIterator[bytes],
+    *,
+    generation: Generation,
+    admission: Admission,
+    started: float,
+    finish_reasons: dict[int, str],
+) -> AsyncIterator[bytes]:
+    """Frame an SSE body so it always ends in [DONE] and settles exactly once.
+
+    A Triton failure becomes an error event in OpenAI's envelope before [DONE];
+    a client disconnect settles as 499 and re-raises. `finish_reasons` is filled
+    by `chunks` (choice index → reason) and read for the request log.
+    """
+    status, error_type, cancelled = 200, None, False
+    try:
+        async with contextlib.aclosing(chunks) as body:
+            async for chunk in body:
+                yield chunk
+        yield DONE
+    except TritonError as exc:
+        api_error = from_triton(exc)
+        status, error_type = api_error.status, api_error.code or api_error.type
+        yield event(api_error.body())
+        yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        # Django cancels the task, or closes the generator, when the client goes away.
+        status, error_type, cancelled = 499, "client_disconnected", True
+        raise
+    except Exception:
+        logger.exception("stream failed for %s", generation)
+        status, error_type = 500, "server_error"
+        yield event(
+            APIError(
+                500, "The server had an error processing your request.", type="server_error"
+            ).body()
+        )
+        yield DONE
+    finally:
+        reasons = set(finish_reasons.values())
+        await settle(
+            admission,
+            generation,
+            status=status,
+            started=started,
+            streamed=True,
+            finish_reason=reasons.pop() if len(reasons) == 1 else None,
+            error_type=error_type,
+            cancelled=cancelled,
+        )

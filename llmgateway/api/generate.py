@@ -14,7 +14,6 @@ Compatible with fastapi_tritonserver's fields. Choices written down here:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
@@ -24,8 +23,8 @@ from ninja import Field, Router
 from pydantic import AfterValidator, BaseModel
 
 from llmgateway.accounting import Reservation, admit
-from llmgateway.api.errors import from_triton, invalid
-from llmgateway.api.sse import DONE, event, sse_response
+from llmgateway.api.errors import invalid
+from llmgateway.api.sse import event, sse_response
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, SamplingParams
 from llmgateway.generation import (
     cancel_on_close,
@@ -33,12 +32,11 @@ from llmgateway.generation import (
     deltas,
     max_tokens_resolve,
     model_resolve,
-    settle,
+    stream_settled,
     stream_start,
     timeout_resolve,
 )
 from llmgateway.models import ModelConfig
-from llmgateway.triton.errors import TritonError
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
 
 router = Router(tags=["generate"])
@@ -172,7 +170,15 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
     prefix = _prefix(payload, payload.prompt)
     if payload.stream:
         await stream_start(generation, admission, started=started)
-        response = sse_response(_stream(generation, admission, request_id, prefix, started))
+        finish_reasons: dict[int, str] = {}
+        body = stream_settled(
+            _chunks(generation, request_id, prefix, finish_reasons),
+            generation=generation,
+            admission=admission,
+            started=started,
+            finish_reasons=finish_reasons,
+        )
+        response = sse_response(body)
         cancel_on_close(response, generation)
         return _apply_headers(response, admission.headers)
     (result,) = await collect_settled(generation, admission, started=started)
@@ -181,43 +187,22 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
     )
 
 
-async def _stream(generation, admission, request_id: str, prefix: str, started: float):
-    status, error_type, cancelled, finish_reason = 200, None, False, None
-    try:
-        if prefix:
-            yield event({"text": prefix, "id": request_id})
-        async for delta in deltas(generation):
-            if delta.text:
-                yield event({"text": delta.text, "id": request_id})
-            finish_reason = delta.finish_reason or finish_reason
-        yield event(
-            {
-                "text": "",
-                "id": request_id,
-                "finish_reason": finish_reason,
-                "usage": generation.usage.as_dict(),
-            }
-        )
-        yield DONE
-    except TritonError as exc:
-        api_error = from_triton(exc)
-        status, error_type = api_error.status, api_error.code or api_error.type
-        yield event(api_error.body())
-        yield DONE
-    except asyncio.CancelledError:
-        status, error_type, cancelled = 499, "client_disconnected", True
-        raise
-    finally:
-        await settle(
-            admission,
-            generation,
-            status=status,
-            started=started,
-            streamed=True,
-            finish_reason=finish_reason,
-            error_type=error_type,
-            cancelled=cancelled,
-        )
+async def _chunks(generation, request_id: str, prefix: str, finish_reasons: dict[int, str]):
+    if prefix:
+        yield event({"text": prefix, "id": request_id})
+    async for delta in deltas(generation):
+        if delta.text:
+            yield event({"text": delta.text, "id": request_id})
+        if delta.finish_reason is not None:
+            finish_reasons[delta.index] = delta.finish_reason
+    yield event(
+        {
+            "text": "",
+            "id": request_id,
+            "finish_reason": finish_reasons.get(0),
+            "usage": generation.usage.as_dict(),
+        }
+    )
 
 
 @router.post("/batch_generate")

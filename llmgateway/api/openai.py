@@ -19,7 +19,7 @@ from ninja import Router
 
 from llmgateway.accounting import admit, model_visible
 from llmgateway.api.errors import invalid, model_not_found
-from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job, stream_settled
+from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
     CompletionIn,
@@ -42,6 +42,7 @@ from llmgateway.generation import (
     collect_settled,
     max_tokens_resolve,
     model_resolve,
+    stream_settled,
     stream_start,
     timeout_resolve,
 )
@@ -166,7 +167,14 @@ async def job_run(request: HttpRequest, job: Job, engine: Engine, shaper: Shaper
         await vision_inputs_load(job.vision, request=job.requests[0], admission=admission)
     if job.stream:
         await stream_start(job.generation, admission, started=started)
-        response = sse_response(stream_settled(job, admission, started, shaper.chunks()))
+        body = stream_settled(
+            shaper.chunks(),
+            generation=job.generation,
+            admission=admission,
+            started=started,
+            finish_reasons=job.finish_reasons,
+        )
+        response = sse_response(body)
         cancel_on_close(response, job.generation)
     else:
         results = await collect_settled(job.generation, admission, started=started)

@@ -1,15 +1,12 @@
 """Shaping /v1 answers: JSON bodies and server-sent event chunks, as OpenAI sends them.
 
 A shaper turns one job's results into `chat.completion` / `text_completion`
-objects, or its deltas into chunks; `stream_settled` frames any chunk stream so
-it always ends in `data: [DONE]` (after an error event if generation failed) and
-settles the admission exactly once.
+objects, or its deltas into chunks (framed and settled by
+`llmgateway.generation.stream_settled`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -17,11 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgateway.accounting import Admission, Reservation
-from llmgateway.api.errors import APIError, from_triton
-from llmgateway.api.sse import DONE, event
+from llmgateway.accounting import Reservation
+from llmgateway.api.sse import event
 from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest
-from llmgateway.generation import ChoiceResult, deltas, settle
+from llmgateway.generation import ChoiceResult, deltas
 from llmgateway.textgen.tools import (
     OutputParser,
     ToolCallDelta,
@@ -29,7 +25,6 @@ from llmgateway.textgen.tools import (
     answer_parse,
     parser_for,
 )
-from llmgateway.triton.errors import TritonError
 from llmgateway.vision.service import VisionPrompt
 
 logger = logging.getLogger(__name__)
@@ -67,48 +62,6 @@ class Job:
         if self.plan is None:
             return None
         return parser_for(self.plan, continues_thought=self.continues_thought)
-
-
-async def stream_settled(
-    job: Job, admission: Admission, started: float, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    """Frame `chunks` as a stream that always ends in [DONE] and settles exactly once."""
-    status, error_type, cancelled = 200, None, False
-    try:
-        async with contextlib.aclosing(chunks) as body:
-            async for chunk in body:
-                yield chunk
-        yield DONE
-    except TritonError as exc:
-        api_error = from_triton(exc)
-        status, error_type = api_error.status, api_error.code or api_error.type
-        yield event(api_error.body())
-        yield DONE
-    except (asyncio.CancelledError, GeneratorExit):
-        # Django cancels the task, or closes the generator, when the client goes away.
-        status, error_type, cancelled = 499, "client_disconnected", True
-        raise
-    except Exception:
-        logger.exception("stream failed on %s", job.endpoint)
-        status, error_type = 500, "server_error"
-        yield event(
-            APIError(
-                500, "The server had an error processing your request.", type="server_error"
-            ).body()
-        )
-        yield DONE
-    finally:
-        reasons = set(job.finish_reasons.values())
-        await settle(
-            admission,
-            job.generation,
-            status=status,
-            started=started,
-            streamed=True,
-            finish_reason=reasons.pop() if len(reasons) == 1 else None,
-            error_type=error_type,
-            cancelled=cancelled,
-        )
 
 
 def _token_text(engine: Engine, token: int) -> str:
