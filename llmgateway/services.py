@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from llmgateway.db import orm
@@ -26,12 +25,6 @@ _engine_locks: dict[tuple[int, float], asyncio.Lock] = {}
 
 def _ttl() -> float:
     return float(getattr(settings, "MODEL_CACHE_SECONDS", 1.0))
-
-
-def models_clear_cache() -> None:
-    global _all
-    _rows.clear()
-    _all = None
 
 
 @orm
@@ -91,6 +84,3 @@ def model_upsert(**fields) -> ModelConfig:
     name = fields.pop("name")
     config, _ = ModelConfig.objects.update_or_create(name=name, defaults=fields)
     return config
-
-
-amodel_upsert = sync_to_async(model_upsert)
