@@ -1,20 +1,86 @@
-"""The console for keys, quotas and request logs (staff only, Django admin)."""
+"""The console for keys, quotas and request logs (staff only, Django admin).
+
+Adding a key is POST, redirect, GET, and the secret lives in no store at all:
+
+- The add form carries a signed hidden `creation_token` naming the public id its key
+  will get. Saving stores the key *without* a secret (empty hash: it authenticates
+  nothing) and redirects to `created/<link>/`, a link signed for this admin and valid
+  for CREATED_LINK_SECONDS.
+- The first GET of that page mints the secret and stores only its hash, in one UPDATE
+  that matches only a row whose hash is still empty (`key_secret_issue`), and renders
+  the secret with `cache-control: no-store`.
+- Refresh, Back then Forward, or the link in a second tab: the row has a hash, so the
+  page says the secret was shown already. Back from it lands on a fresh add form (the
+  POST was replaced by the redirect). Re-submitting a copy of the same form (the same
+  creation token) finds the key it already made and redirects to its page: one key.
+- Several workers or replicas: the only state is the key's row, so the redirect may
+  land on any process. No cache, session, message or URL ever holds the secret.
+
+Limits: the GET that mints the secret is not safe in the HTTP sense (HEAD is refused so
+nothing mints a secret it does not show). If that one response is lost (connection
+dropped after the UPDATE), the secret is gone: revoke the key and add another, as with
+any lost secret. A key whose page was never loaded in time keeps no secret and can never
+authenticate; the change page says so. Two copies of one form submitted at the same
+instant race to the unique public id; the loser's transaction rolls back and it is
+redirected like any re-submission.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
-from django.urls import path
-from django.utils import timezone
+from typing import Any
 
-from accounts.models import ApiKey, KeyUsage, RequestLog
-from accounts.services import key_revoke
+from django import forms
+from django.contrib import admin, messages
+from django.core import signing
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from accounts.models import ApiKey, KeyUsage, RequestLog, new_public_id
+from accounts.services import key_revoke, key_secret_issue
 from accounts.usage import usage_charts, usage_report
 
 USAGE_DAYS = (1, 7, 14, 30, 90)
+# How long the redirect target of an added key may still mint its secret. A redirect
+# takes well under a second; the margin covers a slow link or a stalled first load.
+CREATED_LINK_SECONDS = 600
+CREATION_SALT = "accounts.admin.apikey.creation"
+CREATED_SALT = "accounts.admin.apikey.created"
+
+
+def _creation_token() -> str:
+    return signing.dumps(new_public_id(), salt=CREATION_SALT)
+
+
+def _creation_public_id(token: str) -> str | None:
+    """The public id a creation token names, or None if it was not signed here."""
+    try:
+        return signing.loads(token, salt=CREATION_SALT)
+    except signing.BadSignature:
+        return None
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    """The add form; its token makes submitting one form twice create one key."""
+
+    creation_token = forms.CharField(
+        widget=forms.HiddenInput, required=False, initial=_creation_token
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        cleaned["public_id"] = _creation_public_id(cleaned.get("creation_token") or "")
+        if cleaned["public_id"] is None:
+            raise forms.ValidationError(
+                "This form is incomplete: reload the page, fill it in again."
+            )
+        return cleaned
 
 
 @admin.register(ApiKey)
@@ -58,36 +124,87 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="key")
     def display(self, key: ApiKey) -> str:
-        return key.display if key.public_id else "(generated when saved)"
+        if not key.public_id:
+            return "(generated when saved)"
+        if not key.has_secret:
+            return f"{key.display} (secret never shown: this key cannot authenticate)"
+        return key.display
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None):
+        if obj is not None:
+            return self.fieldsets
+        (title, options), *rest = self.fieldsets
+        return ((title, {**options, "fields": (*options["fields"], "creation_token")}), *rest)
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_urls(self):
+        created = self.admin_site.admin_view(require_GET(self.created_view))
+        # Before the admin's own URLs: their "<path:object_id>/" would match it.
+        return [
+            path("created/<str:link>/", created, name="accounts_apikey_created"),
+            *super().get_urls(),
+        ]
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None):
+        if request.method == "POST" and (key := self._submitted_before(request)):
+            return self._redirect_created(request, key)
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except IntegrityError:
+            # Another submission of this form saved its key between our check and our
+            # INSERT; the unique public id refused this one (and rolled it back).
+            if key := self._submitted_before(request):
+                return self._redirect_created(request, key)
+            raise
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if not change:
-            issued, secret = ApiKey.issue()
-            obj.public_id, obj.secret_hash, obj.last_four = (
-                issued.public_id,
-                issued.secret_hash,
-                issued.last_four,
-            )
-            request._new_api_key_secret = secret  # rendered once by response_add, never stored
+            obj.public_id = form.cleaned_data["public_id"]  # no secret yet: see the docstring
         super().save_model(request, obj, form, change)
         if not change:
             KeyUsage.objects.get_or_create(key=obj)
 
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None):
-        secret = getattr(request, "_new_api_key_secret", None)
-        if secret is None:
-            return super().response_add(request, obj, post_url_continue)
-        # Shown in this response only: not in a message, a session or a redirect URL.
+        return self._redirect_created(request, obj)
+
+    def created_view(self, request: HttpRequest, link: str) -> HttpResponse:
+        """Show a key added by this admin with its secret, on the first load only."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        try:
+            claim = signing.loads(link, salt=CREATED_SALT, max_age=CREATED_LINK_SECONDS)
+            expired = False
+        except signing.SignatureExpired:
+            claim = signing.loads(link, salt=CREATED_SALT)
+            expired = True
+        except signing.BadSignature:
+            raise Http404 from None
+        key = get_object_or_404(ApiKey, pk=claim["key"])
+        mine = claim["user"] == request.user.pk
+        secret = key_secret_issue(key=key) if mine and not expired else None
         context = {
             **self.admin_site.each_context(request),
             "title": "API key created",
-            "key": obj,
+            "key": key,
             "secret": secret,
+            "not_mine": not mine,
             "opts": self.opts,
         }
         response = TemplateResponse(request, "admin/accounts/apikey_created.html", context)
         response["cache-control"] = "no-store"
         return response
+
+    def _submitted_before(self, request: HttpRequest) -> ApiKey | None:
+        public_id = _creation_public_id(request.POST.get("creation_token", ""))
+        return ApiKey.objects.filter(public_id=public_id).first() if public_id else None
+
+    def _redirect_created(self, request: HttpRequest, key: ApiKey) -> HttpResponseRedirect:
+        link = signing.dumps({"key": key.pk, "user": request.user.pk}, salt=CREATED_SALT)
+        return HttpResponseRedirect(reverse("admin:accounts_apikey_created", args=[link]))
 
     @admin.action(description="Revoke selected keys (effective within a second)")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

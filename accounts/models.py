@@ -1,9 +1,11 @@
 """API keys, their quota counters and leases, and the request log.
 
-A key's secret exists only in the response that created it. The table keeps
+A key's secret exists only in the response that issued it. The table keeps
 the public id (to find the row), an HMAC-SHA256 of the whole key under a server
 pepper (to check it, in constant time) and the last four characters (to tell
-keys apart in the admin).
+keys apart in the admin). A key added in the admin is saved without a secret
+(empty hash: it matches nothing) and gets one when the admin's "key created"
+page is first loaded (accounts/admin.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _pepper() -> bytes:
 
 def hash_key(raw: str) -> str:
     return hmac.new(_pepper(), raw.encode(), hashlib.sha256).hexdigest()
+
+
+def new_public_id() -> str:
+    return secrets.token_hex(PUBLIC_ID_BYTES)
 
 
 def parse_public_id(raw: str) -> str | None:
@@ -104,13 +110,21 @@ class ApiKey(models.Model):
     @classmethod
     def issue(cls, **fields) -> tuple[ApiKey, str]:
         """A new unsaved key and its secret; the secret is never stored."""
-        public_id = secrets.token_hex(PUBLIC_ID_BYTES)
-        raw = f"{KEY_PREFIX}{public_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
-        key = cls(public_id=public_id, secret_hash=hash_key(raw), last_four=raw[-4:], **fields)
-        return key, raw
+        key = cls(public_id=new_public_id(), **fields)
+        return key, key.new_secret()
+
+    def new_secret(self) -> str:
+        """A fresh secret for this key: sets the hash and last four (unsaved), returns it."""
+        raw = f"{KEY_PREFIX}{self.public_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+        self.secret_hash, self.last_four = hash_key(raw), raw[-4:]
+        return raw
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_hash)
 
     def matches(self, raw: str) -> bool:
-        return hmac.compare_digest(self.secret_hash, hash_key(raw))
+        return self.has_secret and hmac.compare_digest(self.secret_hash, hash_key(raw))
 
     def is_active(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()

@@ -100,6 +100,24 @@ def key_create(
     return key, raw
 
 
+def key_secret_issue(*, key: ApiKey) -> str | None:
+    """Give a saved key without a secret (added in the admin) its secret, once.
+
+    Returns the secret, or None if the key already has one; `key` is updated either way.
+    The UPDATE matches only a row whose hash is still empty, so of concurrent callers (a
+    refresh racing the first load, a second tab, another worker or replica) exactly one
+    gets a secret: the database decides, no process keeps any state.
+    """
+    raw = key.new_secret()
+    issued = ApiKey.objects.filter(pk=key.pk, secret_hash="").update(
+        secret_hash=key.secret_hash, last_four=key.last_four, updated_at=timezone.now()
+    )
+    if not issued:
+        key.refresh_from_db(fields=["secret_hash", "last_four"])
+        return None
+    return raw
+
+
 def key_revoke(*, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()

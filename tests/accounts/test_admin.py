@@ -2,35 +2,143 @@
 
 from __future__ import annotations
 
+import re
+
+from django.contrib.sessions.models import Session
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import ApiKey, RequestLog
 from accounts.services import key_create
 from tests.conftest import CHAT_MODEL
 
+ADD_URL = "/admin/accounts/apikey/add/"
+SECRET_INPUT = 'id="api-key-secret" type="text" readonly size="80" value="'
 
-def test_creating_a_key_shows_the_secret_once(admin_client, admin_user):
-    response = admin_client.post(
-        "/admin/accounts/apikey/add/",
-        {
-            "name": "from the admin",
-            "owner": admin_user.pk,
-            "all_models": "on",
-            "rpm_limit": "60",
-            "budget_period": "month",
-        },
-    )
-    assert response.status_code == 200, response.content[:2000]
-    key = ApiKey.objects.get(name="from the admin")
+
+def add_form(client, admin_user, name: str) -> dict:
+    """The add form's fields as a browser would submit them, with the form's own token."""
+    page = client.get(ADD_URL).content.decode()
+    token = re.search(r'name="creation_token" value="([^"]+)"', page)
+    assert token, page[:3000]
+    return {
+        "name": name,
+        "owner": admin_user.pk,
+        "all_models": "on",
+        "rpm_limit": "60",
+        "budget_period": "month",
+        "creation_token": token[1],
+    }
+
+
+def shown_secret(response) -> str | None:
     page = response.content.decode()
-    secret = page.split('id="api-key-secret" type="text" readonly size="80" value="')[1].split('"')[
-        0
-    ]
-    assert secret.startswith(f"sk-gw-{key.public_id}-") and key.matches(secret)
+    return page.split(SECRET_INPUT)[1].split('"')[0] if SECRET_INPUT in page else None
+
+
+def everything_stored(client) -> str:
+    """Every row of every table, the decoded sessions and the client's cookies, as text."""
+    rows = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(f'SELECT * FROM "{table}"')
+            rows += [" ".join(str(value) for value in row) for row in cursor.fetchall()]
+    sessions = [str(s.get_decoded()) for s in Session.objects.all()]
+    return "\n".join([*rows, *sessions, str(client.cookies)])
+
+
+def test_adding_a_key_redirects_and_shows_the_secret_once(admin_client, admin_user):
+    posted = admin_client.post(ADD_URL, add_form(admin_client, admin_user, "from the admin"))
+    assert posted.status_code == 302, posted.content[:2000]
+    created_url = posted["location"]
+    assert created_url.startswith("/admin/accounts/apikey/created/")
+    key = ApiKey.objects.get(name="from the admin")
+    assert not key.has_secret and key.rpm_limit == 60  # the secret is made by the GET
+
+    response = admin_client.get(created_url)
+    secret = shown_secret(response)
+    key.refresh_from_db()
+    assert secret and secret.startswith(f"sk-gw-{key.public_id}-") and key.matches(secret)
+    assert secret not in created_url
     assert "no-store" in response["cache-control"]
-    assert key.rpm_limit == 60
+    assert "never be shown again" in response.content.decode()
+
+    # Refresh, Back/Forward, a second tab: the same GET again.
+    for _ in range(2):
+        again = admin_client.get(created_url)
+        assert again.status_code == 200 and "no-store" in again["cache-control"]
+        assert shown_secret(again) is None and secret not in again.content.decode()
+        assert "already shown" in again.content.decode()
+    assert ApiKey.objects.filter(name="from the admin").count() == 1
+    key.refresh_from_db()
+    assert key.matches(secret)  # re-loading the page did not replace the secret
+
     for url in ("/admin/accounts/apikey/", f"/admin/accounts/apikey/{key.pk}/change/"):
         assert secret not in admin_client.get(url).content.decode()
+    stored = everything_stored(admin_client)
+    assert secret not in stored and secret.split("-", 3)[3] not in stored
+    assert key.secret_hash in stored  # the scan did reach the key's row
+
+
+def test_resubmitting_the_same_add_form_creates_no_second_key(admin_client, admin_user):
+    form = add_form(admin_client, admin_user, "submitted twice")
+    first = admin_client.post(ADD_URL, form)
+    secret = shown_secret(admin_client.get(first["location"]))
+    assert secret
+    second = admin_client.post(ADD_URL, form)
+    assert second.status_code == 302
+    assert second["location"].startswith("/admin/accounts/apikey/created/")
+    page = admin_client.get(second["location"])
+    assert shown_secret(page) is None and "already shown" in page.content.decode()
+    assert ApiKey.objects.filter(name="submitted twice").count() == 1
+    assert ApiKey.objects.get(name="submitted twice").matches(secret)
+    # A fresh form is a new key.
+    admin_client.post(ADD_URL, add_form(admin_client, admin_user, "submitted twice"))
+    assert ApiKey.objects.filter(name="submitted twice").count() == 2
+
+
+def test_re_submitted_before_the_first_load_shows_the_secret_once(admin_client, admin_user):
+    form = add_form(admin_client, admin_user, "redirect lost")
+    admin_client.post(ADD_URL, form)  # its redirect never followed
+    again = admin_client.post(ADD_URL, form)
+    secret = shown_secret(admin_client.get(again["location"]))
+    assert secret and ApiKey.objects.get(name="redirect lost").matches(secret)
+    assert ApiKey.objects.filter(name="redirect lost").count() == 1
+
+
+def test_an_add_form_without_its_signed_token_creates_nothing(admin_client, admin_user):
+    form = add_form(admin_client, admin_user, "tampered")
+    for token in ("", "0123456789ab", form["creation_token"] + "x"):
+        response = admin_client.post(ADD_URL, {**form, "creation_token": token})
+        assert response.status_code == 200
+        assert "This form is incomplete" in response.content.decode()
+    assert not ApiKey.objects.filter(name="tampered").exists()
+
+
+def test_the_created_page_shows_the_secret_only_to_its_admin_in_time(
+    admin_client, admin_user, client, django_user_model, monkeypatch
+):
+    posted = admin_client.post(ADD_URL, add_form(admin_client, admin_user, "someone else's"))
+    other = django_user_model.objects.create_superuser("other-admin", "o@example.com", "x")
+    client.force_login(other)
+    page = client.get(posted["location"])
+    assert shown_secret(page) is None and "Only the admin who added" in page.content.decode()
+    key = ApiKey.objects.get(name="someone else's")
+    assert not key.has_secret
+    # Too late: the key keeps no secret, for good.
+    monkeypatch.setattr("accounts.admin.CREATED_LINK_SECONDS", -1)
+    page = admin_client.get(posted["location"])
+    assert shown_secret(page) is None and "expired" in page.content.decode()
+    key.refresh_from_db()
+    assert not key.has_secret and not key.matches(f"sk-gw-{key.public_id}-")
+    assert (
+        "cannot authenticate"
+        in admin_client.get(f"/admin/accounts/apikey/{key.pk}/change/").content.decode()
+    )
+    monkeypatch.setattr("accounts.admin.CREATED_LINK_SECONDS", 600)
+    assert admin_client.get(posted["location"][:-3] + "xx/").status_code == 404
+    assert admin_client.head(posted["location"]).status_code == 405
+    assert shown_secret(admin_client.get(posted["location"]))  # still its one showing
 
 
 def test_revoke_action_and_quota_editing(admin_client, admin_user):

@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from tests.accounts.conftest import wait_for_logs
-from tests.conftest import ARTIFACTS, CHAT_MODEL, TOKENIZER
+from tests.conftest import ARTIFACTS, CHAT_MODEL, TOKENIZER, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.committed_db
 
@@ -252,21 +252,33 @@ def test_1_create_key_shows_the_secret_exactly_once(
         page.fill("#id_budget_tokens", "1000000")
         page.select_option("#id_budget_period", "day")
         shot(page, "02-key-add-form", full_page=True)
-        with page.expect_response(
-            lambda r: r.url.endswith("/apikey/add/") and r.request.method == "POST"
-        ) as posted:
+        # What the browser is about to submit, to submit it again later.
+        form = page.evaluate(
+            "() => Object.fromEntries(new FormData(document.querySelector('#apikey_form')))"
+        )
+        with (
+            page.expect_response(
+                lambda r: r.url.endswith("/apikey/add/") and r.request.method == "POST"
+            ) as posted,
+            page.expect_response(lambda r: "/apikey/created/" in r.url) as shown,
+        ):
             page.click("input[name=_save]")
         page.wait_for_selector("#api-key-secret")
         shot(page, "03-key-created-secret-shown")
         return {
+            "form": form,
+            "post_status": posted.value.status,
+            "url": page.url,
             "secret": page.input_value("#api-key-secret"),
-            "cache_control": posted.value.headers.get("cache-control", ""),
+            "cache_control": shown.value.headers.get("cache-control", ""),
             "text": page.locator("#content-main").inner_text(),
         }
 
     result = ui.run(create)
     secret = result["secret"]
+    assert result["post_status"] == 302  # POST, redirect, GET
     assert SECRET_RE.fullmatch(secret), secret
+    assert secret not in result["url"]
     assert "no-store" in result["cache_control"]
     assert "never be shown again" in result["text"]
     key = ApiKey.objects.get(name=name)
@@ -280,10 +292,35 @@ def test_1_create_key_shows_the_secret_exactly_once(
     assert response.status_code == 200, response.text
     assert CHAT_MODEL in {m["id"] for m in response.json()["data"]}
 
+    def again(page) -> dict:
+        seen = {}
+        page.reload()  # refresh the created page
+        seen["reloaded"] = page.content()
+        shot(page, "03b-key-created-page-reloaded")
+        page.go_back()  # the add form (GET): the POST left no history entry
+        seen["back_url"] = page.url
+        page.wait_for_load_state("networkidle")  # the widgets' icons load after "load"
+        page.go_forward()
+        seen["forward"] = page.content()
+        # The same form submitted again (a copy of the browser's POST): no new key.
+        resubmitted = page.request.post("/admin/accounts/apikey/add/", form=result["form"])
+        seen["resubmitted_url"] = resubmitted.url
+        seen["resubmitted"] = resubmitted.text()
+        return seen
+
+    seen = ui.run(again)
+    assert seen["back_url"].endswith("/admin/accounts/apikey/add/")
+    assert "/apikey/created/" in seen["resubmitted_url"]
+    for html in (seen["reloaded"], seen["forward"], seen["resubmitted"]):
+        assert "already shown" in html and secret not in html
+        assert 'id="api-key-secret"' not in html
+    assert ApiKey.objects.filter(name=name).count() == 1
+    key.refresh_from_db()
+    assert key.matches(secret)
+
     def never_again(page) -> list[str]:
         seen = []
         # Follow the page's own link to the key, reload it, the listing, the key again.
-        # (Not the browser's Back: that re-POSTs the add form, which issues a new key.)
         page.click("text=Done: edit the key")
         page.wait_for_url(f"**/admin/accounts/apikey/{key.pk}/change/")
         shot(page, "04-key-change-page-no-secret", full_page=True)
@@ -450,3 +487,41 @@ def test_4_usage_page_draws_the_charts(ui, committed, live_gateway, superuser):
     assert any(height > 0 for height in seen["bars"]), seen["bars"]
     assert seen["row"][:3] == [f"sk-gw-{key.public_id}", str(len(prompts)), str(errors)]
     assert any(href and "/static/admin/css/" in href for href in seen["css"])
+
+
+def test_5_the_created_page_may_be_served_by_another_process(
+    ui, committed, live_gateway, superuser, owner_key, tmp_path
+):
+    """Two gateway processes (two workers or replicas): POST to one, GET from the other."""
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import ApiKey
+
+    cookies = {c["name"]: c["value"] for c in ui.run(lambda p: p.context.cookies())}
+    other = start_gateway(tmp_path, api_key=owner_key)
+    name = f"browser two processes {uuid.uuid4().hex[:6]}"
+    try:
+        with (
+            httpx.Client(base_url=live_gateway.url, cookies=cookies, timeout=10) as first,
+            httpx.Client(base_url=other.url, cookies=cookies, timeout=10) as second,
+        ):
+            form = first.get("/admin/accounts/apikey/add/").text
+            fields = dict(
+                re.findall(r'name="(csrfmiddlewaretoken|creation_token)" value="([^"]+)"', form)
+            )
+            owner = get_user_model().objects.get(username=superuser)
+            body = {**fields, "name": name, "owner": owner.pk, "budget_period": "month"}
+            posted = first.post("/admin/accounts/apikey/add/", data=body)
+            assert posted.status_code == 302, posted.text[:2000]
+            location = posted.headers["location"]
+            shown = second.get(location).text
+            gone = first.get(location).text
+            resubmitted = second.post("/admin/accounts/apikey/add/", data=body)
+    finally:
+        stop_gateway(other)
+    secret = SECRET_RE.search(shown)
+    assert secret, shown[:3000]
+    assert ApiKey.objects.get(name=name).matches(secret[0])
+    assert "already shown" in gone and secret[0] not in gone
+    assert resubmitted.status_code == 302 and "/apikey/created/" in resubmitted.headers["location"]
+    assert ApiKey.objects.filter(name=name).count() == 1
