@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from accounts.logs import log_record
 from accounts.quota import Decision, Verdict, quota_store
 from accounts.services import KeyRecord, key_allows
+from llmgateway import background
 from llmgateway.accounting import Outcome, Reservation
 from llmgateway.api.errors import APIError, model_not_found
 from llmgateway.engine import Usage
@@ -134,16 +135,7 @@ def _release_abandoned(
     lease_id = decision.lease_id if decision and decision.verdict is Verdict.OK else None
     admission = KeyAdmission(request, key, reservation, lease_id)
     outcome = Outcome(status=499, usage=Usage(), error_type="client_disconnected", cancelled=True)
-    _background(admission.settle(outcome))
-
-
-_tasks: set[asyncio.Task] = set()
-
-
-def _background(coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    background.spawn(admission.settle(outcome))
 
 
 async def admit(request: HttpRequest, reservation: Reservation) -> KeyAdmission:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest
 
 from accounts.models import RequestLog
@@ -64,7 +65,7 @@ def log_record(
         "request_id": getattr(request, "request_id", "")[:200],
         "api_key_id": key.id if key is not None else None,
         "key_public_id": key.public_id if key is not None else "",
-        "model": model,
+        "model": _clean(model),
         "endpoint": (endpoint or request.path)[:64],
         "status": status,
         "error_type": (error_type or "")[:64],
@@ -81,12 +82,17 @@ def log_record(
     }
     if settings.REQUEST_LOG_CONTENT:
         try:
-            record["prompt_text"] = request.body.decode("utf-8", "replace")[:MAX_TEXT]
+            record["prompt_text"] = _clean(request.body.decode("utf-8", "replace")[:MAX_TEXT])
         except Exception:  # a body over the size limit cannot be read (413)
             record["prompt_text"] = None
         if response_text is not None:
-            record["response_text"] = response_text[:MAX_TEXT]
+            record["response_text"] = _clean(response_text[:MAX_TEXT])
     return record
+
+
+def _clean(text: str | None) -> str | None:
+    """Text as PostgreSQL can store it: no NUL characters."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def log_row(record: dict) -> RequestLog:
@@ -99,3 +105,64 @@ def log_row(record: dict) -> RequestLog:
 def logs_write(records: list[dict]) -> None:
     """Insert records; one already written (a re-drained outbox item) is skipped."""
     RequestLog.objects.bulk_create([log_row(r) for r in records], ignore_conflicts=True)
+
+
+# The record's fields as PostgreSQL reads them from JSON (jsonb_to_recordset).
+_JSON_COLUMNS = {
+    "log_id": "uuid",
+    "created_at": "float8",
+    "request_id": "text",
+    "api_key_id": "bigint",
+    "key_public_id": "text",
+    "model": "text",
+    "endpoint": "text",
+    "status": "int",
+    "error_type": "text",
+    "prompt_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "finish_reason": "text",
+    "latency_ms": "float8",
+    "ttft_ms": "float8",
+    "streamed": "bool",
+    "cancelled": "bool",
+    "client_ip": "inet",
+    "prompt_text": "text",
+    "response_text": "text",
+}
+
+
+def _json_insert_sql() -> str:
+    names = ", ".join(connection.ops.quote_name(c) for c in _JSON_COLUMNS)
+    values = ", ".join(
+        "to_timestamp(x.created_at)" if c == "created_at" else f"x.{c}" for c in _JSON_COLUMNS
+    )
+    types = ", ".join(f"{c} {t}" for c, t in _JSON_COLUMNS.items())
+    return (
+        f"INSERT INTO {RequestLog._meta.db_table} ({names}) SELECT {values} "
+        f"FROM jsonb_to_recordset(%s::jsonb) AS x({types}) ON CONFLICT (log_id) DO NOTHING"
+    )
+
+
+def logs_write_json(items: list[bytes]) -> None:
+    """Insert records serialised as JSON objects (the Redis outbox's items).
+
+    On PostgreSQL the batch goes in as one JSON parameter that the server
+    unpacks: a few microseconds per row, against ~150 for building model
+    instances for bulk_create, and the drain runs in the gateway's own process.
+    A batch that fails is retried record by record, so one bad record cannot
+    hold the rest back; a record that cannot be written at all is logged in
+    full and dropped (it would otherwise block the outbox for good).
+    """
+    if connection.vendor == "postgresql":
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_json_insert_sql(), [(b"[" + b",".join(items) + b"]").decode()])
+            return
+        except DatabaseError:
+            logger.warning("batch insert of %d request logs failed; one by one", len(items))
+    for item in items:
+        try:
+            with transaction.atomic():
+                logs_write([orjson.loads(item)])
+        except (DatabaseError, ValueError, TypeError, KeyError):
+            logger.exception("dropping a request-log record that cannot be written: %r", item)

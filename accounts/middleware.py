@@ -16,9 +16,10 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from accounts.admission import KeyAdmission, _background
+from accounts.admission import KeyAdmission
 from accounts.logs import body_model, log_record, request_started
 from accounts.quota import quota_store
+from llmgateway import background
 from llmgateway.accounting import Outcome
 from llmgateway.api.middleware import is_api_path
 from llmgateway.engine import Usage
@@ -72,11 +73,11 @@ class request_log_middleware:  # noqa: N801 - named like a function in settings.
             response = await self.get_response(request)
         except asyncio.CancelledError:
             if getattr(request, "gateway_admission", None) is None:
-                _background(_log_unadmitted(request, 499, "client_disconnected"))
+                background.spawn(_log_unadmitted(request, 499, "client_disconnected"))
             raise
         admission = getattr(request, "gateway_admission", None)
         if admission is None:
-            await _log_unadmitted(request, response.status_code, _error_code(response))
+            background.spawn(_log_unadmitted(request, response.status_code, _error_code(response)))
         elif (
             isinstance(admission, KeyAdmission) and not admission.settled and not response.streaming
         ):
@@ -108,6 +109,6 @@ def _settle_unstarted(admission: KeyAdmission):
             streamed=True,
             cancelled=True,
         )
-        loop.call_soon_threadsafe(lambda: _background(admission.settle(outcome)))
+        loop.call_soon_threadsafe(lambda: background.spawn(admission.settle(outcome)))
 
     return close

@@ -7,7 +7,6 @@ that time, and a flood of wrong keys costs one query per key per second.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, KeyUsage, hash_key, parse_public_id
+from llmgateway import background
 from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,6 @@ def owner_get_or_create(*, username: str):
 # Lookup cache: HMAC of the presented key → (monotonic time, KeyRecord or None).
 _cache: dict[str, tuple[float, KeyRecord | None]] = {}
 _last_used: dict[int, float] = {}
-_background: set[asyncio.Task] = set()
 
 
 def keys_clear_cache() -> None:
@@ -172,9 +171,7 @@ def key_touch(key: KeyRecord) -> None:
     if now - _last_used.get(key.id, -LAST_USED_EVERY) < LAST_USED_EVERY:
         return
     _last_used[key.id] = now
-    task = asyncio.get_running_loop().create_task(_touch(key.id))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    background.spawn(_touch(key.id))
 
 
 async def _touch(key_id: int) -> None:

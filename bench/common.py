@@ -94,7 +94,7 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
         "--port",
         str(port),
         "--lifespan",
-        "off",
+        "on",
         "--no-access-log",
         "--log-level",
         "warning",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from llmgateway import background
 from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
 from llmgateway.api.sse import DONE, event
@@ -143,7 +144,11 @@ async def settle(
     error_type: str | None = None,
     cancelled: bool = False,
 ) -> None:
-    """Settle once, even while the request's task is being cancelled."""
+    """Settle once, even while the request's task is being cancelled.
+
+    The response waits for the settlement (one Redis round trip), so a client's
+    next request never meets its previous reservation still held.
+    """
     first = generation.first_token_at
     outcome = Outcome(
         status=status,
@@ -155,12 +160,8 @@ async def settle(
         cancelled=cancelled,
         response_text=generation.output_text(),
     )
-    task = asyncio.ensure_future(admission.settle(outcome))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        # The shielded task still runs to completion on the loop.
-        raise
+    # A separate task, so cancelling this one does not stop it (background.py).
+    await asyncio.shield(background.spawn(admission.settle(outcome)))
 
 
 async def collect_settled(

@@ -13,6 +13,10 @@ the event loop:
   ORM's worker thread are closed by `llmgateway.db.orm` before each use.
 - our API responses' close() releases no resources needing a thread.
 Admin paths go through the stock handler unchanged.
+
+It also speaks the ASGI lifespan protocol (Django does not): on shutdown it
+waits for background work (settlements, request logs: background.py) before
+the server's loop stops.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
+from llmgateway import background
 from llmgateway.api.middleware import is_api_path
 
 
@@ -31,8 +37,20 @@ class GatewayASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and is_api_path(scope.get("path", "")):
             await self.handle_api(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await background.shutdown(settings.GATEWAY_SHUTDOWN_SECONDS)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def handle_api(self, scope, receive, send) -> None:
         try:

@@ -183,6 +183,12 @@ QUOTA_LEASE_SECONDS = env_float("QUOTA_LEASE_SECONDS", GATEWAY_REQUEST_TIMEOUT +
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.
 REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
+# With Redis: how long the request-log outbox collects records before a gateway writes
+# them to the database in one INSERT (rows appear up to this late in the admin).
+REQUEST_LOG_DRAIN_SECONDS = env_float("REQUEST_LOG_DRAIN_SECONDS", 1.0)
+# On a graceful stop, how long to wait for settlements and request-log writes still
+# running after their responses were sent (llmgateway/background.py).
+GATEWAY_SHUTDOWN_SECONDS = env_float("GATEWAY_SHUTDOWN_SECONDS", 10.0)
 
 LOGGING = {
     "version": 1,

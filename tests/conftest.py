@@ -148,7 +148,7 @@ def start_gateway(
         "--port",
         str(port),
         "--lifespan",
-        "off",
+        "on",
         "--no-access-log",
     ]
     log = log_path.open("wb")

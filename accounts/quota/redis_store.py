@@ -17,9 +17,18 @@ increments them and records the lease. Redis runs a script atomically, so:
   the same atomic step, so a log row exists exactly when a settlement does.
 
 The outbox is drained into the database in batches by whichever process holds
-the drain lock (`LogDrain`), and by `manage.py drainrequestlogs`. A drainer
-that dies after inserting but before trimming leaves items that the next one
-inserts again; RequestLog.log_id is unique and duplicates are ignored.
+the drain lock (`LogDrain`, at most once per REQUEST_LOG_DRAIN_SECONDS), and
+by `manage.py drainrequestlogs`. Taking the lock and reading a batch is one
+script; trimming the batch and releasing the lock is another, which trims only
+while the lock is still ours (a drainer that stalled past the lock's expiry
+must not trim items its successor has not written). A drainer that dies after
+inserting but before trimming leaves items that the next one inserts again;
+RequestLog.log_id is unique and duplicates are ignored.
+
+The scripts are called by SHA (EVALSHA; loaded on first NOSCRIPT): the
+admission script is 2 KB, which EVAL would send, and Redis would hash, on
+every request. Commands go through `resp.RespClient` (one pipelined
+connection per event loop; see there for why not redis-py's client).
 
 If Redis is unreachable admissions fail closed (503 from the caller); the
 limits never silently fall back to per-process counting (LiteLLM #35533).
@@ -37,11 +46,13 @@ import secrets
 import uuid
 
 import orjson
-import redis.asyncio as aioredis
+from django.conf import settings
 
-from accounts.logs import logs_write
+from accounts.logs import logs_write_json
 from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds, limit_arg
+from accounts.quota.resp import RespClient, Script
 from accounts.services import KeyRecord
+from llmgateway import background
 from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
@@ -142,10 +153,35 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 return 1
 """
 
+# KEYS: outbox, drain lock. ARGV: token, lock ms, batch size.
+# The lock and the first `batch` items, or false if another process holds the lock.
+DRAIN_TAKE = """
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+if #items == 0 then redis.call('DEL', KEYS[2]) end
+return items
+"""
+
+# KEYS: outbox, drain lock. ARGV: token, items written.
+# Trim what was written and release the lock, only while the lock is still ours.
 RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
 return 0
 """
+
+DRAIN_DONE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+reserve_script = Script(RESERVE)
+settle_script = Script(SETTLE)
+drain_take_script = Script(DRAIN_TAKE)
+drain_done_script = Script(DRAIN_DONE)
+release_lock_script = Script(RELEASE_LOCK)
 
 
 def _keys(key: KeyRecord, clock: Clock) -> list[str]:
@@ -163,36 +199,36 @@ def _keys(key: KeyRecord, clock: Clock) -> list[str]:
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, aioredis.Redis] = {}
+        self._clients: dict[int, RespClient] = {}
         self.drain = LogDrain(self)
 
-    def client(self) -> aioredis.Redis:
-        # One pool per event loop: a redis.asyncio connection is bound to its loop.
+    def client(self) -> RespClient:
+        # One connection per event loop: an asyncio transport is bound to its loop.
         loop_id = id(asyncio.get_running_loop())
         client = self._clients.get(loop_id)
         if client is None:
-            client = aioredis.from_url(self.url)
-            self._clients[loop_id] = client
+            client = self._clients[loop_id] = RespClient(self.url)
         return client
 
     async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
         clock = Clock.read()
         lease_id = uuid.uuid4().hex
         _, budget_ttl = clock.budget_window(key.budget_period)
-        result = await self.client().eval(
-            RESERVE,
-            5,
-            *_keys(key, clock),
-            clock.now_ms,
-            lease_id,
-            clock.now_ms + int(lease_seconds() * 1000),
-            tokens,
-            limit_arg(key.rpm_limit),
-            limit_arg(key.tpm_limit),
-            limit_arg(key.max_concurrency),
-            limit_arg(key.budget_tokens),
-            clock.reset_ms + WINDOW_KEEP_MS,
-            budget_ttl * 1000,
+        result = await reserve_script(
+            self.client(),
+            keys=_keys(key, clock),
+            args=[
+                clock.now_ms,
+                lease_id,
+                clock.now_ms + int(lease_seconds() * 1000),
+                tokens,
+                limit_arg(key.rpm_limit),
+                limit_arg(key.tpm_limit),
+                limit_arg(key.max_concurrency),
+                limit_arg(key.budget_tokens),
+                clock.reset_ms + WINDOW_KEEP_MS,
+                budget_ttl * 1000,
+            ],
         )
         verdict, rpm, tpm, budget = (int(v) for v in result)
         admitted = verdict == Verdict.OK
@@ -204,70 +240,88 @@ class RedisStore:
         clock = Clock.read()
         leases, held, _, tpm_key, budget_key = _keys(key, clock)
         _, budget_ttl = clock.budget_window(key.budget_period)
-        await self.client().eval(
-            SETTLE,
-            5,
-            leases,
-            held,
-            OUTBOX,
-            tpm_key,
-            budget_key,
-            lease_id or "",
-            tokens,
-            orjson.dumps(log),
-            int(key.tpm_limit is not None),
-            int(key.budget_tokens is not None),
-            clock.reset_ms + WINDOW_KEEP_MS,
-            budget_ttl * 1000,
+        await settle_script(
+            self.client(),
+            keys=[leases, held, OUTBOX, tpm_key, budget_key],
+            args=[
+                lease_id or "",
+                tokens,
+                orjson.dumps(log),
+                int(key.tpm_limit is not None),
+                int(key.budget_tokens is not None),
+                clock.reset_ms + WINDOW_KEEP_MS,
+                budget_ttl * 1000,
+            ],
         )
         self.drain.kick()
 
     async def log(self, record: dict) -> None:
-        await self.client().rpush(OUTBOX, orjson.dumps(record))
+        await self.client().call("RPUSH", OUTBOX, orjson.dumps(record))
         self.drain.kick()
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
         leases, _, rpm, tpm, budget = _keys(key, Clock.read())
         client = self.client()
-        values = await client.mget(rpm, tpm, budget)
+        values = await client.call("MGET", rpm, tpm, budget)
         rpm_used, tpm_used, budget_used = (int(v or 0) for v in values)
-        return Snapshot(rpm_used, tpm_used, budget_used, await client.zcard(leases))
+        return Snapshot(rpm_used, tpm_used, budget_used, await client.call("ZCARD", leases))
 
 
 class LogDrain:
-    """Moves outbox records into the database, off every request's path."""
+    """Moves outbox records into the database, off every request's path.
+
+    The first settlement after a quiet spell schedules one drain
+    REQUEST_LOG_DRAIN_SECONDS later, so under load a drain writes a second's
+    worth of records in one INSERT instead of a few rows each time. When the
+    server shuts down, a scheduled drain runs at once (background.at_shutdown).
+    """
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Future | None = None
+        self._now: asyncio.Event | None = None
+        background.at_shutdown(self.flush)
 
     def kick(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._now = asyncio.Event()
+            self._task = background.spawn(self._run(self._now))
 
-    async def _run(self) -> None:
-        await asyncio.sleep(0.05)  # let a burst of settlements share one INSERT
+    def flush(self) -> None:
+        if self._now is not None:
+            self._now.set()
+
+    async def _run(self, now: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), settings.REQUEST_LOG_DRAIN_SECONDS)
         try:
             await drain(self.store.client())
         except Exception:
             logger.exception("request-log outbox drain failed; records stay in Redis")
 
 
-async def drain(client: aioredis.Redis) -> int:
+async def drain(client: RespClient) -> int:
     """Drain the outbox until it is empty; return how many records were written."""
     written = 0
     token = secrets.token_hex(8)
-    while await client.llen(OUTBOX):
-        if not await client.set(DRAIN_LOCK, token, nx=True, px=DRAIN_LOCK_MS):
+    while True:
+        items = await drain_take_script(
+            client, keys=[OUTBOX, DRAIN_LOCK], args=[token, DRAIN_LOCK_MS, DRAIN_BATCH]
+        )
+        if items is None:
+            if not await client.call("LLEN", OUTBOX):
+                return written
             await asyncio.sleep(0.1)  # another process is draining; wait for it
             continue
+        if not items:
+            return written
         try:
-            items = await client.lrange(OUTBOX, 0, DRAIN_BATCH - 1)
-            if items:
-                await orm(logs_write)([orjson.loads(item) for item in items])
-                await client.ltrim(OUTBOX, len(items), -1)
-                written += len(items)
-        finally:
+            await orm(logs_write_json)(items)
+        except BaseException:
             with contextlib.suppress(Exception):
-                await client.eval(RELEASE_LOCK, 1, DRAIN_LOCK, token)
-    return written
+                await release_lock_script(client, keys=[OUTBOX, DRAIN_LOCK], args=[token])
+            raise
+        await drain_done_script(client, keys=[OUTBOX, DRAIN_LOCK], args=[token, len(items)])
+        written += len(items)
+        if len(items) < DRAIN_BATCH:
+            return written

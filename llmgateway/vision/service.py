@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
+from llmgateway import background
 from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid
 from llmgateway.engine import Engine, GenerationRequest, Usage
@@ -276,7 +277,7 @@ async def _settle_unused(
 ) -> None:
     """Settle a request that ended before reaching the model: nothing was used."""
     outcome = Outcome(status=status, usage=Usage(), error_type=error_type, cancelled=cancelled)
-    await asyncio.shield(asyncio.ensure_future(admission.settle(outcome)))
+    await asyncio.shield(background.spawn(admission.settle(outcome)))
 
 
 def _misconfigured() -> APIError:

@@ -131,3 +131,132 @@ async def test_budget_refusal_comes_before_rate_limits(store, make_key):
     key = await new_key(make_key, rpm_limit=1, budget_tokens=10, budget_period="day")
     assert (await store.reserve(key, 50)).verdict is Verdict.BUDGET
     assert (await store.reserve(key, 5)).verdict is Verdict.OK
+
+
+# ---- the Redis request-log outbox ------------------------------------------------------
+
+
+@pytest.fixture
+def outbox(redis_url, settings, committed):
+    """The store module, and a client for the test Redis with a clean outbox."""
+    from accounts.quota import redis_store
+    from accounts.quota.resp import RespClient
+
+    settings.REDIS_URL = redis_url
+    return RespClient(redis_url), redis_store
+
+
+def logged(request_ids: list[str]) -> dict[str, dict]:
+    from accounts.models import RequestLog
+
+    rows = RequestLog.objects.filter(request_id__in=request_ids)
+    return {r.request_id: r for r in rows}
+
+
+async def test_drain_writes_a_batch_once_even_when_drained_twice(outbox):
+    import orjson
+
+    client, redis_store = outbox
+    await client.call("DEL", redis_store.OUTBOX, redis_store.DRAIN_LOCK)
+    records = [log(i) | {"request_id": f"drain-twice-{i}"} for i in range(30)]
+    records[3]["model"] = "名前 😀"
+    records[4]["ttft_ms"] = 12.5
+    records[5]["client_ip"] = "2001:db8::1"
+    items = [orjson.dumps(r) for r in records]
+    await client.call("RPUSH", redis_store.OUTBOX, *items)
+    assert await redis_store.drain(client) == 30
+    # A drainer that died before trimming leaves the items; the next run skips them.
+    await client.call("RPUSH", redis_store.OUTBOX, *items[:10])
+    assert await redis_store.drain(client) == 10
+    assert await client.call("LLEN", redis_store.OUTBOX) == 0
+    rows = await sync_to_async(logged)([r["request_id"] for r in records])
+    assert len(rows) == 30
+    assert rows["drain-twice-3"].model == "名前 😀"
+    assert (
+        rows["drain-twice-4"].ttft_ms == 12.5 and rows["drain-twice-5"].client_ip == "2001:db8::1"
+    )
+    first = rows["drain-twice-0"]
+    assert abs(first.created_at.timestamp() - records[0]["created_at"]) < 0.001
+    await client.close()
+
+
+async def test_a_record_the_database_refuses_does_not_block_the_outbox(outbox):
+    import orjson
+
+    client, redis_store = outbox
+    await client.call("DEL", redis_store.OUTBOX, redis_store.DRAIN_LOCK)
+    good = [log(i) | {"request_id": f"poison-ok-{i}"} for i in range(3)]
+    bad = log(99) | {"request_id": "poison-bad", "status": "not a number"}
+    await client.call(
+        "RPUSH", redis_store.OUTBOX, *(orjson.dumps(r) for r in [good[0], bad, *good[1:]])
+    )
+    await redis_store.drain(client)
+    assert await client.call("LLEN", redis_store.OUTBOX) == 0
+    rows = await sync_to_async(logged)([r["request_id"] for r in good] + ["poison-bad"])
+    assert set(rows) == {r["request_id"] for r in good}
+    await client.close()
+
+
+async def test_a_drainer_that_lost_its_lock_does_not_trim(outbox):
+    client, redis_store = outbox
+    await client.call("DEL", redis_store.OUTBOX, redis_store.DRAIN_LOCK)
+    await client.call("RPUSH", redis_store.OUTBOX, b"a", b"b")
+    taken = await redis_store.drain_take_script(
+        client, keys=[redis_store.OUTBOX, redis_store.DRAIN_LOCK], args=["mine", 5000, 10]
+    )
+    assert taken == [b"a", b"b"]
+    # Another drainer holds the lock now (ours expired, or it never was ours).
+    await client.call("SET", redis_store.DRAIN_LOCK, "theirs")
+    done = await redis_store.drain_done_script(
+        client, keys=[redis_store.OUTBOX, redis_store.DRAIN_LOCK], args=["mine", 2]
+    )
+    assert done == 0 and await client.call("LLEN", redis_store.OUTBOX) == 2
+    await client.call("DEL", redis_store.OUTBOX, redis_store.DRAIN_LOCK)
+    await client.close()
+
+
+def test_log_text_never_carries_nul(settings):
+    from accounts.logs import log_record
+
+    settings.REQUEST_LOG_CONTENT = True
+
+    class FakeRequest:
+        path = "/v1/completions"
+        META: dict = {}
+        body = b'{"prompt": "a\\u0000b"}'.replace(b"\\u0000", b"\x00")
+        request_id = "nul"
+
+    record = log_record(FakeRequest(), model="m\x00", status=200, response_text="x\x00y")
+    assert "\x00" not in record["model"] + record["prompt_text"] + record["response_text"]
+
+
+async def test_resp_client_pipelines_replies_in_order_and_reconnects(redis_url):
+    from accounts.quota.resp import RedisReplyError, RespClient, Script
+
+    client = RespClient(redis_url)
+    key = "gw:test:resp"
+    await client.call("DEL", key)
+    replies = await asyncio.gather(*(client.call("INCR", key) for _ in range(200)))
+    assert replies == list(range(1, 201))
+    with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+        await client.call("LPUSH", key, "x")
+    # A script unknown to Redis is loaded on NOSCRIPT and then called by SHA.
+    script = Script(f"return redis.call('INCRBY', KEYS[1], ARGV[1]) -- {random.random()}")
+    assert await script(client, keys=[key], args=[5]) == 205
+    assert await script(client, keys=[key], args=[5]) == 210
+    # The server drops the connection: the next call reconnects.
+    other = RespClient(redis_url)
+    assert await other.call("CLIENT", "KILL", "ID", await client.call("CLIENT", "ID")) == 1
+    await other.close()
+    await asyncio.sleep(0.05)
+    assert await client.call("GET", key) == b"210"
+    await client.call("DEL", key)
+    await client.close()
+
+
+async def test_resp_client_fails_fast_when_redis_is_unreachable():
+    from accounts.quota.resp import RedisConnectionError, RespClient
+
+    client = RespClient("redis://127.0.0.1:1/0")
+    with pytest.raises(RedisConnectionError):
+        await client.call("PING")

@@ -1,7 +1,7 @@
 """`manage.py drainrequestlogs`: write request-log records left in the Redis outbox.
 
-Gateways drain the outbox themselves after every request; this picks up what a
-process left behind when it died. Safe to run while gateways are serving.
+Gateways drain the outbox themselves (every REQUEST_LOG_DRAIN_SECONDS while they
+serve); this picks up what a process left behind when it died. Safe to run while gateways are serving.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ class Command(BaseCommand):
 
 
 async def _drain() -> int:
-    import redis.asyncio as aioredis
-
     from accounts.quota.redis_store import drain
+    from accounts.quota.resp import RespClient
 
-    client = aioredis.from_url(settings.REDIS_URL)
+    client = RespClient(settings.REDIS_URL)
     try:
         return await drain(client)
     finally:
-        await client.aclose()
+        await client.close()

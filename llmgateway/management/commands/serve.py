@@ -21,7 +21,7 @@ def run_uvicorn(*, host: str, port: int, workers: int, access_log: bool) -> None
         host=host,
         port=port,
         workers=workers,
-        lifespan="off",  # Django has no lifespan handler
+        lifespan="on",  # handler.py: waits for settlements and log writes on shutdown
         access_log=access_log,
         timeout_keep_alive=60,
     )
