@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -172,8 +173,13 @@ class _Choice:
         return self.stops.push(self.detok.flush()) + self.stops.flush()
 
 
+@functools.lru_cache(maxsize=1024)
 def _stop_words_list(text_model: TextModel, stops: tuple[str, ...]) -> np.ndarray | None:
-    """TensorRT-LLM's [2, N] format: concatenated ids, then cumulative end offsets."""
+    """TensorRT-LLM's [2, N] format: concatenated ids, then cumulative end offsets.
+
+    Cached: most requests send the same few stop lists (none, the model's own).
+    The array is only ever read (copied into the request's protobuf).
+    """
     words = [text_model.encode(s) for s in stops if s]
     words += [[i] for i in text_model.extra_stop_ids]
     words = [w for w in words if w]

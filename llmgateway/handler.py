@@ -11,7 +11,9 @@ the event loop:
   database connections; the event loop thread holds none (the ORM runs in
   sync_to_async threads), so they are no-ops here. Stale connections in the
   ORM's worker thread are closed by `llmgateway.db.orm` before each use.
-- our API responses' close() releases no resources needing a thread.
+- our API responses' close() releases no resources needing a thread, and its
+  request_finished signal is skipped too (`_close`): the response's own
+  closers (Triton cancellation, settling a stream that never started) run.
 Admin paths go through the stock handler unchanged.
 
 It also speaks the ASGI lifespan protocol (Django does not): on shutdown it
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -31,6 +34,8 @@ from django.urls import set_script_prefix
 
 from llmgateway import background
 from llmgateway.api.middleware import is_api_path
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayASGIHandler(ASGIHandler):
@@ -71,7 +76,7 @@ class GatewayASGIHandler(ASGIHandler):
             except asyncio.CancelledError:
                 pass
             finally:
-                response.close()
+                _close(response)
 
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
@@ -87,3 +92,14 @@ class GatewayASGIHandler(ASGIHandler):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         body_file.close()
+
+
+def _close(response) -> None:
+    """HttpResponseBase.close() without its request_finished signal (see above)."""
+    for closer in response._resource_closers:
+        try:
+            closer()
+        except Exception:
+            logger.exception("a response closer failed")
+    response._resource_closers.clear()
+    response.closed = True

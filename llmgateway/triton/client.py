@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from django.conf import settings
 from tritonclient.grpc import aio as triton_aio
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from llmgateway.triton.errors import TritonUnavailable
@@ -89,13 +90,22 @@ def parse_model_config(name: str, config: dict) -> ModelSpec:
     )
 
 
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
 class TritonBackend:
     """A Triton server at one URL: its channel and the interfaces of its models."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = triton_aio.InferenceServerClient(url)
-        self.stub = self.client._client_stub  # streams are built from raw protobuf, see stream.py
+        # One generation = ModelStreamInfer called as unary-stream on the client's
+        # channel: see stream.py.
+        self.stream_infer = self.client._channel.unary_stream(
+            STREAM_INFER,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
         self._specs: dict[str, ModelSpec] = {}
         self._lock = asyncio.Lock()
 

@@ -8,11 +8,20 @@ still reaches us, so every stream ends on `triton_final_response`.
 
 One stream per request because gRPC cancellation cancels every request on a
 stream: cancelling this call cancels exactly this generation inside Triton.
+
+The call is ModelStreamInfer made as a unary-stream call: the request and the
+client's half-close go out in the call's first batch, then responses are read.
+On the wire that is exactly a bidirectional stream whose client sends one
+message and half-closes (which is what tritonclient's own stream_infer does
+with a one-item request iterator); Triton keeps answering in-flight requests
+after the half-close. Against a bidi call it saves two gRPC operations per
+request (the separate write and the closing done_writing), each a batch
+through gRPC's completion queue and a wake-up of the event loop: measured,
+about a quarter of the gateway's CPU per non-streamed request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -123,46 +132,34 @@ class TritonStream:
         self._request = request
         self._deadline_s = deadline_s
         self._call = None
-        self._write: asyncio.Future | None = None
         self._finished = False
 
     def open(self) -> None:
-        """Start the RPC and send the request without waiting for the send to finish."""
-        if self._call is not None:
-            return
-        # The gRPC deadline also reaches the server, which cancels the request there.
-        self._call = self._backend.stub.ModelStreamInfer(timeout=self._deadline_s)
-        self._write = asyncio.ensure_future(self._call.write(self._request))
-        # A stream cancelled before anyone awaits the send must not log "never retrieved".
-        self._write.add_done_callback(lambda f: f.cancelled() or f.exception())
+        """Start the RPC: the request is sent without waiting for anything."""
+        if self._call is None:
+            # The gRPC deadline also reaches the server, which cancels the request there.
+            self._call = self._backend.stream_infer(self._request, timeout=self._deadline_s)
 
     def cancel(self) -> None:
         """Cancel the request inside Triton unless it already finished. Idempotent."""
         if self._call is not None and not self._finished:
             self._finished = True
             self._call.cancel()
-            if self._write is not None and not self._write.done():
-                self._write.cancel()
 
     async def responses(self) -> AsyncIterator[TritonResponse]:
         self.open()
         call = self._call
-        clean_end = False
         try:
-            try:
-                await self._write
-            except grpc.RpcError as exc:
-                raise _map_rpc_error(exc) from exc
             while True:
                 try:
                     message = await call.read()
                 except grpc.RpcError as exc:
                     raise _map_rpc_error(exc) from exc
                 if message is grpc.aio.EOF:
-                    clean_end = True
+                    self._finished = True
                     return
                 if message.error_message:
-                    clean_end = True
+                    self._finished = True
                     logger.warning(
                         "Triton error for %s: %s", self._request.id, message.error_message
                     )
@@ -170,17 +167,12 @@ class TritonStream:
                         "The inference server failed the request.", detail=message.error_message
                     )
                 response = parse_response(message.infer_response, self._spec.decoupled)
-                clean_end = response.final
+                if response.final:
+                    # Nothing more will come for this request; the RPC's status
+                    # follows on its own (the client half-closed when it sent).
+                    self._finished = True
                 yield response
-                if clean_end:
+                if response.final:
                     return
         finally:
-            if clean_end and not self._finished:
-                self._finished = True
-                # Half-close so the server ends the RPC cleanly.
-                try:
-                    await asyncio.shield(call.done_writing())
-                except (grpc.RpcError, asyncio.CancelledError, RuntimeError):
-                    call.cancel()
-            else:
-                self.cancel()
+            self.cancel()
