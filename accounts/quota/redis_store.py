@@ -182,6 +182,7 @@ settle_script = Script(SETTLE)
 drain_take_script = Script(DRAIN_TAKE)
 drain_done_script = Script(DRAIN_DONE)
 release_lock_script = Script(RELEASE_LOCK)
+SCRIPTS = (reserve_script, settle_script, drain_take_script, drain_done_script, release_lock_script)
 
 
 def _keys(key: KeyRecord, clock: Clock) -> list[str]:
@@ -207,7 +208,7 @@ class RedisStore:
         loop_id = id(asyncio.get_running_loop())
         client = self._clients.get(loop_id)
         if client is None:
-            client = self._clients[loop_id] = RespClient(self.url)
+            client = self._clients[loop_id] = RespClient(self.url, scripts=SCRIPTS)
         return client
 
     async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
@@ -240,7 +241,9 @@ class RedisStore:
         clock = Clock.read()
         leases, held, _, tpm_key, budget_key = _keys(key, clock)
         _, budget_ttl = clock.budget_window(key.budget_period)
-        await settle_script(
+        # Issued, not awaited: see Script.issue. The response goes out after the
+        # settlement is on its way to Redis, ahead of anything sent later.
+        await settle_script.issue(
             self.client(),
             keys=[leases, held, OUTBOX, tpm_key, budget_key],
             args=[

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import logging
 import ssl
 from typing import Any
 
 import hiredis
 from redis.connection import parse_url
+
+from llmgateway import background
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -86,12 +92,19 @@ class _Protocol(asyncio.Protocol):
 
 
 class RespClient:
-    """Redis at `url` (redis://, rediss://, unix://; user, password and db honoured)."""
+    """Redis at `url` (redis://, rediss://, unix://; user, password and db honoured).
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    `scripts` are loaded (SCRIPT LOAD) on every new connection, so their
+    EVALSHA calls do not meet NOSCRIPT after Redis restarts.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_TIMEOUT, scripts: tuple[Script, ...] = ()
+    ) -> None:
         self.options = parse_url(url)
         self.tls = url.startswith("rediss://")
         self.timeout = timeout
+        self.scripts = scripts
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
 
@@ -115,6 +128,7 @@ class RespClient:
             )
         if options.get("db"):
             setup.append(("SELECT", options["db"]))
+        setup += [("SCRIPT", "LOAD", script.source) for script in self.scripts]
         for command in setup:
             future = protocol.send(_encode(command))
             try:
@@ -154,6 +168,14 @@ class RespClient:
             protocol.transport.close()
             raise RedisConnectionError(f"Redis did not answer within {self.timeout} s") from None
 
+    def send_now(self, *args: Any) -> asyncio.Future | None:
+        """Write one command now, without waiting: its reply's future, or None if
+        the connection must be (re)opened first (then use `call`)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            return None
+        return protocol.send(_encode(args))
+
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
@@ -164,8 +186,6 @@ class Script:
     """A Lua script called by SHA (EVALSHA), loaded on first use or after NOSCRIPT."""
 
     def __init__(self, source: str) -> None:
-        import hashlib
-
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
@@ -176,3 +196,27 @@ class Script:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await client.call("EVAL", self.source, len(keys), *keys, *args)
+
+    async def issue(self, client: RespClient, *, keys: list, args: list) -> None:
+        """Send the script and return without waiting for its reply.
+
+        Redis applies one connection's commands in order, so whatever this
+        process sends after it (the next admission of the same key) sees its
+        effect. A failure is logged when the reply arrives: by then its request
+        has been answered.
+        """
+        future = client.send_now("EVALSHA", self.sha, len(keys), *keys, *args)
+        if future is None:
+            await self(client, keys=keys, args=args)
+            return
+        future.add_done_callback(lambda done: self._issued(done, client, keys, args))
+
+    def _issued(self, future: asyncio.Future, client: RespClient, keys: list, args: list) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        exc = future.exception()
+        if isinstance(exc, RedisReplyError) and str(exc).startswith("NOSCRIPT"):
+            # Someone flushed Redis's script cache while we were connected: run it in full.
+            background.spawn(client.call("EVAL", self.source, len(keys), *keys, *args))
+            return
+        logger.error("Redis script %s failed after its request ended: %s", self.sha[:8], exc)

@@ -260,3 +260,30 @@ async def test_resp_client_fails_fast_when_redis_is_unreachable():
     client = RespClient("redis://127.0.0.1:1/0")
     with pytest.raises(RedisConnectionError):
         await client.call("PING")
+
+
+async def test_an_issued_script_is_applied_before_later_commands(redis_url, caplog):
+    from accounts.quota.resp import RespClient, Script
+
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    client = RespClient(redis_url, scripts=(script,))
+    key = "gw:test:issued"
+    await client.call("DEL", key)
+    for _ in range(50):
+        await script.issue(client, keys=[key], args=[2])
+    assert await client.call("GET", key) == b"100"
+    # After a SCRIPT FLUSH the issued call meets NOSCRIPT and is re-run in full.
+    await client.call("SCRIPT", "FLUSH")
+    await script.issue(client, keys=[key], args=[1])
+    for _ in range(50):
+        if await client.call("GET", key) == b"101":
+            break
+        await asyncio.sleep(0.01)
+    assert await client.call("GET", key) == b"101"
+    # A failing issued script is logged, never raised into a finished request.
+    await client.call("SET", key, "not a number")
+    await script.issue(client, keys=[key], args=[1])
+    await client.call("PING")
+    assert "failed after its request ended" in caplog.text
+    await client.call("DEL", key)
+    await client.close()
