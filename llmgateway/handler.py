@@ -33,14 +33,14 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
 from llmgateway import background
-from llmgateway.api.middleware import is_api_path
+from llmgateway.api.middleware import is_api_path, is_unknown_path
 
 logger = logging.getLogger(__name__)
 
 
 class GatewayASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and is_api_path(scope.get("path", "")):
+        if scope["type"] == "http" and _fast_path(scope.get("path", "")):
             await self.handle_api(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
@@ -92,6 +92,11 @@ class GatewayASGIHandler(ASGIHandler):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         body_file.close()
+
+
+def _fast_path(path: str) -> bool:
+    """API paths, and paths no route serves (a flood of those must stay cheap)."""
+    return is_api_path(path) or is_unknown_path(path)
 
 
 def _close(response) -> None:
