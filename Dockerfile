@@ -39,7 +39,8 @@ RUN pip install --no-deps . \
     && mkdir -p /app/var && chown -R gateway /app/var \
     && chmod +x /usr/local/bin/llmgateway-entrypoint
 
-USER gateway
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001
 EXPOSE 9900
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
     CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/health', timeout=2)"

@@ -3,12 +3,17 @@
 #   TOKENIZER_PATH, TRITON_SERVER_HOST, TRITON_SERVER_PORT, MODEL_TYPE, WORKERS
 # plus MODEL_NAME (Triton model, default tensorrt_llm), SERVED_MODEL_NAME and PORT.
 # Without TOKENIZER_PATH no model is registered: manage models in the admin.
+# GATEWAY_MIGRATE=false skips `migrate` at start-up (when a separate job migrates, as in
+# platform/compose and platform/k8s: replicas starting together must not race on it).
 set -eu
 if [ -z "${SECRET_KEY:-}" ]; then
   echo "SECRET_KEY must be set (API keys are hashed with it; keep it stable)." >&2
   exit 2
 fi
 set -- --host 0.0.0.0 --port "${PORT:-9900}" --workers "${WORKERS:-4}"
+if [ "${GATEWAY_MIGRATE:-true}" = "false" ]; then
+  set -- "$@" --no-migrate
+fi
 if [ -n "${TOKENIZER_PATH:-}" ]; then
   set -- "$@" --model-name "${MODEL_NAME:-tensorrt_llm}" \
     --tokenizer-path "$TOKENIZER_PATH" \
