@@ -1,12 +1,14 @@
 """/v1/chat/completions with keys, quotas and request logs on, vs the same gateway with
 them off, vs a direct Triton call; on PostgreSQL and Redis.
 
-    .venv/bin/python -m bench.bench_platform [--requests 1000] [--soak 600]
+    .venv/bin/python -m bench.bench_platform [--requests 1000] [--soak 600] [--previous REF]
 
 One run: dev Triton, two gateway workers (platform on: key, rpm/tpm/concurrency
 limits and a budget too large to bind, request logs, REDIS_URL; platform off),
 concurrency 1 and 16, then --soak seconds of load on the platform gateway while
-its resident memory is sampled. Targets (issue 4): everything on, at most +1.5 ms
+its resident memory is sampled. With --previous REF, a third worker serves the
+same requests (platform on) from git revision REF, checked out in a temporary
+worktree: this version against that one, measured in the same rounds. Targets (issue 4): everything on, at most +1.5 ms
 p50 over the direct call at concurrency 1, at least 0.5x its rate at 16, and no
 memory growth over a 10-minute run.
 """
@@ -20,7 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import TOKENIZER, compare, direct_call, rss_mb, start_gateway, table
+from bench.common import (
+    TOKENIZER,
+    checkout,
+    checkout_remove,
+    compare,
+    direct_call,
+    rss_mb,
+    start_gateway,
+    table,
+)
 from bench.common import setup_django as common_setup
 
 DATABASE = os.environ.get(
@@ -83,6 +94,17 @@ async def bench(args) -> None:
         off = start_gateway(
             off_port, workdir / "unused.sqlite3", {**env, "GATEWAY_PLATFORM": "false"}
         )
+        gateways = [on, off]
+        previous_tree = checkout(args.previous) if args.previous else None
+        if previous_tree is not None:
+            previous_port = free_port()
+            previous = start_gateway(
+                previous_port,
+                workdir / "unused.sqlite3",
+                {**env, "REDIS_URL": REDIS},
+                root=previous_tree,
+            )
+            gateways.append(previous)
         try:
             prompt = "who are you?"
             triton_client = grpcclient.InferenceServerClient(triton.grpc_url)
@@ -106,6 +128,10 @@ async def bench(args) -> None:
                 return call
 
             paths = {"direct": direct, "platform off": via(off_port), "platform on": via(on_port)}
+            cpu_pids = {"platform off": off.pid, "platform on": on.pid}
+            if previous_tree is not None:
+                paths[f"on, {args.previous}"] = via(previous_port)
+                cpu_pids[f"on, {args.previous}"] = previous.pid
             rows = [["concurrency", "path", "p50 ms", "p95 ms", "req/s"]]
             summary = []
             for concurrency in (1, 16):
@@ -113,14 +139,14 @@ async def bench(args) -> None:
                     paths,
                     concurrency=concurrency,
                     requests=args.requests,
-                    cpu_pids={"platform off": off.pid, "platform on": on.pid},
+                    cpu_pids=cpu_pids,
                 )
                 for r in results.values():
                     rows.append(
                         [str(concurrency), r.name, f"{r.p50:.2f}", f"{r.p95:.2f}", f"{r.rps:.0f}"]
                     )
                 d = results["direct"]
-                for name in ("platform off", "platform on"):
+                for name in [p for p in paths if p != "direct"]:
                     g = results[name]
                     summary.append(
                         f"c={concurrency} {name}: {g.p50 - d.p50:+.2f} ms p50 over direct, "
@@ -147,9 +173,11 @@ async def bench(args) -> None:
                 print("  " + "  ".join(f"{n}:{mb:.0f}" for n, mb in samples))
             await session.close()
         finally:
-            for process in (on, off):
+            for process in gateways:
                 process.terminate()
                 process.wait(10)
+            if previous_tree is not None:
+                checkout_remove(previous_tree)
 
 
 def main() -> None:
@@ -157,6 +185,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--soak", type=float, default=600)
+    parser.add_argument("--previous", help="git revision to compare with (platform on)")
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -73,7 +73,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_gateway(
+    port: int, db_path: Path, env: dict[str, str] | None = None, *, root: Path = ROOT
+) -> subprocess.Popen:
+    """A uvicorn worker serving the gateway from `root` (a checkout of some version)."""
     full_env = {
         **os.environ,
         "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", ""),
@@ -93,13 +96,16 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
         "127.0.0.1",
         "--port",
         str(port),
+        # auto: versions before the gateway spoke the lifespan protocol start too.
         "--lifespan",
-        "on",
+        "auto",
         "--no-access-log",
         "--log-level",
         "warning",
     ]
-    process = subprocess.Popen(command, cwd=ROOT, env=full_env)
+    if root != ROOT:
+        full_env["PYTHONPATH"] = str(root)
+    process = subprocess.Popen(command, cwd=root, env=full_env)
     import httpx
 
     deadline = time.monotonic() + 30
@@ -111,6 +117,21 @@ def start_gateway(port: int, db_path: Path, env: dict[str, str] | None = None) -
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("gateway did not start")
+
+
+def checkout(ref: str) -> Path:
+    """A detached worktree of git revision `ref` (a previous version, as a baseline)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="bench-previous-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--quiet", str(path), ref], cwd=ROOT, check=True
+    )
+    return path
+
+
+def checkout_remove(path: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
 
 
 def table(rows: list[list[str]]) -> str:
