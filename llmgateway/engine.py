@@ -23,11 +23,14 @@ from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
 from llmgateway.triton.client import ModelSpec, TritonBackend, get_backend
+from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.triton.stream import TritonResponse, TritonStream, build_request
 
 logger = logging.getLogger(__name__)
 
 UINT64_MASK = (1 << 64) - 1
+# A Triton call is not started with less time than this left: nothing useful fits in it.
+MIN_CALL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,23 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str
-    timeout: float
+    # When the whole request must be over, on time.monotonic(): images fetched and
+    # encoded, and generation, all fit before it (see generation.deadline_resolve).
+    deadline: float
     n: int = 1
     stream: bool = False
     # Extra per-request tensors (vision: prompt_embedding_table, prompt_vocab_size).
     extra_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def time_left(self) -> float:
+        """Seconds to the deadline, at least MIN_CALL_S, for the next Triton call's timeout.
+
+        Raises DeadlineExceeded (504 `timeout` for the client) when less than that is left.
+        """
+        left = self.deadline - time.monotonic()
+        if left < MIN_CALL_S:
+            raise DeadlineExceeded("The request's deadline passed before generation finished.")
+        return left
 
 
 @dataclass(slots=True)
@@ -349,7 +364,9 @@ class Generation:
                     ),
                     outputs=self._outputs(n_sequences=sequences),
                 )
-                stream = TritonStream(self.engine.backend, spec, proto, deadline_s=request.timeout)
+                stream = TritonStream(
+                    self.engine.backend, spec, proto, deadline_s=request.time_left()
+                )
                 streams.append((choice_index, stream))
                 stream.open()
         except BaseException:

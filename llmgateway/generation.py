@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -108,9 +109,12 @@ def max_tokens_resolve(
     return max_tokens
 
 
-def timeout_resolve(requested: float | None) -> float:
+def deadline_resolve(requested: float | None) -> float:
+    """The request's deadline on time.monotonic(): `requested` seconds from now, at most
+    GATEWAY_REQUEST_TIMEOUT. Resolved as the request is prepared, so everything after it
+    (admission, images fetched and encoded, generation) counts against the one deadline."""
     ceiling = settings.GATEWAY_REQUEST_TIMEOUT
-    return min(requested, ceiling) if requested else ceiling
+    return time.monotonic() + (min(requested, ceiling) if requested else ceiling)
 
 
 async def deltas(generation: Generation) -> AsyncIterator[Delta]:

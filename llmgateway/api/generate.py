@@ -4,7 +4,8 @@ Compatible with fastapi_tritonserver's fields. Choices written down here:
 - `prompt` is one user turn: the model's chat template wraps it when the
   tokenizer has one (as the seed did for qwen2-chat), else it is sent raw.
 - `max_output_len` defaults to the model config's default_max_tokens.
-- `timeout` is in seconds, capped by GATEWAY_REQUEST_TIMEOUT.
+- `timeout` is in seconds, capped by GATEWAY_REQUEST_TIMEOUT; it covers the whole
+  request, images fetched and encoded included.
 - `only_return_output: false` returns the prompt followed by the answer; left
   out (or true), only the answer, as the seed's README shows.
 - `num_beams > 1` runs beam search and returns the best beam.
@@ -29,12 +30,12 @@ from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, Sampli
 from llmgateway.generation import (
     cancel_on_close,
     collect_settled,
+    deadline_resolve,
     deltas,
     max_tokens_resolve,
     model_resolve,
     stream_settled,
     stream_start,
-    timeout_resolve,
 )
 from llmgateway.models import ModelConfig
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
@@ -125,7 +126,7 @@ def _request(
         prompt_ids=prompt_ids,
         params=params,
         request_id=request_id,
-        timeout=timeout_resolve(payload.timeout),
+        deadline=deadline_resolve(payload.timeout),
         stream=stream,
     )
 

@@ -40,11 +40,11 @@ from llmgateway.generation import (
     ChoiceResult,
     cancel_on_close,
     collect_settled,
+    deadline_resolve,
     max_tokens_resolve,
     model_resolve,
     stream_settled,
     stream_start,
-    timeout_resolve,
 )
 from llmgateway.models import ModelConfig
 from llmgateway.services import model_get, model_list
@@ -314,7 +314,7 @@ def chat_prepare(
         prompt_ids=prompt_ids,
         params=params,
         request_id=request_id,
-        timeout=timeout_resolve(None),
+        deadline=deadline_resolve(None),
         n=payload.n,
         stream=bool(payload.stream),
     )
@@ -398,7 +398,7 @@ def completion_prepare(
                     payload, config=config, max_tokens=max_tokens, logprobs=logprobs
                 ),
                 request_id=request_id if len(prompts) == 1 else f"{request_id}-p{number}",
-                timeout=timeout_resolve(None),
+                deadline=deadline_resolve(None),
                 n=payload.n,
                 stream=bool(payload.stream),
             )

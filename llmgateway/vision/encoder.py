@@ -7,6 +7,8 @@ calls as that allows, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -26,9 +28,13 @@ async def features_encode(
     pixels: np.ndarray,
     tokens: int,
     request_id: str,
-    deadline_s: float,
+    time_left: Callable[[], float],
 ) -> np.ndarray:
-    """Encode [B, 3, S, S] pixels to [B, tokens, hidden] features (the model's dtype)."""
+    """Encode [B, 3, S, S] pixels to [B, tokens, hidden] features (the model's dtype).
+
+    Each call's gRPC timeout is `time_left()` as it starts (GenerationRequest.time_left:
+    what is left of the request's deadline, or DeadlineExceeded).
+    """
     spec = await backend.model_spec(model)
     if INPUT not in spec.inputs or OUTPUT not in spec.outputs:
         raise TritonInferenceError(
@@ -39,7 +45,10 @@ async def features_encode(
     for part, batch in enumerate(_batches(spec, pixels)):
         request = _request(spec, batch, request_id=f"{request_id}-visual-{part}")
         try:
-            message = await backend.stub.ModelInfer(request, timeout=deadline_s)
+            # tritonclient's own stub on the backend's channel: TritonBackend keeps no
+            # unary call of its own.
+            stub = backend.client._client_stub
+            message = await stub.ModelInfer(request, timeout=time_left())
         except grpc.RpcError as exc:
             raise _map_rpc_error(exc) from exc
         output = parse_response(message, decoupled=False).outputs.get(OUTPUT)

@@ -11,7 +11,9 @@ Two steps, so that nothing is fetched or encoded for a request that admission
 
 The prompt ids already hold every image position, so `len(prompt_ids)` (and so
 usage.prompt_tokens) counts them. Refusals become 400s naming the field; a
-misconfigured model becomes 503 model_misconfigured.
+misconfigured model becomes 503 model_misconfigured. Loading runs against the
+request's deadline (GenerationRequest.deadline), which generation then gets what
+is left of: running out while fetching or encoding is the usual 504 `timeout`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid
 from llmgateway.engine import Engine, GenerationRequest, Usage
 from llmgateway.models import ModelConfig
-from llmgateway.triton.errors import TritonError
+from llmgateway.triton.errors import DeadlineExceeded, TritonError
 from llmgateway.vision.encoder import features_encode
 from llmgateway.vision.intake import ImageRefused, image_bytes
 from llmgateway.vision.preprocess import images_preprocess
@@ -146,10 +148,11 @@ async def vision_inputs_load(
     """Fetch, preprocess and encode the images into `request.extra_inputs`.
 
     Call it after admission. If it fails, the admission is settled (nothing was
-    generated) and the error propagates as an APIError.
+    generated) and the error propagates as an APIError. It all happens before
+    `request.deadline` or fails as DeadlineExceeded (504 `timeout`).
     """
     try:
-        inputs = await _inputs(vision, request_id=request.request_id, deadline_s=request.timeout)
+        inputs = await _inputs_in_time(vision, request=request)
     except APIError as exc:
         await _settle_unused(admission, exc.status, exc.code or exc.type)
         raise
@@ -226,9 +229,25 @@ def _get(item: Any, name: str) -> Any:
 # ---- loading -----------------------------------------------------------------------------
 
 
-async def _inputs(
-    vision: VisionPrompt, *, request_id: str, deadline_s: float
+async def _inputs_in_time(
+    vision: VisionPrompt, *, request: GenerationRequest
 ) -> dict[str, np.ndarray]:
+    """`_inputs` cut off at the request's deadline.
+
+    Each fetch keeps its own VISION_FETCH_TIMEOUT (a 400 naming the image when that is
+    what runs out); this bounds all of it, preprocessing included, by what is left.
+    """
+    limit = asyncio.timeout(request.time_left())
+    try:
+        async with limit:
+            return await _inputs(vision, request=request)
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise DeadlineExceeded("The request's deadline passed while loading its images.") from None
+
+
+async def _inputs(vision: VisionPrompt, *, request: GenerationRequest) -> dict[str, np.ndarray]:
     config, engine = vision.config, vision.engine
     spec = await engine.spec()
     table = spec.inputs.get(TABLE_INPUT)
@@ -247,8 +266,8 @@ async def _inputs(
         model=config.visual_model_name,
         pixels=pixels,
         tokens=config.image_tokens,
-        request_id=request_id,
-        deadline_s=deadline_s,
+        request_id=request.request_id,
+        time_left=request.time_left,
     )
     return table_inputs(
         features=features,

@@ -14,7 +14,8 @@ BLUE_PNG = images.encode(images.solid(images.BLUE), "PNG")
 
 
 class ImageServer:
-    """Serves /red.png, /blue.png, /redirect?to=URL, /big, /big-chunked, /slow, /html."""
+    """Serves /red.png, /blue.png, /redirect?to=URL, /big, /big-chunked, /html, and
+    /slow: red.png after `slow_s` seconds, or after ?s=SECONDS."""
 
     def __init__(self, big_bytes: int = 1 << 20, slow_s: float = 3.0) -> None:
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
@@ -68,7 +69,7 @@ class ImageServer:
             except OSError:
                 pass  # the client hung up at its limit
         elif parts.path == "/slow":
-            time.sleep(self.slow_s)
+            time.sleep(float(parse_qs(parts.query).get("s", [self.slow_s])[0]))
             self._send(handler, 200, RED_PNG)
         elif parts.path == "/html":
             self._send(handler, 200, b"<html></html>", "text/html")
