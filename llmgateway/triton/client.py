@@ -91,6 +91,7 @@ def parse_model_config(name: str, config: dict) -> ModelSpec:
 
 
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 class TritonBackend:
@@ -100,11 +101,16 @@ class TritonBackend:
         self.url = url
         self.client = triton_aio.InferenceServerClient(url)
         # One generation = ModelStreamInfer called as unary-stream on the client's
-        # channel: see stream.py.
+        # channel (see stream.py); a non-decoupled model (the visual encoder) = ModelInfer.
         self.stream_infer = self.client._channel.unary_stream(
             STREAM_INFER,
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        self.infer = self.client._channel.unary_unary(
+            INFER,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
         self._specs: dict[str, ModelSpec] = {}
         self._lock = asyncio.Lock()

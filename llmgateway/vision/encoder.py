@@ -45,10 +45,7 @@ async def features_encode(
     for part, batch in enumerate(_batches(spec, pixels)):
         request = _request(spec, batch, request_id=f"{request_id}-visual-{part}")
         try:
-            # tritonclient's own stub on the backend's channel: TritonBackend keeps no
-            # unary call of its own.
-            stub = backend.client._client_stub
-            message = await stub.ModelInfer(request, timeout=time_left())
+            message = await backend.infer(request, timeout=time_left())
         except grpc.RpcError as exc:
             raise _map_rpc_error(exc) from exc
         output = parse_response(message, decoupled=False).outputs.get(OUTPUT)

@@ -135,8 +135,7 @@ async def vl_engine(vision_triton) -> tuple[ModelConfig, Engine]:
 def record_timeouts(engine: Engine, monkeypatch) -> dict[str, float]:
     """The gRPC timeout of each Triton call: the visual encoder's and the LLM's."""
     backend, timeouts = engine.backend, {}
-    stub = backend.client._client_stub
-    encode, generate = stub.ModelInfer, backend.stream_infer
+    encode, generate = backend.infer, backend.stream_infer
 
     def encoder_call(request, *, timeout):
         timeouts["encoder"] = timeout
@@ -146,7 +145,7 @@ def record_timeouts(engine: Engine, monkeypatch) -> dict[str, float]:
         timeouts["llm"] = timeout
         return generate(request, timeout=timeout)
 
-    monkeypatch.setattr(stub, "ModelInfer", encoder_call)
+    monkeypatch.setattr(backend, "infer", encoder_call)
     monkeypatch.setattr(backend, "stream_infer", llm_call)
     return timeouts
 
