@@ -1,0 +1,184 @@
+"""The gateway's own CPU per request, without HTTP: its ASGI app driven in-process.
+
+    .venv/bin/python -m bench.inprocess [--requests 600] [--platform] [--stream] [--profile]
+
+Starts a dev Triton, then calls `llmgateway.asgi.application` directly with an
+ASGI scope for POST /v1/chat/completions, one request at a time, and prints the
+process's CPU time per request (all threads: the event loop and gRPC's) and per
+thread. No client, no socket to the gateway: the number moves only with the
+gateway's own code, which makes it the one to watch while optimising (the HTTP
+benches' latencies on a shared 2-core VM move by more than a change is worth).
+
+--platform: keys, quotas (Redis db 12) and request logs (PostgreSQL) on, as in
+bench_platform. --stream: one 4,000-token stream per request, reported per token.
+--profile: a cProfile of the measured requests, by internal time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import TOKENIZER, setup_django, table
+
+PROMPT_TOKENS = 4000
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread of this process, keyed "name/tid"."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+async def bench(args) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-inprocess-"))
+    if args.platform:
+        from bench.bench_platform import REDIS, setup_database
+
+        os.environ["REDIS_URL"] = REDIS
+        await asyncio.to_thread(setup_database)
+    else:
+        os.environ["DATABASE_URL"] = ""
+        await asyncio.to_thread(setup_django, platform=False, sqlite_path=workdir / "db.sqlite3")
+    import orjson
+
+    from llmgateway.asgi import application
+    from llmgateway.devtriton.server import DevTriton, free_port
+    from llmgateway.services import model_upsert
+
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    with DevTriton(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        state_dir=workdir / "triton",
+    ) as triton:
+        await asyncio.to_thread(
+            model_upsert,
+            name="bench",
+            triton_url=triton.grpc_url,
+            triton_model="tensorrt_llm",
+            tokenizer_path=TOKENIZER,
+            max_output_tokens=PROMPT_TOKENS + 100,
+            context_length=PROMPT_TOKENS + 1000,
+        )
+        if args.platform:
+            from accounts.services import key_create, owner_get_or_create
+
+            owner = await asyncio.to_thread(owner_get_or_create, username="bench")
+            _, secret = await asyncio.to_thread(
+                key_create,
+                owner=owner,
+                name="bench",
+                rpm_limit=10**7,
+                tpm_limit=10**10,
+                max_concurrency=1000,
+                budget_tokens=10**15,
+                budget_period="total",
+            )
+            headers.append((b"authorization", f"Bearer {secret}".encode()))
+        if args.stream:
+            content, max_tokens = f"[[long:{PROMPT_TOKENS}]]", PROMPT_TOKENS
+        else:
+            content, max_tokens = "who are you?", 16
+        body = orjson.dumps(
+            {
+                "model": "bench",
+                "max_tokens": max_tokens,
+                "stream": args.stream,
+                "messages": [{"role": "user", "content": content}],
+            }
+        )
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+        }
+
+        async def one() -> None:
+            received = False
+
+            async def receive():
+                nonlocal received
+                if not received:
+                    received = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await asyncio.sleep(3600)  # the client never leaves
+
+            status = []
+
+            async def send(message) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+
+            await application(dict(scope), receive, send)
+            assert status == [200], status
+
+        requests = max(args.requests // (200 if args.stream else 1), 2)
+        for _ in range(2 if args.stream else 50):
+            await one()
+        before, started = thread_cpu(), time.process_time()
+        for _ in range(requests):
+            await one()
+        spent, after = time.process_time() - started, thread_cpu()
+        unit, per = ("token", requests * PROMPT_TOKENS) if args.stream else ("request", requests)
+        rows = [["thread", f"ms CPU per {unit}"]]
+        for name, seconds in sorted(after.items(), key=lambda item: -item[1]):
+            used = seconds - before.get(name, 0.0)
+            if used > 0:
+                rows.append([name, f"{used / per * 1000:.4f}"])
+        rows.append(["all (process_time)", f"{spent / per * 1000:.4f}"])
+        print(
+            f"{requests} {'streams' if args.stream else 'chat completions'}, platform "
+            f"{'on' if args.platform else 'off'}"
+        )
+        print(table(rows))
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(requests):
+                await one()
+            profile.disable()
+            pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--platform", action="store_true")
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    os.environ["GATEWAY_PLATFORM"] = "true" if args.platform else "false"
+    import uvloop
+
+    uvloop.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
