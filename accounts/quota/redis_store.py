@@ -44,6 +44,7 @@ import contextlib
 import logging
 import secrets
 import uuid
+import weakref
 
 import orjson
 from django.conf import settings
@@ -200,15 +201,17 @@ def _keys(key: KeyRecord, clock: Clock) -> list[str]:
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, RespClient] = {}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RespClient] = (
+            weakref.WeakKeyDictionary()
+        )
         self.drain = LogDrain(self)
 
     def client(self) -> RespClient:
         # One connection per event loop: an asyncio transport is bound to its loop.
-        loop_id = id(asyncio.get_running_loop())
-        client = self._clients.get(loop_id)
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop_id] = RespClient(self.url, scripts=SCRIPTS)
+            client = self._clients[loop] = RespClient(self.url, scripts=SCRIPTS)
         return client
 
     async def reserve(self, key: KeyRecord, tokens: int) -> Decision:

@@ -111,15 +111,17 @@ class RespClient:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         options = self.options
-        if "path" in options:
-            _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
-        else:
-            _, protocol = await loop.create_connection(
-                _Protocol,
-                options.get("host", "localhost"),
-                options.get("port", 6379),
-                ssl=ssl.create_default_context() if self.tls else None,
-            )
+        # A host that drops packets would otherwise hold admissions for minutes of SYN retries.
+        async with asyncio.timeout(self.timeout):
+            if "path" in options:
+                _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+            else:
+                _, protocol = await loop.create_connection(
+                    _Protocol,
+                    options.get("host", "localhost"),
+                    options.get("port", 6379),
+                    ssl=ssl.create_default_context() if self.tls else None,
+                )
         setup = []
         if options.get("password"):
             user = options.get("username")
@@ -146,8 +148,8 @@ class RespClient:
             self._connecting = asyncio.ensure_future(self._connect())
         try:
             protocol = await asyncio.shield(self._connecting)
-        except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
         finally:
             if self._connecting is not None and self._connecting.done():
                 self._connecting = None
