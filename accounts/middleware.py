@@ -41,7 +41,12 @@ def _error_code(response: HttpResponse) -> str | None:
         return None
 
 
-async def _log_unadmitted(request: HttpRequest, status: int, error_type: str | None) -> None:
+def _log_unadmitted(request: HttpRequest, status: int, error_type: str | None) -> None:
+    """Write the row of a request that was never admitted, in the background.
+
+    The record is built now: the request's body (for the model's name and, with
+    REQUEST_LOG_CONTENT, the prompt) is closed once the response is sent.
+    """
     try:
         record = log_record(
             request,
@@ -50,9 +55,17 @@ async def _log_unadmitted(request: HttpRequest, status: int, error_type: str | N
             status=status,
             error_type=error_type,
         )
-        await quota_store().log(record)
     except Exception:
         logger.exception("could not log request %s", getattr(request, "request_id", "?"))
+        return
+    background.spawn(_write(record))
+
+
+async def _write(record: dict) -> None:
+    try:
+        await quota_store().log(record)
+    except Exception:
+        logger.exception("could not log request %s", record.get("request_id", "?"))
 
 
 class request_log_middleware:  # noqa: N801 - named like a function in settings.MIDDLEWARE
@@ -73,11 +86,11 @@ class request_log_middleware:  # noqa: N801 - named like a function in settings.
             response = await self.get_response(request)
         except asyncio.CancelledError:
             if getattr(request, "gateway_admission", None) is None:
-                background.spawn(_log_unadmitted(request, 499, "client_disconnected"))
+                _log_unadmitted(request, 499, "client_disconnected")
             raise
         admission = getattr(request, "gateway_admission", None)
         if admission is None:
-            background.spawn(_log_unadmitted(request, response.status_code, _error_code(response)))
+            _log_unadmitted(request, response.status_code, _error_code(response))
         elif (
             isinstance(admission, KeyAdmission) and not admission.settled and not response.streaming
         ):

@@ -150,8 +150,9 @@ async def settle(
 ) -> None:
     """Settle once, even while the request's task is being cancelled.
 
-    The response waits for the settlement (one Redis round trip), so a client's
-    next request never meets its previous reservation still held.
+    The response waits until the quota store has the settlement (Redis: written
+    to its connection, ahead of anything sent later; the database: committed),
+    so a client's next request never meets its previous reservation still held.
     """
     first = generation.first_token_at
     outcome = Outcome(
