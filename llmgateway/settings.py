@@ -74,8 +74,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    # Before staticfiles, whose `runserver` (WSGI, buffers streams) ours replaces.
     "llmgateway",
+    "django.contrib.staticfiles",
     "llmgateway.devtriton",
     "accounts",
 ]
@@ -196,7 +197,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # runserver's reloader: uvicorn already says which file changed.
+        "watchfiles": {"level": "WARNING"},
+    },
 }
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which

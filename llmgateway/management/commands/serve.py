@@ -13,9 +13,16 @@ from llmgateway.models import ModelType
 from llmgateway.services import model_upsert
 
 
-def run_uvicorn(*, host: str, port: int, workers: int, access_log: bool) -> None:
+def run_uvicorn(
+    *, host: str, port: int, workers: int, access_log: bool, reload: bool = False
+) -> None:
+    """Serve the ASGI app until SIGINT or SIGTERM. `reload` (runserver): a supervisor
+    process restarts the server process whenever a .py file under BASE_DIR changes."""
     import uvicorn
+    from django.conf import settings
 
+    # uvicorn's reload imports the app by name in each new process, hence the string.
+    reloading = {"reload": True, "reload_dirs": [str(settings.BASE_DIR)]} if reload else {}
     uvicorn.run(
         "llmgateway.asgi:application",
         host=host,
@@ -24,6 +31,7 @@ def run_uvicorn(*, host: str, port: int, workers: int, access_log: bool) -> None
         lifespan="on",  # handler.py: waits for settlements and log writes on shutdown
         access_log=access_log,
         timeout_keep_alive=60,
+        **reloading,
     )
 
 
