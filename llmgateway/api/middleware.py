@@ -69,7 +69,8 @@ def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
 
 class _Middleware:
     """Sync- and async-capable middleware with two hooks: `before` may answer early,
-    `after` may replace the response. Sync under runserver, async under uvicorn."""
+    `after` may replace the response. Sync under a WSGI server (llmgateway/wsgi.py), async
+    under uvicorn (serve, runserver)."""
 
     sync_capable = True
     async_capable = True

@@ -1,9 +1,9 @@
 """One Triton client per URL (per event loop), and each model's declared interface.
 
 gRPC channels belong to the event loop that created them. Under uvicorn there is
-one loop per worker, so this is one channel per worker and URL. Under
-`runserver`, Django runs async views in short-lived loops; the weak mapping lets
-their channels go with them.
+one loop per worker, so this is one channel per worker and URL. Under a WSGI
+server (llmgateway/wsgi.py), Django runs async views in short-lived loops; the
+weak mapping lets their channels go with them.
 """
 
 from __future__ import annotations
