@@ -67,7 +67,7 @@ class Command(DjangoRunserver):
     def _banner(self, host: str, *, reload: bool) -> None:
         address = f"[{host}]" if self._raw_ipv6 else host
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
-        reloading = "on (.py files under BASE_DIR)" if reload else "off"
+        reloading = "on (.py files in llmgateway/ and accounts/)" if reload else "off"
         self.stdout.write(
             f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"

@@ -17,12 +17,14 @@ def run_uvicorn(
     *, host: str, port: int, workers: int, access_log: bool, reload: bool = False
 ) -> None:
     """Serve the ASGI app until SIGINT or SIGTERM. `reload` (runserver): a supervisor
-    process restarts the server process whenever a .py file under BASE_DIR changes."""
+    process restarts the server process whenever a .py file of the project's two
+    packages changes (not the virtualenv, the database or test artifacts)."""
     import uvicorn
     from django.conf import settings
 
     # uvicorn's reload imports the app by name in each new process, hence the string.
-    reloading = {"reload": True, "reload_dirs": [str(settings.BASE_DIR)]} if reload else {}
+    packages = [str(settings.BASE_DIR / name) for name in ("llmgateway", "accounts")]
+    reloading = {"reload": True, "reload_dirs": packages} if reload else {}
     uvicorn.run(
         "llmgateway.asgi:application",
         host=host,
