@@ -220,3 +220,12 @@ def _run_in_process(monkeypatch, *args: str) -> tuple[list[dict], str]:
     call_command("runserver", *args, stdout=out, skip_checks=False)
     assert "System check identified no issues" in out.getvalue()
     return calls, out.getvalue()
+
+
+def test_static_files_are_served_without_the_sync_iterator_warning(dev_server):
+    login = httpx.get(dev_server.url + "/admin/login/", timeout=10)
+    stylesheet = re.search(r'href="(/static/admin/css/[^"]+\.css)"', login.text).group(1)
+    css = httpx.get(dev_server.url + stylesheet, timeout=10)
+    assert css.status_code == 200 and b"{" in css.content
+    time.sleep(0.2)
+    assert "must consume synchronous iterators" not in dev_server.log_tail(400)
