@@ -212,7 +212,11 @@ async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> Http
     config, engine = await model_resolve(name=payload.model)
     request_id = payload.uuid or request.request_id
     if payload.images:
-        raise invalid(f"The model `{config.name}` does not accept images here.", "images")
+        raise invalid(
+            "/batch_generate does not take images: send one /generate request per prompt "
+            "and its images.",
+            "images",
+        )
     gen_requests = [
         _request(
             payload,

@@ -122,6 +122,16 @@ def test_batch_generate(http):
     assert response.json()["texts"] == ["one", "two", "三"]
 
 
+def test_batch_generate_refuses_images_naming_the_parameter(http):
+    response = http.post(
+        "/batch_generate",
+        json={"model": V08_MODEL, "prompts": ["x"], "images": ["data:image/png;base64,AAAA"]},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "images" and "/generate" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
