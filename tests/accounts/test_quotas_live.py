@@ -245,3 +245,24 @@ def test_request_log_rows_equal_requests_sent(backend, make_key, gateway_pairs):
     assert logs(prefix).count() == sent  # and no duplicates arrive late
     statuses = set(logs(prefix).values_list("status", flat=True))
     assert {200, 400, 401, 404, 429, 499, 500} <= statuses
+
+
+def test_a_graceful_stop_writes_the_outbox_before_the_process_exits(make_key, redis_url, tmp_path):
+    """The drain is scheduled 60 s out; stopping the gateway must flush it now."""
+    _, secret = make_key()
+    gateway = start_gateway(tmp_path, {**redis_env("redis"), "REQUEST_LOG_DRAIN_SECONDS": "60"})
+    request_id = f"flush-{uuid.uuid4().hex}"
+    try:
+        with gateway.client(api_key=secret) as client:
+            response = client.post(
+                "/generate",
+                json={"model": CHAT_MODEL, "prompt": "[[say:kept]]"},
+                headers={"x-request-id": request_id},
+            )
+            assert response.status_code == 200
+        time.sleep(0.3)
+        assert not RequestLog.objects.filter(request_id=request_id).exists()  # still queued
+    finally:
+        stop_gateway(gateway)
+    assert gateway.process.returncode is not None
+    assert RequestLog.objects.filter(request_id=request_id).count() == 1, gateway.log_tail()
