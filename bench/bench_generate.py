@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
-    TOKENIZER,
     compare,
+    dev_stack,
     direct_call,
     rss_mb,
     setup_django,
@@ -33,23 +33,9 @@ async def bench(args) -> None:
     import aiohttp
     import tritonclient.grpc.aio as grpcclient
 
-    from llmgateway.devtriton.server import DevTriton, free_port
-    from llmgateway.services import model_upsert
+    from llmgateway.devtriton.server import free_port
 
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models={"tensorrt_llm": args.trtllm_version},
-        state_dir=workdir / "triton",
-    ) as triton:
-        await asyncio.to_thread(
-            model_upsert,
-            name="bench",
-            triton_url=triton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-        )
+    async with dev_stack(workdir, models={"tensorrt_llm": args.trtllm_version}) as triton:
         port = free_port()
         gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    TOKENIZER,
     checkout,
     checkout_remove,
     compare,
+    dev_stack,
     direct_call,
     rss_mb,
     start_gateway,
@@ -52,6 +52,22 @@ def setup_database() -> None:
     common_setup(platform=True)
 
 
+def bench_key() -> str:
+    """A key with every limit set (so every check runs) and none binding; its secret."""
+    from accounts.services import key_create, owner_get_or_create
+
+    _, secret = key_create(
+        owner=owner_get_or_create(username="bench"),
+        name="bench",
+        rpm_limit=10_000_000,
+        tpm_limit=10_000_000_000,
+        max_concurrency=1000,
+        budget_tokens=10**15,
+        budget_period="total",
+    )
+    return secret
+
+
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-platform-"))
     await asyncio.to_thread(setup_database)
@@ -59,35 +75,11 @@ async def bench(args) -> None:
     import redis
     import tritonclient.grpc.aio as grpcclient
 
-    from accounts.services import key_create, owner_get_or_create
-    from llmgateway.devtriton.server import DevTriton, free_port
-    from llmgateway.services import model_upsert
+    from llmgateway.devtriton.server import free_port
 
     redis.Redis.from_url(REDIS).flushdb()
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        state_dir=workdir / "triton",
-    ) as triton:
-        await asyncio.to_thread(
-            model_upsert,
-            name="bench",
-            triton_url=triton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-        )
-        owner = await asyncio.to_thread(owner_get_or_create, username="bench")
-        _, secret = await asyncio.to_thread(
-            key_create,
-            owner=owner,
-            name="bench",
-            rpm_limit=10_000_000,
-            tpm_limit=10_000_000_000,
-            max_concurrency=1000,
-            budget_tokens=10**15,
-            budget_period="total",
-        )
+    async with dev_stack(workdir) as triton:
+        secret = await asyncio.to_thread(bench_key)
         env = {"DATABASE_URL": DATABASE, "SQLITE_PATH": ""}
         on_port, off_port = free_port(), free_port()
         on = start_gateway(on_port, workdir / "unused.sqlite3", {**env, "REDIS_URL": REDIS})

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    TOKENIZER,
     cpu_seconds,
+    dev_stack,
     direct_inputs,
     setup_django,
     start_gateway,
@@ -39,25 +39,14 @@ async def bench(args) -> None:
     import orjson
     import tritonclient.grpc.aio as grpcclient
 
-    from llmgateway.devtriton.server import DevTriton, free_port
-    from llmgateway.services import model_upsert
+    from llmgateway.devtriton.server import free_port
 
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
+    async with dev_stack(
+        workdir,
         models={"tensorrt_llm": "recent"},
-        state_dir=workdir / "triton",
+        max_output_tokens=args.long + 100,
+        context_length=args.long + 1000,
     ) as triton:
-        await asyncio.to_thread(
-            model_upsert,
-            name="bench",
-            triton_url=triton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-            max_output_tokens=args.long + 100,
-            context_length=args.long + 1000,
-        )
         port = free_port()
         gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,38 @@ async def run_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - started
+
+
+@contextlib.asynccontextmanager
+async def dev_stack(
+    workdir: Path,
+    *,
+    models: dict[str, str] | None = None,
+    name: str = "bench",
+    triton_model: str = "tensorrt_llm",
+    **model_fields,
+) -> AsyncIterator:
+    """A dev Triton under `workdir` and the model config `name` pointing at its
+    `triton_model`, for the gateways and the direct calls of one bench run."""
+    from llmgateway.devtriton.server import DevTriton, free_port
+    from llmgateway.services import model_upsert
+
+    with DevTriton(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models=models,
+        state_dir=workdir / "triton",
+    ) as triton:
+        await asyncio.to_thread(
+            model_upsert,
+            name=name,
+            triton_url=triton.grpc_url,
+            triton_model=triton_model,
+            tokenizer_path=TOKENIZER,
+            **model_fields,
+        )
+        yield triton
 
 
 def rss_mb(pid: int) -> float:

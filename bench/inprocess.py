@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import TOKENIZER, setup_django, table
+from bench.common import dev_stack, setup_django, table
 
 PROMPT_TOKENS = 4000
 
@@ -56,39 +56,15 @@ async def bench(args) -> None:
     import orjson
 
     from llmgateway.asgi import application
-    from llmgateway.devtriton.server import DevTriton, free_port
-    from llmgateway.services import model_upsert
 
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        state_dir=workdir / "triton",
-    ) as triton:
-        await asyncio.to_thread(
-            model_upsert,
-            name="bench",
-            triton_url=triton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-            max_output_tokens=PROMPT_TOKENS + 100,
-            context_length=PROMPT_TOKENS + 1000,
-        )
+    async with dev_stack(
+        workdir, max_output_tokens=PROMPT_TOKENS + 100, context_length=PROMPT_TOKENS + 1000
+    ):
         if args.platform:
-            from accounts.services import key_create, owner_get_or_create
+            from bench.bench_platform import bench_key
 
-            owner = await asyncio.to_thread(owner_get_or_create, username="bench")
-            _, secret = await asyncio.to_thread(
-                key_create,
-                owner=owner,
-                name="bench",
-                rpm_limit=10**7,
-                tpm_limit=10**10,
-                max_concurrency=1000,
-                budget_tokens=10**15,
-                budget_period="total",
-            )
+            secret = await asyncio.to_thread(bench_key)
             headers.append((b"authorization", f"Bearer {secret}".encode()))
         if args.stream:
             content, max_tokens = f"[[long:{PROMPT_TOKENS}]]", PROMPT_TOKENS

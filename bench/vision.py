@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import TOKENIZER, run_load, start_gateway, table  # noqa: E402
+from bench.common import dev_stack, run_load, start_gateway, table  # noqa: E402
 
 
 def photo_jpeg() -> bytes:
@@ -112,29 +112,16 @@ def migrate() -> None:
 async def end_to_end(requests: int) -> list[list[str]]:
     import aiohttp
 
-    from llmgateway.devtriton.server import DevTriton, free_port
-    from llmgateway.services import model_upsert
+    from llmgateway.devtriton.server import free_port
     from tests.vision import images
 
     db_path = Path(os.environ["SQLITE_PATH"])
     workdir = db_path.parent
     await asyncio.to_thread(migrate)
     models = {"qwen-vl-visual": "qwen_vl_visual", "qwen-vl-llm": "qwen_vl_llm"}
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models=models,
-        state_dir=workdir / "triton",
-    ) as triton:
-        await asyncio.to_thread(
-            model_upsert,
-            name="vl",
-            triton_url=triton.grpc_url,
-            triton_model="qwen-vl-llm",
-            tokenizer_path=TOKENIZER,
-            model_type="qwen-vl",
-        )
+    async with dev_stack(
+        workdir, models=models, name="vl", triton_model="qwen-vl-llm", model_type="qwen-vl"
+    ):
         port = free_port()
         gateway = start_gateway(port, db_path, {"GATEWAY_PLATFORM": "false"})
         try:
