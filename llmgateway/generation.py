@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -144,21 +144,24 @@ async def settle(
     status: int,
     started: float,
     streamed: bool,
-    finish_reason: str | None = None,
+    finish_reasons: Iterable[str | None] = (),
     error_type: str | None = None,
     cancelled: bool = False,
 ) -> None:
     """Settle once, even while the request's task is being cancelled.
+
+    `finish_reasons` are the choices'; the log records one when they agree.
 
     The response waits until the quota store has the settlement (Redis: written
     to its connection, ahead of anything sent later; the database: committed),
     so a client's next request never meets its previous reservation still held.
     """
     first = generation.first_token_at
+    reasons = set(finish_reasons)
     outcome = Outcome(
         status=status,
         usage=generation.usage,
-        finish_reason=finish_reason,
+        finish_reason=reasons.pop() if len(reasons) == 1 else None,
         error_type=error_type,
         streamed=streamed,
         time_to_first_token=(first - started) if first is not None else None,
@@ -187,14 +190,13 @@ async def collect_settled(
         status, error_type, cancelled = 499, "client_disconnected", True
         raise
     finally:
-        reasons = {r.finish_reason for r in results or []}
         await settle(
             admission,
             generation,
             status=status,
             started=started,
             streamed=False,
-            finish_reason=reasons.pop() if len(reasons) == 1 else None,
+            finish_reasons=[r.finish_reason for r in results or []],
             error_type=error_type,
             cancelled=cancelled,
         )
@@ -267,14 +269,13 @@ async def stream_settled(
         )
         yield DONE
     finally:
-        reasons = set(finish_reasons.values())
         await settle(
             admission,
             generation,
             status=status,
             started=started,
             streamed=True,
-            finish_reason=reasons.pop() if len(reasons) == 1 else None,
+            finish_reasons=finish_reasons.values(),
             error_type=error_type,
             cancelled=cancelled,
         )

@@ -33,6 +33,7 @@ def test_text_is_stored_only_when_enabled(backend, stream, make_key, tmp_path, r
             lambda rid=request_id: RequestLog.objects.filter(request_id=rid).count(), 1
         )
         row = RequestLog.objects.get(request_id=request_id)
+        assert (row.status, row.finish_reason, row.streamed) == (200, "stop", stream)
         if enabled:
             assert "[[say:kept 你好]]" in row.prompt_text
             assert row.response_text == "kept 你好"
