@@ -59,6 +59,23 @@ def _database_env() -> dict[str, str]:
     return {"DATABASE_URL": f"postgres://{auth}{host}:{port}/{settings['NAME']}"}
 
 
+# Limits the dev models share: room for the long-output tests.
+DEV_LIMITS = {"context_length": 4096, "max_output_tokens": 4000, "default_max_tokens": 256}
+
+
+def dev_model_upsert(name: str, devtriton, *, triton_model: str = "tensorrt_llm", **fields):
+    """Save the model config `name` for a model of the dev Triton (call with the DB open)."""
+    from llmgateway.services import model_upsert
+
+    return model_upsert(
+        name=name,
+        triton_url=devtriton.grpc_url,
+        triton_model=triton_model,
+        tokenizer_path=TOKENIZER,
+        **fields,
+    )
+
+
 @pytest.fixture(scope="session")
 def model_configs(django_db_setup, django_db_blocker, devtriton):
     """Committed model rows (visible to the gateway subprocess)."""
@@ -66,23 +83,9 @@ def model_configs(django_db_setup, django_db_blocker, devtriton):
 
     with django_db_blocker.unblock():
         rows = {
-            CHAT_MODEL: model_upsert(
-                name=CHAT_MODEL,
-                triton_url=devtriton.grpc_url,
-                triton_model="tensorrt_llm",
-                tokenizer_path=TOKENIZER,
-                context_length=4096,
-                max_output_tokens=4000,
-                default_max_tokens=256,
-            ),
-            V08_MODEL: model_upsert(
-                name=V08_MODEL,
-                triton_url=devtriton.grpc_url,
-                triton_model="tensorrt_llm_v08",
-                tokenizer_path=TOKENIZER,
-                context_length=4096,
-                max_output_tokens=4000,
-                default_max_tokens=256,
+            CHAT_MODEL: dev_model_upsert(CHAT_MODEL, devtriton, **DEV_LIMITS),
+            V08_MODEL: dev_model_upsert(
+                V08_MODEL, devtriton, triton_model="tensorrt_llm_v08", **DEV_LIMITS
             ),
             DOWN_MODEL: model_upsert(
                 name=DOWN_MODEL,

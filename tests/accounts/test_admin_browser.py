@@ -31,7 +31,14 @@ import httpx
 import pytest
 
 from tests.accounts.conftest import wait_for_logs
-from tests.conftest import ARTIFACTS, CHAT_MODEL, TOKENIZER, start_gateway, stop_gateway
+from tests.conftest import (
+    ARTIFACTS,
+    CHAT_MODEL,
+    DEV_LIMITS,
+    dev_model_upsert,
+    start_gateway,
+    stop_gateway,
+)
 
 pytestmark = pytest.mark.committed_db
 
@@ -174,18 +181,9 @@ def superuser(django_db_setup, django_db_blocker) -> str:
 def edited_model(django_db_setup, django_db_blocker, devtriton) -> Iterator[str]:
     """A committed model config of this module's own, so editing it disturbs no other test."""
     from llmgateway.models import ModelConfig
-    from llmgateway.services import model_upsert
 
     with django_db_blocker.unblock():
-        model_upsert(
-            name=EDITED_MODEL,
-            triton_url=devtriton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-            context_length=4096,
-            max_output_tokens=4000,
-            default_max_tokens=256,
-        )
+        dev_model_upsert(EDITED_MODEL, devtriton, **DEV_LIMITS)
     yield EDITED_MODEL
     with django_db_blocker.unblock():
         ModelConfig.objects.filter(name=EDITED_MODEL).delete()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.test_openai_conformance import check_chat_stream, user
 from tests.api.test_openai_conformance import client as client  # the fixture
-from tests.conftest import CHAT_MODEL, TOKENIZER, V08_MODEL
+from tests.conftest import CHAT_MODEL, V08_MODEL, dev_model_upsert
 
 HERMES_MODEL = "dev-chat-hermes"
 ARGS = {"city": "Paris", "unit": "celsius", "note": "naïve 你好 }"}
@@ -31,16 +31,8 @@ CALL = user(f"[[tool:get_weather:{json.dumps(ARGS, ensure_ascii=False)}]]")
 
 @pytest.fixture(scope="module")
 def hermes_model(model_configs, devtriton, django_db_blocker):
-    from llmgateway.services import model_upsert
-
     with django_db_blocker.unblock():
-        model_upsert(
-            name=HERMES_MODEL,
-            triton_url=devtriton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-            tool_format="hermes",
-        )
+        dev_model_upsert(HERMES_MODEL, devtriton, tool_format="hermes")
     return HERMES_MODEL
 
 
@@ -234,16 +226,8 @@ def test_legacy_functions(client, model):
 
 @pytest.fixture(scope="module")
 def template_model(model_configs, devtriton, django_db_blocker):
-    from llmgateway.services import model_upsert
-
     with django_db_blocker.unblock():
-        model_upsert(
-            name="dev-chat-template",
-            triton_url=devtriton.grpc_url,
-            triton_model="tensorrt_llm",
-            tokenizer_path=TOKENIZER,
-            tool_format="template",
-        )
+        dev_model_upsert("dev-chat-template", devtriton, tool_format="template")
     return "dev-chat-template"
 
 
