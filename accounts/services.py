@@ -134,10 +134,6 @@ _cache: dict[str, tuple[float, KeyRecord | None]] = {}
 _last_used: dict[int, float] = {}
 
 
-def keys_clear_cache() -> None:
-    _cache.clear()
-
-
 def _load(raw: str) -> KeyRecord | None:
     public_id = parse_public_id(raw)
     if public_id is None:

@@ -35,10 +35,6 @@ def _done(task: asyncio.Future) -> None:
         logger.error("background task failed", exc_info=task.exception())
 
 
-def pending() -> int:
-    return len(_tasks)
-
-
 def at_shutdown(hook: Callable[[], None]) -> None:
     """Call `hook` when the server shuts down, before waiting for background tasks
     (e.g. to start a deferred flush now rather than after its delay)."""
