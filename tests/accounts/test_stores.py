@@ -287,3 +287,24 @@ async def test_an_issued_script_is_applied_before_later_commands(redis_url, capl
     assert "failed after its request ended" in caplog.text
     await client.call("DEL", key)
     await client.close()
+
+
+async def test_resp_client_gives_up_on_a_server_that_never_answers():
+    """Connected but silent (a hung Redis, a wrong port): fail within the timeout."""
+    import socket
+    import time
+
+    from accounts.quota.resp import RedisConnectionError, RespClient
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+    try:
+        client = RespClient(f"redis://127.0.0.1:{silent.getsockname()[1]}/1", timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError):
+            await client.call("PING")
+        assert time.monotonic() - started < 2
+        await client.close()
+    finally:
+        silent.close()
