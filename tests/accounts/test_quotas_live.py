@@ -168,7 +168,10 @@ def test_a_killed_processs_reservation_expires(
             client.stream("POST", "/generate", json=body) as response,
         ):
             assert response.status_code == 200
-            next(response.iter_lines())
+            # Keep the iterator referenced until the kill: a discarded one is collected,
+            # which closes the connection, and the gateway would settle the disconnect.
+            lines = response.iter_lines()
+            next(lines)
             doomed.process.send_signal(signal.SIGKILL)
             doomed.process.wait(10)
     except httpx.HTTPError:
