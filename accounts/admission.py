@@ -10,13 +10,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.logs import log_record
 from accounts.quota import Decision, Verdict, quota_store
 from accounts.services import KeyRecord, key_allows
 from llmgateway import background
-from llmgateway.accounting import Outcome, Reservation
+from llmgateway.accounting import Outcome, Reservation, Startable
 from llmgateway.api.errors import APIError, model_not_found
 from llmgateway.engine import Usage
 
@@ -138,7 +139,44 @@ def _release_abandoned(
     background.spawn(admission.settle(outcome))
 
 
-async def admit(request: HttpRequest, reservation: Reservation) -> KeyAdmission:
+class EarlyStarts:
+    """Which keys' requests may reach Triton while their reservation is in flight.
+
+    Sending the generation to Triton before the quota store answers takes that
+    round trip off the request's latency. A request the store then refuses is
+    cancelled inside Triton before it produced anything the client sees, and
+    nothing is charged, so quotas still never overshoot; what a refusal can
+    cost is a moment of Triton's time. That is bounded: a key's request starts
+    early only when the key's last decision in this process admitted, and only
+    one of a key's requests at a time starts early, so a key at its limit, or a
+    burst of a key's requests, waits for the store as before. Off with
+    QUOTA_EARLY_START=false.
+    """
+
+    def __init__(self) -> None:
+        self._admitted: dict[int, bool] = {}
+        self._pending: set[int] = set()
+
+    def claim(self, key_id: int) -> bool:
+        if not settings.QUOTA_EARLY_START:
+            return False
+        if not self._admitted.get(key_id) or key_id in self._pending:
+            return False
+        self._pending.add(key_id)
+        return True
+
+    def decided(self, key_id: int, admitted: bool, claimed: bool) -> None:
+        self._admitted[key_id] = admitted
+        if claimed:
+            self._pending.discard(key_id)
+
+
+early_starts = EarlyStarts()
+
+
+async def admit(
+    request: HttpRequest, reservation: Reservation, early: Startable | None = None
+) -> KeyAdmission:
     key: KeyRecord | None = getattr(request, "auth", None)
     if key is None:
         raise APIError(401, "You didn't provide an API key.", code="invalid_api_key")
@@ -148,8 +186,13 @@ async def admit(request: HttpRequest, reservation: Reservation) -> KeyAdmission:
     lease_id, headers = None, {}
     if key.has_limits:
         task = asyncio.ensure_future(quota_store().reserve(key, tokens))
+        claimed = early is not None and early_starts.claim(key.id)
+        admitted = False
         try:
+            if claimed:
+                await _start_early(early)
             decision = await asyncio.shield(task)
+            admitted = decision.verdict is Verdict.OK
         except asyncio.CancelledError:
             # The client left while Redis or the database was admitting it: give back
             # whatever was reserved rather than leaving it to expire.
@@ -165,9 +208,25 @@ async def admit(request: HttpRequest, reservation: Reservation) -> KeyAdmission:
                 code="service_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
-        if decision.verdict is not Verdict.OK:
+        finally:
+            if claimed:
+                early_starts.decided(key.id, admitted, claimed)
+                if not admitted:
+                    early.cancel()
+            elif task.done() and not task.cancelled() and task.exception() is None:
+                early_starts.decided(key.id, task.result().verdict is Verdict.OK, False)
+        if not admitted:
             raise refusal(key, decision, tokens)
         lease_id, headers = decision.lease_id, ratelimit_headers(key, decision)
     admission = KeyAdmission(request, key, reservation, lease_id, headers)
     request.gateway_admission = admission
     return admission
+
+
+async def _start_early(early: Startable) -> None:
+    """Send the generation now; a failure here is left for the route's own start()
+    after admission to raise and answer."""
+    try:
+        await early.start()
+    except Exception:
+        logger.debug("early start failed; the route retries it after admission", exc_info=True)

@@ -2,13 +2,17 @@
 them off, vs a direct Triton call; on PostgreSQL and Redis.
 
     .venv/bin/python -m bench.bench_platform [--requests 1000] [--soak 600] [--previous REF]
+        [--early-start-off] [--redis-delay-ms 0.5]
 
 One run: dev Triton, two gateway workers (platform on: key, rpm/tpm/concurrency
 limits and a budget too large to bind, request logs, REDIS_URL; platform off),
 concurrency 1 and 16, then --soak seconds of load on the platform gateway while
 its resident memory is sampled. With --previous REF, a third worker serves the
 same requests (platform on) from git revision REF, checked out in a temporary
-worktree: this version against that one, measured in the same rounds. Targets (issue 4): everything on, at most +1.5 ms
+worktree: this version against that one, measured in the same rounds. With
+--early-start-off, another worker runs with QUOTA_EARLY_START=false; with
+--redis-delay-ms, the gateways reach Redis through bench.delay_proxy, which adds
+that delay each way (a Redis across the network). Targets (issue 4): everything on, at most +1.5 ms
 p50 over the direct call at concurrency 1, at least 0.5x its rate at 16, and no
 memory growth over a 10-minute run.
 """
@@ -33,6 +37,7 @@ from bench.common import (
     table,
 )
 from bench.common import setup_django as common_setup
+from bench.delay_proxy import delay_proxy_start
 
 DATABASE = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmgateway_bench"
@@ -81,19 +86,35 @@ async def bench(args) -> None:
     async with dev_stack(workdir) as triton:
         secret = await asyncio.to_thread(bench_key)
         env = {"DATABASE_URL": DATABASE, "SQLITE_PATH": ""}
+        redis_url = REDIS
+        proxy = None
+        if args.redis_delay_ms:
+            proxy_port = free_port()
+            target = REDIS.split("://", 1)[1].split("/", 1)[0]
+            proxy = delay_proxy_start(proxy_port, target, args.redis_delay_ms)
+            redis_url = f"redis://127.0.0.1:{proxy_port}/{REDIS.rsplit('/', 1)[1]}"
+            await asyncio.sleep(1)
         on_port, off_port = free_port(), free_port()
-        on = start_gateway(on_port, workdir / "unused.sqlite3", {**env, "REDIS_URL": REDIS})
+        on = start_gateway(on_port, workdir / "unused.sqlite3", {**env, "REDIS_URL": redis_url})
         off = start_gateway(
             off_port, workdir / "unused.sqlite3", {**env, "GATEWAY_PLATFORM": "false"}
         )
         gateways = [on, off]
+        if args.early_start_off:
+            late_port = free_port()
+            late = start_gateway(
+                late_port,
+                workdir / "unused.sqlite3",
+                {**env, "REDIS_URL": redis_url, "QUOTA_EARLY_START": "false"},
+            )
+            gateways.append(late)
         previous_tree = checkout(args.previous) if args.previous else None
         if previous_tree is not None:
             previous_port = free_port()
             previous = start_gateway(
                 previous_port,
                 workdir / "unused.sqlite3",
-                {**env, "REDIS_URL": REDIS},
+                {**env, "REDIS_URL": redis_url},
                 root=previous_tree,
             )
             gateways.append(previous)
@@ -121,6 +142,9 @@ async def bench(args) -> None:
 
             paths = {"direct": direct, "platform off": via(off_port), "platform on": via(on_port)}
             cpu_pids = {"platform off": off.pid, "platform on": on.pid}
+            if args.early_start_off:
+                paths["on, early start off"] = via(late_port)
+                cpu_pids["on, early start off"] = late.pid
             if previous_tree is not None:
                 paths[f"on, {args.previous}"] = via(previous_port)
                 cpu_pids[f"on, {args.previous}"] = previous.pid
@@ -170,6 +194,9 @@ async def bench(args) -> None:
                 process.wait(10)
             if previous_tree is not None:
                 checkout_remove(previous_tree)
+            if proxy is not None:
+                proxy.terminate()
+                proxy.wait(10)
 
 
 def main() -> None:
@@ -178,6 +205,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--soak", type=float, default=600)
     parser.add_argument("--previous", help="git revision to compare with (platform on)")
+    parser.add_argument(
+        "--early-start-off",
+        action="store_true",
+        help="also serve platform-on requests with QUOTA_EARLY_START=false",
+    )
+    parser.add_argument(
+        "--redis-delay-ms",
+        type=float,
+        default=0.0,
+        help="reach Redis through a proxy adding this delay each way (a remote Redis)",
+    )
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -7,7 +7,9 @@ measures the streaming path itself):
 - time to first token, p50 over --runs short streams, gateway vs a direct
   tritonclient stream of the same request;
 - gateway CPU per token (utime+stime of the worker from /proc), measured over
-  windows of a --long-token stream: the cost must not grow with the output.
+  windows of a --long-token stream: the cost must not grow with the output;
+- as the baseline for that, the CPU per token a direct tritonclient stream of the
+  same --long tokens costs its own (client) process.
 Targets (issue 3): at most +1 ms to the time to first token, at most 0.1 ms of
 gateway CPU per token, the same at token 4,000 as at token 10.
 """
@@ -120,17 +122,27 @@ async def bench(args) -> None:
                 await gateway_stream(long_prompt, args.long, on_token)
                 for m in marks:
                     samples[m].append(seen.get(m, float("nan")))
-            rows = [["window (tokens)", "gateway CPU ms/token"]]
+            # The baseline: a direct tritonclient stream's own CPU per token (this process
+            # runs nothing else meanwhile), over the same --long tokens.
+            direct_per_token = []
+            for _ in range(args.long_runs):
+                before = time.process_time()
+                await direct_ttft(long_prompt, args.long)
+                direct_per_token.append((time.process_time() - before) / args.long)
+            direct_ms = statistics.mean(direct_per_token) * 1000
+
+            rows = [["window (tokens)", "gateway CPU ms/token", "vs direct client"]]
             for a, b in zip(marks, marks[1:], strict=False):
                 per = statistics.mean(
                     (y - x) / (b - a) for x, y in zip(samples[a], samples[b], strict=True)
                 )
-                rows.append([f"{a}-{b}", f"{per * 1000:.4f}"])
+                rows.append([f"{a}-{b}", f"{per * 1000:.4f}", f"{per * 1000 / direct_ms:.2f}x"])
             await session.close()
             print(
                 f"time to first token p50: direct {d50:.2f} ms, gateway {g50:.2f} ms ({g50 - d50:+.2f} ms)"
             )
             print(table(rows))
+            print(f"direct tritonclient stream: {direct_ms:.4f} ms CPU per token (client process)")
         finally:
             gateway.terminate()
             gateway.wait(10)

@@ -6,6 +6,11 @@ and `settle()` exactly once when the request ends, however it ends (success,
 error, client disconnect, deadline). `settle` must be safe to call while the
 task is being cancelled.
 
+A route may pass its generation as `early`: the implementation may then send it
+to Triton while the quota store is still deciding (see accounts.admission), and
+cancels it if the request is not admitted. Either way the route starts it again
+after admission (`start()` is idempotent) and owns it from there.
+
 Which implementation runs is settings.GATEWAY_ACCOUNTING (an import path to an
 `admit` coroutine function); unset, nothing is enforced or recorded.
 """
@@ -46,6 +51,12 @@ class Reservation:
     stream: bool
 
 
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
 class Admission(Protocol):
     headers: dict[str, str]
 
@@ -60,7 +71,9 @@ class NullAdmission:
         return None
 
 
-async def _null_admit(request: HttpRequest, reservation: Reservation) -> Admission:
+async def _null_admit(
+    request: HttpRequest, reservation: Reservation, early: Startable | None = None
+) -> Admission:
     return NullAdmission()
 
 
@@ -80,6 +93,8 @@ def model_visible(request: HttpRequest, name: str) -> bool:
     return allows(name) if allows is not None else True
 
 
-async def admit(request: HttpRequest, reservation: Reservation) -> Admission:
+async def admit(
+    request: HttpRequest, reservation: Reservation, early: Startable | None = None
+) -> Admission:
     """Reserve quota for `reservation` or raise APIError (401/404/429)."""
-    return await _admit_function()(request, reservation)
+    return await _admit_function()(request, reservation, early)

@@ -180,6 +180,10 @@ API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 1.0)
 # Seconds before a quota reservation whose request never settled (its process died) is
 # released. Must exceed the longest request, so it follows the request deadline.
 QUOTA_LEASE_SECONDS = env_float("QUOTA_LEASE_SECONDS", GATEWAY_REQUEST_TIMEOUT + 30.0)
+# Send a request to Triton while its quota reservation is in flight, for keys whose last
+# request was admitted (accounts.admission.EarlyStarts): saves the quota store's round
+# trip. Off: nothing reaches Triton before it is admitted.
+QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
 # Store prompt and response text in request logs (off: token counts and metadata only).
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.

@@ -155,6 +155,7 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
     gen_request = _request(
         payload, config=config, prompt_ids=prompt_ids, request_id=request_id, stream=payload.stream
     )
+    generation = engine.generate(gen_request)
     admission = await admit(
         request,
         Reservation(
@@ -164,10 +165,11 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
             max_tokens=gen_request.params.max_tokens,
             stream=payload.stream,
         ),
+        # A vision request's inputs exist only after its images load: no early start.
+        early=generation if vision is None else None,
     )
     if vision is not None:
         await vision_inputs_load(vision, request=gen_request, admission=admission)
-    generation = engine.generate(gen_request)
     prefix = _prefix(payload, payload.prompt)
     if payload.stream:
         await stream_start(generation, admission, started=started)
@@ -227,6 +229,7 @@ async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> Http
         )
         for i, prompt in enumerate(payload.prompts)
     ]
+    batch = BatchGeneration([engine.generate(r) for r in gen_requests])
     admission = await admit(
         request,
         Reservation(
@@ -236,8 +239,8 @@ async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> Http
             max_tokens=sum(r.params.max_tokens for r in gen_requests),
             stream=False,
         ),
+        early=batch,
     )
-    batch = BatchGeneration([engine.generate(r) for r in gen_requests])
     results = await collect_settled(batch, admission, started=started)
     texts = [_prefix(payload, p) + r.text for p, r in zip(payload.prompts, results, strict=True)]
     return _apply_headers(_json({"texts": texts, "id": request_id}), admission.headers)

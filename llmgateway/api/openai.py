@@ -162,7 +162,10 @@ async def job_run(request: HttpRequest, job: Job, engine: Engine, shaper: Shaper
     started = time.monotonic()
     # Reach Triton before admitting, so a server that is down answers 503, not a 200 stream.
     await engine.spec()
-    admission = await admit(request, job.reservation)
+    # A vision job's inputs exist only after its images load, so it cannot start early.
+    admission = await admit(
+        request, job.reservation, early=job.generation if job.vision is None else None
+    )
     if job.vision is not None:
         await vision_inputs_load(job.vision, request=job.requests[0], admission=admission)
     if job.stream:

@@ -9,11 +9,13 @@ import uuid
 
 import httpx
 import pytest
+import redis
 from asgiref.sync import async_to_sync
 
 from accounts.models import RequestLog
 from tests.accounts.conftest import (
     BACKENDS,
+    REDIS_TEST_URL,
     bearer,
     record,
     redis_env,
@@ -269,3 +271,70 @@ def test_a_graceful_stop_writes_the_outbox_before_the_process_exits(make_key, re
         stop_gateway(gateway)
     assert gateway.process.returncode is not None
     assert RequestLog.objects.filter(request_id=request_id).count() == 1, gateway.log_tail()
+
+
+def _events_for(devtriton, request_id: str) -> list[str]:
+    return [e["event"] for e in devtriton.events() if e.get("request_id") == request_id]
+
+
+def test_an_early_started_request_is_cancelled_when_refused(
+    make_key, gateway_pairs, devtriton, tmp_path, settings
+):
+    """A key in good standing reaches Triton while Redis decides; a refusal cancels it there.
+
+    CLIENT PAUSE holds Redis's answer long enough that the early start is certain to
+    reach the model before the verdict, so the test does not depend on timing.
+    """
+    key, secret = make_key(max_concurrency=1, budget_tokens=100_000, budget_period="total")
+    gateway = gateway_pairs("redis")[0]
+    quick = {"model": CHAT_MODEL, "prompt": "[[say:hi]]"}
+    slow = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:50]]"}
+    tag = uuid.uuid4().hex[:6]
+    store = redis.Redis.from_url(REDIS_TEST_URL)
+    with gateway.client(api_key=secret) as client:
+        assert client.post("/generate", json=quick).status_code == 200  # now in good standing
+        with client.stream("POST", "/generate", json={**slow, "stream": True}) as held:
+            lines = held.iter_lines()
+            next(lines)  # holds the key's only slot
+            store.execute_command("CLIENT", "PAUSE", 500, "WRITE")
+            refused = client.post("/generate", json=slow, headers={"x-request-id": f"early-{tag}"})
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+            # It reached the model during the pause, and the refusal cancelled it there.
+            assert devtriton.wait_for_event("start", f"early-{tag}")
+            cancelled = devtriton.wait_for_event("cancelled", f"early-{tag}")
+            assert cancelled["tokens_sent"] < 50  # stopped well before its 50 tokens
+            # The last decision refused: the next request waits for Redis, Triton never sees it.
+            store.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+            later = client.post("/generate", json=slow, headers={"x-request-id": f"late-{tag}"})
+            assert later.status_code == 429
+    usage = snapshot(key, "redis", settings)
+    assert usage.rpm_used == 2 and usage.leases == 0  # the refusals took nothing
+    time.sleep(0.5)
+    assert _events_for(devtriton, f"late-{tag}") == []
+    assert "finished" not in _events_for(devtriton, f"early-{tag}")
+
+
+def test_quota_early_start_off_keeps_refused_requests_off_triton(make_key, devtriton, tmp_path):
+    _, secret = make_key(max_concurrency=1)
+    gateway = start_gateway(tmp_path, {**redis_env("redis"), "QUOTA_EARLY_START": "false"})
+    slow = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:50]]"}
+    tag = uuid.uuid4().hex[:6]
+    store = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        with gateway.client(api_key=secret) as client:
+            assert (
+                client.post("/generate", json={**slow, "prompt": "[[say:hi]]"}).status_code == 200
+            )
+            with client.stream("POST", "/generate", json={**slow, "stream": True}) as held:
+                lines = held.iter_lines()
+                next(lines)
+                store.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+                refused = client.post(
+                    "/generate", json=slow, headers={"x-request-id": f"off-{tag}"}
+                )
+                assert refused.status_code == 429
+    finally:
+        stop_gateway(gateway)
+    time.sleep(0.5)
+    assert _events_for(devtriton, f"off-{tag}") == []
