@@ -7,6 +7,7 @@ objects, or its deltas into chunks (framed and settled by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -159,11 +160,33 @@ class ChatShaper:
         )
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """Each choice's role chunk, then the content.
+
+        The role chunks go out in one write with the first content chunk, rather than
+        in their own writes while Triton computes the first token: on the time to
+        first token that is a write and a client wake-up fewer. The bytes are the same.
+        """
+        head = b"".join(
+            self._chunk(index, {"role": "assistant", "content": ""})
+            for index in range(self.job.generation.choice_count)
+        )
+        try:
+            async with contextlib.aclosing(self._content_chunks()) as body:
+                async for chunk in body:
+                    if head:
+                        chunk, head = head + chunk, b""
+                    yield chunk
+        except Exception:
+            if head:  # the stream failed before any content: its error follows the roles
+                yield head
+            raise
+        if head:
+            yield head
+
+    async def _content_chunks(self) -> AsyncIterator[bytes]:
         job = self.job
         parsers = [job.parser() for _ in range(job.generation.choice_count)]
         called = [False] * len(parsers)
-        for index in range(len(parsers)):
-            yield self._chunk(index, {"role": "assistant", "content": ""})
         async for delta in deltas(job.generation):
             parser = parsers[delta.index]
             logprobs = self._logprobs(delta.tokens) if delta.tokens else None
