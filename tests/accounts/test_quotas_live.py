@@ -15,7 +15,6 @@ from asgiref.sync import async_to_sync
 from accounts.models import RequestLog
 from tests.accounts.conftest import (
     BACKENDS,
-    REDIS_TEST_URL,
     bearer,
     record,
     redis_env,
@@ -278,7 +277,7 @@ def _events_for(devtriton, request_id: str) -> list[str]:
 
 
 def test_an_early_started_request_is_cancelled_when_refused(
-    make_key, gateway_pairs, devtriton, tmp_path, settings
+    make_key, gateway_pairs, devtriton, settings, redis_url
 ):
     """A key in good standing reaches Triton while Redis decides; a refusal cancels it there.
 
@@ -290,7 +289,7 @@ def test_an_early_started_request_is_cancelled_when_refused(
     quick = {"model": CHAT_MODEL, "prompt": "[[say:hi]]"}
     slow = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:50]]"}
     tag = uuid.uuid4().hex[:6]
-    store = redis.Redis.from_url(REDIS_TEST_URL)
+    store = redis.Redis.from_url(redis_url)
     with gateway.client(api_key=secret) as client:
         assert client.post("/generate", json=quick).status_code == 200  # now in good standing
         with client.stream("POST", "/generate", json={**slow, "stream": True}) as held:
@@ -315,12 +314,14 @@ def test_an_early_started_request_is_cancelled_when_refused(
     assert "finished" not in _events_for(devtriton, f"early-{tag}")
 
 
-def test_quota_early_start_off_keeps_refused_requests_off_triton(make_key, devtriton, tmp_path):
+def test_quota_early_start_off_keeps_refused_requests_off_triton(
+    make_key, devtriton, tmp_path, redis_url
+):
     _, secret = make_key(max_concurrency=1)
-    gateway = start_gateway(tmp_path, {**redis_env("redis"), "QUOTA_EARLY_START": "false"})
+    gateway = start_gateway(tmp_path, {"REDIS_URL": redis_url, "QUOTA_EARLY_START": "false"})
     slow = {"model": CHAT_MODEL, "prompt": "[[delay:100]][[long:50]]"}
     tag = uuid.uuid4().hex[:6]
-    store = redis.Redis.from_url(REDIS_TEST_URL)
+    store = redis.Redis.from_url(redis_url)
     try:
         with gateway.client(api_key=secret) as client:
             assert (
