@@ -25,7 +25,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY llmgateway/__init__.py llmgateway/__init__.py
 COPY accounts/__init__.py accounts/__init__.py
-RUN pip install .
+# qwen-vl: tiktoken, which Qwen-VL-Chat's tokenizer code imports.
+RUN pip install ".[qwen-vl]"
 
 COPY manage.py ./
 COPY llmgateway ./llmgateway

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start the gateway from the seed's environment variables:
 #   TOKENIZER_PATH, TRITON_SERVER_HOST, TRITON_SERVER_PORT, MODEL_TYPE, WORKERS
-# plus MODEL_NAME (Triton model, default tensorrt_llm), SERVED_MODEL_NAME and PORT.
+# plus MODEL_NAME (Triton model, default tensorrt_llm), SERVED_MODEL_NAME, PORT, and
+# TRUST_REMOTE_CODE=true for a tokenizer shipped as code (Qwen-VL's).
 # Without TOKENIZER_PATH no model is registered: manage models in the admin.
 # GATEWAY_MIGRATE=false skips `migrate` at start-up (when a separate job migrates, as in
 # platform/compose and platform/k8s: replicas starting together must not race on it).
@@ -21,6 +22,9 @@ if [ -n "${TOKENIZER_PATH:-}" ]; then
     --model_type "${MODEL_TYPE:-qwen2-chat}"
   if [ -n "${SERVED_MODEL_NAME:-}" ]; then
     set -- "$@" --served-model-name "$SERVED_MODEL_NAME"
+  fi
+  if [ "${TRUST_REMOTE_CODE:-false}" = "true" ]; then
+    set -- "$@" --trust-remote-code
   fi
 fi
 exec python manage.py serve "$@"

@@ -38,7 +38,18 @@ class ModelConfigAdmin(admin.ModelAdmin):
 
     fieldsets = (
         (None, {"fields": ("name", "enabled", "model_type", "tool_format")}),
-        ("Triton", {"fields": ("triton_url", "triton_model", "tokenizer_path")}),
+        (
+            "Triton",
+            {
+                "fields": (
+                    "triton_url",
+                    "triton_model",
+                    "visual_model",
+                    "tokenizer_path",
+                    "trust_remote_code",
+                )
+            },
+        ),
         (
             "Limits and defaults",
             {

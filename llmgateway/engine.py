@@ -526,10 +526,17 @@ async def _merge(streams: list) -> AsyncIterator[tuple[int | None, object]]:
 
 
 async def load_engine(
-    *, name: str, tokenizer_path: str, triton_url: str, triton_model: str
+    *,
+    name: str,
+    tokenizer_path: str,
+    triton_url: str,
+    triton_model: str,
+    trust_remote_code: bool = False,
 ) -> Engine:
     """Build an engine; the tokenizer loads in a thread so the event loop keeps serving."""
-    text_model = await asyncio.to_thread(load_text_model, tokenizer_path)
+    text_model = await asyncio.to_thread(
+        load_text_model, tokenizer_path, trust_remote_code=trust_remote_code
+    )
     return Engine(
         name=name, text_model=text_model, triton_url=triton_url, triton_model=triton_model
     )

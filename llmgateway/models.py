@@ -38,6 +38,14 @@ class ModelConfig(models.Model):
     tokenizer_path = models.CharField(
         max_length=1024, help_text="Directory loadable with AutoTokenizer.from_pretrained."
     )
+    trust_remote_code = models.BooleanField(
+        default=False,
+        help_text=(
+            "Run the Python code shipped in the tokenizer directory (auto_map in "
+            "tokenizer_config.json). Qwen-VL's tiktoken tokenizer needs it. The code runs "
+            "inside the gateway: only for directories you control."
+        ),
+    )
     model_type = models.CharField(
         max_length=32, choices=ModelType.choices, default=ModelType.QWEN2_CHAT
     )

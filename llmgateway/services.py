@@ -74,6 +74,7 @@ async def engine_get(*, config: ModelConfig) -> Engine:
                 tokenizer_path=config.tokenizer_path,
                 triton_url=config.triton_url,
                 triton_model=config.triton_model,
+                trust_remote_code=config.trust_remote_code,
             )
             _engines[key] = engine
     return engine

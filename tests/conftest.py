@@ -71,8 +71,7 @@ def dev_model_upsert(name: str, devtriton, *, triton_model: str = "tensorrt_llm"
         name=name,
         triton_url=devtriton.grpc_url,
         triton_model=triton_model,
-        tokenizer_path=TOKENIZER,
-        **fields,
+        **{"tokenizer_path": TOKENIZER, **fields},
     )
 
 

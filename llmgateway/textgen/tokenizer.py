@@ -18,6 +18,18 @@ logger = logging.getLogger(__name__)
 # Qwen chat models end a turn with <|im_end|>, not with the tokenizer's eos.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 
+# ChatML as Qwen-VL's make_context writes it, for Qwen tokenizers that ship no chat
+# template (Qwen-VL-Chat's tiktoken tokenizer): a default system turn, then each message.
+CHATML_FALLBACK = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
 
 class TokenizerError(Exception):
     """The tokenizer at a configured path cannot be loaded or used."""
@@ -35,6 +47,8 @@ class TextModel:
     extra_stop_ids: tuple[int, ...]
     special_ids: frozenset[int]
     has_chat_template: bool
+    # No template of its own, but ChatML's tokens: render_chat uses CHATML_FALLBACK.
+    chatml_fallback: bool = False
 
     def encode(self, text: str) -> list[int]:
         # The Rust tokenizer directly when there is one: the same ids as
@@ -51,9 +65,11 @@ class TextModel:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        if not self.has_chat_template:
-            raise TokenizerError(f"tokenizer at {self.path} has no chat template")
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        if not self.has_chat_template:
+            if not self.chatml_fallback:
+                raise TokenizerError("the model's tokenizer has no chat template")
+            kwargs["chat_template"] = CHATML_FALLBACK
         if tools:
             kwargs["tools"] = tools
         return self.tokenizer.apply_chat_template(messages, **kwargs)
@@ -76,12 +92,16 @@ def _as_list(value: Any) -> list[int]:
 
 
 @lru_cache(maxsize=16)
-def load_text_model(path: str) -> TextModel:
-    """Load the tokenizer at `path` (offline) and work out end and pad ids."""
+def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
+    """Load the tokenizer at `path` (offline) and work out end and pad ids.
+
+    `trust_remote_code` lets a tokenizer directory's own Python code run (Qwen-VL's
+    tiktoken tokenizer ships as code); it is the model config's switch, off by default.
+    """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for a bad directory
         raise TokenizerError(f"cannot load tokenizer from {path}: {exc}") from exc
     gen = _generation_config(Path(path))
@@ -102,4 +122,5 @@ def load_text_model(path: str) -> TextModel:
         extra_stop_ids=tuple(i for i in eos_ids if i != end_id),
         special_ids=frozenset(tokenizer.all_special_ids) | {end_id, *eos_ids},
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        chatml_fallback=all(t in vocab for t in CHATML_TOKENS),
     )

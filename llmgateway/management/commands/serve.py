@@ -59,6 +59,12 @@ class Command(BaseCommand):
             choices=list(ModelType.values),
         )
         parser.add_argument("--context-length", type=int, default=None)
+        parser.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="Let the tokenizer directory's own code run (Qwen-VL's tokenizer needs it). "
+            "Without the flag the model config keeps its stored setting (off when new).",
+        )
         parser.add_argument("--access-log", action="store_true")
         parser.add_argument("--no-migrate", action="store_true")
 
@@ -79,6 +85,8 @@ class Command(BaseCommand):
             }
             if options["context_length"]:
                 fields["context_length"] = options["context_length"]
+            if options["trust_remote_code"]:
+                fields["trust_remote_code"] = True
             config = model_upsert(**fields)
             self.stdout.write(
                 f"model {config.name!r} → {config.triton_model} at {config.triton_url}"
