@@ -69,10 +69,10 @@ def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
         wait_ms, what = CONCURRENCY_RETRY_MS, f"concurrent requests: limit {key.max_concurrency}"
         kind = "requests"
     elif decision.verdict is Verdict.REQUESTS:
-        wait_ms, what = decision.reset_ms, f"requests per min (RPM): limit {key.rpm_limit}"
+        wait_ms, what = decision.retry_ms, f"requests per min (RPM): limit {key.rpm_limit}"
         kind = "requests"
     else:
-        wait_ms, kind = decision.reset_ms, "tokens"
+        wait_ms, kind = decision.retry_ms, "tokens"
         what = f"tokens per min (TPM): limit {key.tpm_limit}, requested {tokens}"
     return APIError(
         429,

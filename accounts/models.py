@@ -134,16 +134,15 @@ class ApiKey(models.Model):
 class KeyUsage(models.Model):
     """Quota counters of one key for the database backend (accounts/quota/database.py).
 
-    Windows are identified by their start: the epoch minute for rpm/tpm, a period
-    label ("2025-06-01", "2025-06", "total") for the budget.
+    rpm and tpm are sliding windows of one-second buckets ({"<epoch second>": count},
+    accounts.quota.Window); the budget's window is a period label ("2025-06-01",
+    "2025-06", "total").
     """
 
     key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, primary_key=True)
     touched_at = models.DateTimeField(null=True)
-    rpm_window = models.BigIntegerField(default=0)
-    rpm_count = models.PositiveIntegerField(default=0)
-    tpm_window = models.BigIntegerField(default=0)
-    tpm_used = models.BigIntegerField(default=0)
+    rpm_buckets = models.JSONField(default=dict)
+    tpm_buckets = models.JSONField(default=dict)
     budget_window = models.CharField(max_length=16, blank=True)
     budget_used = models.BigIntegerField(default=0)
 
@@ -155,6 +154,7 @@ class QuotaLease(models.Model):
     key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     expires_at = models.DateTimeField(db_index=True)
     reserved = models.BigIntegerField()
+    # The tpm bucket (epoch second) the reservation was counted in; null without a tpm limit.
     tpm_window = models.BigIntegerField(null=True)
     budget_window = models.CharField(max_length=16, blank=True)
 

@@ -9,11 +9,14 @@ QUOTA_LEASE_SECONDS and its reservation is released by the next admission.
 Two stores with the same semantics: Redis (REDIS_URL set; shared by every
 replica) and the database. Each module says which races it excludes.
 
-Windows: requests and tokens per minute count in fixed windows aligned to the
-clock minute. Within a window the limit is exact; across a boundary a client
-can get up to twice the limit in a short span (the accepted cost of exact,
-O(1) counters). The budget counts per UTC day, UTC month, or in total, and
-only while a budget is set (setting one mid-period starts it at zero).
+Windows: requests and tokens per minute count in one-second buckets, and an
+admission counts the current second's bucket and the 60 before it. Any 60-second
+span ending now lies inside those buckets, so no 60 seconds ever see more than
+the limit: not within a minute, and not across a minute's boundary either (fixed
+clock-minute windows let twice the limit through there). The price is being up to
+one second conservative, and at most 61 small counters per key. A bucket stops
+counting 61 s after it began. The budget counts per UTC day, UTC month, or in
+total, and only while a budget is set (setting one mid-period starts it at zero).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from django.conf import settings
 if TYPE_CHECKING:
     from accounts.services import KeyRecord
 
-WINDOW_MS = 60_000
+BUCKET_MS = 1000
+# Buckets before the current one that still count: a window of 60 to 61 seconds.
+WINDOW_BUCKETS = 60
 UNLIMITED = -1
 
 
@@ -48,7 +53,12 @@ class Decision:
     rpm_used: int  # requests counted in this window, this one included when admitted
     tpm_used: int  # tokens counted or reserved in this window
     budget_used: int
-    reset_ms: int  # until the current minute window ends
+    # Until the rpm/tpm windows hold nothing of what is counted now (OpenAI's
+    # x-ratelimit-reset-*: back to the initial state).
+    reset_ms: int
+    # For a REQUESTS or TOKENS refusal: until enough has left the window for this
+    # request to fit (retry-after).
+    retry_ms: int = 0
     lease_id: str | None = None
 
 
@@ -73,12 +83,18 @@ class Clock:
         return cls(int(time.time() * 1000))
 
     @property
-    def minute(self) -> int:
-        return self.now_ms // WINDOW_MS
+    def bucket(self) -> int:
+        """The current one-second bucket (epoch seconds)."""
+        return self.now_ms // BUCKET_MS
 
     @property
-    def reset_ms(self) -> int:
-        return (self.minute + 1) * WINDOW_MS - self.now_ms
+    def oldest_bucket(self) -> int:
+        """The oldest bucket that still counts."""
+        return self.bucket - WINDOW_BUCKETS
+
+    def leaves_ms(self, bucket: int) -> int:
+        """Milliseconds until `bucket` stops counting."""
+        return (bucket + WINDOW_BUCKETS + 1) * BUCKET_MS - self.now_ms
 
     def budget_window(self, period: str) -> tuple[str, int]:
         """The budget period's label and how long its counter must be kept (0: forever)."""
@@ -88,6 +104,47 @@ class Clock:
         if period == "month":
             return moment.strftime("%Y-%m"), 32 * 86_400
         return "total", 0
+
+
+class Window:
+    """The database store's sliding window: bucket (epoch second) → count, as the
+    Redis script keeps it in a hash. Both stores follow the same rules."""
+
+    def __init__(self, buckets: dict[str, int] | None, clock: Clock) -> None:
+        oldest = clock.oldest_bucket
+        self.clock = clock
+        self.buckets = {int(b): n for b, n in (buckets or {}).items() if int(b) >= oldest}
+
+    @property
+    def used(self) -> int:
+        return sum(self.buckets.values())
+
+    def add(self, amount: int, bucket: int | None = None) -> None:
+        bucket = self.clock.bucket if bucket is None else bucket
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + amount
+
+    def adjust(self, bucket: int, amount: int) -> None:
+        """Change a bucket that is still counted (an older one no longer matters)."""
+        if bucket in self.buckets:
+            self.buckets[bucket] += amount
+
+    def stored(self) -> dict[str, int]:
+        return {str(b): n for b, n in self.buckets.items() if n}
+
+    def reset_ms(self) -> int:
+        live = [b for b, n in self.buckets.items() if n > 0]
+        return self.clock.leaves_ms(max(live)) if live else 0
+
+    def fits_in_ms(self, need: int, limit: int) -> int:
+        """Until `need` more fits under `limit`, as the oldest buckets leave."""
+        used = self.used
+        if used + need <= limit:
+            return 0
+        for bucket in sorted(self.buckets):
+            used -= self.buckets[bucket]
+            if used + need <= limit:
+                return self.clock.leaves_ms(bucket)
+        return self.reset_ms()
 
 
 def limit_arg(value: int | None) -> int:

@@ -30,7 +30,7 @@ from django.db import OperationalError, connection, transaction
 
 from accounts.logs import logs_write
 from accounts.models import KeyUsage, QuotaLease
-from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds
+from accounts.quota import Clock, Decision, Snapshot, Verdict, Window, lease_seconds
 from accounts.services import KeyRecord
 from llmgateway.db import orm
 
@@ -50,41 +50,46 @@ def _locked_usage(key_id: int, clock: Clock) -> KeyUsage:
     return KeyUsage.objects.get(pk=key_id)
 
 
-def _roll(usage: KeyUsage, key: KeyRecord, clock: Clock) -> None:
-    """Start new windows where the clock has moved past the stored ones."""
-    if usage.rpm_window != clock.minute:
-        usage.rpm_window, usage.rpm_count = clock.minute, 0
-    if usage.tpm_window != clock.minute:
-        usage.tpm_window, usage.tpm_used = clock.minute, 0
-    budget_window, _ = clock.budget_window(key.budget_period)
-    if usage.budget_window != budget_window:
-        usage.budget_window, usage.budget_used = budget_window, 0
+class _Counters:
+    """A locked KeyUsage row's windows, read and written back as one."""
+
+    def __init__(self, usage: KeyUsage, key: KeyRecord, clock: Clock) -> None:
+        self.usage = usage
+        self.rpm = Window(usage.rpm_buckets, clock)
+        self.tpm = Window(usage.tpm_buckets, clock)
+        budget_window, _ = clock.budget_window(key.budget_period)
+        if usage.budget_window != budget_window:
+            usage.budget_window, usage.budget_used = budget_window, 0
+
+    def release(self, lease: QuotaLease, amount: int) -> None:
+        """Take `amount` off the windows `lease` was charged to, where they still count."""
+        if lease.tpm_window is not None:
+            self.tpm.adjust(lease.tpm_window, -amount)
+        if lease.budget_window and lease.budget_window == self.usage.budget_window:
+            self.usage.budget_used -= amount
+
+    def save(self) -> None:
+        self.usage.rpm_buckets = self.rpm.stored()
+        self.usage.tpm_buckets = self.tpm.stored()
+        self.usage.save()
 
 
-def _release(usage: KeyUsage, lease: QuotaLease, amount: int) -> None:
-    """Take `amount` off the windows `lease` was charged to, if they are still current."""
-    if lease.tpm_window is not None and lease.tpm_window == usage.tpm_window:
-        usage.tpm_used -= amount
-    if lease.budget_window and lease.budget_window == usage.budget_window:
-        usage.budget_used -= amount
-
-
-def _expire_leases(usage: KeyUsage, key_id: int, clock: Clock) -> None:
+def _expire_leases(counters: _Counters, key_id: int, clock: Clock) -> None:
     expired = list(QuotaLease.objects.filter(key_id=key_id, expires_at__lte=_now(clock)))
     for lease in expired:
-        _release(usage, lease, lease.reserved)
+        counters.release(lease, lease.reserved)
     if expired:
         QuotaLease.objects.filter(pk__in=[lease.pk for lease in expired]).delete()
 
 
-def _verdict(usage: KeyUsage, key: KeyRecord, tokens: int, live: int) -> Verdict:
+def _verdict(counters: _Counters, key: KeyRecord, tokens: int, live: int) -> Verdict:
     # The same order as the Redis script: an exhausted budget wins, so the client is
     # told not to retry.
-    if key.budget_tokens is not None and usage.budget_used + tokens > key.budget_tokens:
+    if key.budget_tokens is not None and counters.usage.budget_used + tokens > key.budget_tokens:
         return Verdict.BUDGET
-    if key.rpm_limit is not None and usage.rpm_count + 1 > key.rpm_limit:
+    if key.rpm_limit is not None and counters.rpm.used + 1 > key.rpm_limit:
         return Verdict.REQUESTS
-    if key.tpm_limit is not None and usage.tpm_used + tokens > key.tpm_limit:
+    if key.tpm_limit is not None and counters.tpm.used + tokens > key.tpm_limit:
         return Verdict.TOKENS
     if key.max_concurrency is not None and live + 1 > key.max_concurrency:
         return Verdict.CONCURRENCY
@@ -120,27 +125,39 @@ def retry_when_locked(function):
 def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
     with transaction.atomic():
         usage = _locked_usage(key.id, clock)
-        _roll(usage, key, clock)
-        _expire_leases(usage, key.id, clock)
+        counters = _Counters(usage, key, clock)
+        _expire_leases(counters, key.id, clock)
         live = QuotaLease.objects.filter(key_id=key.id).count()
-        verdict = _verdict(usage, key, tokens, live)
+        verdict = _verdict(counters, key, tokens, live)
         lease_id = None
+        retry_ms = 0
         if verdict is Verdict.OK:
             lease_id = uuid.uuid4().hex
-            usage.rpm_count += 1
-            usage.tpm_used += tokens if key.tpm_limit is not None else 0
+            counters.rpm.add(1)
+            if key.tpm_limit is not None:
+                counters.tpm.add(tokens)
             usage.budget_used += tokens if key.budget_tokens is not None else 0
             QuotaLease.objects.create(
                 id=lease_id,
                 key_id=key.id,
                 expires_at=_now(clock) + timedelta(seconds=lease_seconds()),
                 reserved=tokens,
-                tpm_window=usage.tpm_window if key.tpm_limit is not None else None,
+                tpm_window=clock.bucket if key.tpm_limit is not None else None,
                 budget_window=usage.budget_window if key.budget_tokens is not None else "",
             )
-        usage.save()
+        elif verdict is Verdict.REQUESTS:
+            retry_ms = counters.rpm.fits_in_ms(1, key.rpm_limit)
+        elif verdict is Verdict.TOKENS:
+            retry_ms = counters.tpm.fits_in_ms(tokens, key.tpm_limit)
+        counters.save()
         return Decision(
-            verdict, usage.rpm_count, usage.tpm_used, usage.budget_used, clock.reset_ms, lease_id
+            verdict,
+            counters.rpm.used,
+            counters.tpm.used,
+            usage.budget_used,
+            max(counters.rpm.reset_ms(), counters.tpm.reset_ms()),
+            retry_ms,
+            lease_id,
         )
 
 
@@ -149,17 +166,18 @@ def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: 
     with transaction.atomic():
         if lease_id is not None:
             usage = _locked_usage(key.id, clock)
+            counters = _Counters(usage, key, clock)
             lease = QuotaLease.objects.filter(pk=lease_id).first()
             if lease is not None:
-                _release(usage, lease, lease.reserved - tokens)
+                counters.release(lease, lease.reserved - tokens)
                 lease.delete()
             else:
                 # The lease expired and its reservation was released: charge the usage
                 # to the current windows instead.
-                _roll(usage, key, clock)
-                usage.tpm_used += tokens if key.tpm_limit is not None else 0
+                if key.tpm_limit is not None:
+                    counters.tpm.add(tokens)
                 usage.budget_used += tokens if key.budget_tokens is not None else 0
-            usage.save()
+            counters.save()
         logs_write([log])
 
 
@@ -181,8 +199,8 @@ def snapshot(key: KeyRecord, clock: Clock) -> Snapshot:
     usage = KeyUsage.objects.filter(pk=key.id).first() or KeyUsage(key_id=key.id)
     budget_window, _ = clock.budget_window(key.budget_period)
     return Snapshot(
-        rpm_used=usage.rpm_count if usage.rpm_window == clock.minute else 0,
-        tpm_used=usage.tpm_used if usage.tpm_window == clock.minute else 0,
+        rpm_used=Window(usage.rpm_buckets, clock).used,
+        tpm_used=Window(usage.tpm_buckets, clock).used,
         budget_used=usage.budget_used if usage.budget_window == budget_window else 0,
         leases=QuotaLease.objects.filter(key_id=key.id).count(),
     )

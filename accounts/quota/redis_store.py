@@ -34,7 +34,8 @@ If Redis is unreachable admissions fail closed (503 from the caller); the
 limits never silently fall back to per-process counting (LiteLLM #35533).
 All of a key's Redis keys share the hash tag {<key id>}, so the scripts are
 valid on Redis Cluster. The clock is the gateway's (replicas must run NTP;
-skew only shifts minute boundaries).
+skew only shifts bucket boundaries). requests and tokens per minute are sliding
+windows of one-second buckets, one hash per key (accounts/quota/__init__.py).
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ import orjson
 from django.conf import settings
 
 from accounts.logs import logs_write_json
-from accounts.quota import Clock, Decision, Snapshot, Verdict, lease_seconds, limit_arg
+from accounts.quota import (
+    BUCKET_MS,
+    WINDOW_BUCKETS,
+    Clock,
+    Decision,
+    Snapshot,
+    Verdict,
+    Window,
+    lease_seconds,
+    limit_arg,
+)
 from accounts.quota.resp import RespClient, Script
 from accounts.services import KeyRecord
 from llmgateway import background
@@ -62,21 +73,25 @@ OUTBOX = "gw:requestlog:outbox"
 DRAIN_LOCK = "gw:requestlog:drain-lock"
 DRAIN_BATCH = 500
 DRAIN_LOCK_MS = 30_000
-WINDOW_KEEP_MS = 120_000
+# A bucket hash outlives its newest bucket's window by a few seconds.
+WINDOW_KEEP_MS = (WINDOW_BUCKETS + 5) * BUCKET_MS
 
-# KEYS: leases (zset id→expiry ms), held (hash id→"tokens|tpm key|budget key"),
-#       rpm counter, tpm counter, budget counter
+# KEYS: leases (zset id→expiry ms), held (hash id→"tokens|tpm bucket|budget key"),
+#       rpm buckets (hash second→count), tpm buckets (hash second→tokens), budget counter
 # ARGV: now ms, lease id, lease expiry ms, tokens, rpm limit, tpm limit,
-#       concurrency limit, budget limit (-1: none), window ttl ms, budget ttl ms (0: none)
+#       concurrency limit, budget limit (-1: none), current bucket, oldest counted bucket,
+#       ms from a bucket's start until it stops counting, bucket hash ttl ms,
+#       budget ttl ms (0: none)
+# Returns {verdict, rpm used, tpm used, budget used, reset ms, retry ms}.
 RESERVE = """
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, id in ipairs(expired) do
   local held = redis.call('HGET', KEYS[2], id)
   if held then
-    local amount, tpmkey, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
-    if tpmkey ~= '' and redis.call('EXISTS', tpmkey) == 1 then
-      redis.call('DECRBY', tpmkey, amount)
+    local amount, tpmbucket, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
+    if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[4], tpmbucket) == 1 then
+      redis.call('HINCRBY', KEYS[4], tpmbucket, -tonumber(amount))
     end
     if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
       redis.call('DECRBY', budgetkey, amount)
@@ -86,30 +101,73 @@ for _, id in ipairs(expired) do
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 
+local bucket, oldest, span = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+-- A sliding window: drop buckets that no longer count, total the rest (oldest first).
+local function window(hash)
+  local flat = redis.call('HGETALL', hash)
+  local total, stale, live = 0, {}, {}
+  for i = 1, #flat, 2 do
+    local b = tonumber(flat[i])
+    if b < oldest then
+      stale[#stale + 1] = flat[i]
+    else
+      local n = tonumber(flat[i + 1])
+      total = total + n
+      live[#live + 1] = {b, n}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', hash, unpack(stale)) end
+  table.sort(live, function(x, y) return x[1] < y[1] end)
+  return total, live
+end
+local function leaves(b) return b * 1000 + span - now end
+local function reset(live, extra)
+  local newest = extra and bucket or nil
+  for _, item in ipairs(live) do
+    if item[2] > 0 and (newest == nil or item[1] > newest) then newest = item[1] end
+  end
+  if newest == nil then return 0 end
+  return leaves(newest)
+end
+-- Until `need` more fits under `limit`, as the oldest buckets leave the window.
+local function fits(live, used, need, limit)
+  for _, item in ipairs(live) do
+    used = used - item[2]
+    if used + need <= limit then return leaves(item[1]) end
+  end
+  return reset(live, false)
+end
+
 local tokens = tonumber(ARGV[4])
 local rpm_limit, tpm_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local conc_limit, budget_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
-local rpm = tonumber(redis.call('GET', KEYS[3]) or '0')
-local tpm = tonumber(redis.call('GET', KEYS[4]) or '0')
+local rpm, rpm_live = window(KEYS[3])
+local tpm, tpm_live = window(KEYS[4])
 local budget = tonumber(redis.call('GET', KEYS[5]) or '0')
 local live = redis.call('ZCARD', KEYS[1])
 
-local verdict = 0
+local verdict, retry = 0, 0
 if budget_limit >= 0 and budget + tokens > budget_limit then verdict = 4
-elseif rpm_limit >= 0 and rpm + 1 > rpm_limit then verdict = 1
-elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then verdict = 2
+elseif rpm_limit >= 0 and rpm + 1 > rpm_limit then
+  verdict, retry = 1, fits(rpm_live, rpm, 1, rpm_limit)
+elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then
+  verdict, retry = 2, fits(tpm_live, tpm, tokens, tpm_limit)
 elseif conc_limit >= 0 and live + 1 > conc_limit then verdict = 3
 end
-if verdict ~= 0 then return {verdict, rpm, tpm, budget} end
+if verdict ~= 0 then
+  return {verdict, rpm, tpm, budget, math.max(reset(rpm_live, false), reset(tpm_live, false)), retry}
+end
 
-local window_ttl, budget_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
-rpm = redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], window_ttl)
-local tpmkey, budgetkey = '', ''
+local keep, budget_ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
+redis.call('HINCRBY', KEYS[3], bucket, 1)
+redis.call('PEXPIRE', KEYS[3], keep)
+rpm = rpm + 1
+local tpmbucket, budgetkey = '', ''
 if tpm_limit >= 0 then
-  tpm = redis.call('INCRBY', KEYS[4], tokens)
-  redis.call('PEXPIRE', KEYS[4], window_ttl)
-  tpmkey = KEYS[4]
+  redis.call('HINCRBY', KEYS[4], bucket, tokens)
+  redis.call('PEXPIRE', KEYS[4], keep)
+  tpm = tpm + tokens
+  tpmbucket = tostring(bucket)
 end
 if budget_limit >= 0 then
   budget = redis.call('INCRBY', KEYS[5], tokens)
@@ -118,22 +176,24 @@ if budget_limit >= 0 then
 end
 local expiry = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], tokens .. '|' .. tpmkey .. '|' .. budgetkey)
+redis.call('HSET', KEYS[2], ARGV[2], tokens .. '|' .. tpmbucket .. '|' .. budgetkey)
 redis.call('PEXPIREAT', KEYS[1], expiry + 60000)
 redis.call('PEXPIREAT', KEYS[2], expiry + 60000)
-return {0, rpm, tpm, budget}
+return {0, rpm, tpm, budget, leaves(bucket), 0}
 """
 
-# KEYS: leases, held, outbox, current tpm counter, current budget counter
+# KEYS: leases, held, outbox, tpm buckets, current budget counter
 # ARGV: lease id, tokens used, log record JSON, charge tpm (0/1), charge budget (0/1),
-#       window ttl ms, budget ttl ms
+#       current bucket, bucket hash ttl ms, budget ttl ms
 SETTLE = """
 local used = tonumber(ARGV[2])
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then
-  local amount, tpmkey, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
+  local amount, tpmbucket, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
   local diff = used - tonumber(amount)
-  if tpmkey ~= '' and redis.call('EXISTS', tpmkey) == 1 then redis.call('INCRBY', tpmkey, diff) end
+  if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[4], tpmbucket) == 1 then
+    redis.call('HINCRBY', KEYS[4], tpmbucket, diff)
+  end
   if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
     redis.call('INCRBY', budgetkey, diff)
   end
@@ -142,12 +202,12 @@ if held then
 elseif ARGV[1] ~= '' then
   -- The lease expired and its reservation was released: charge the usage now.
   if ARGV[4] == '1' then
-    redis.call('INCRBY', KEYS[4], used)
-    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6]))
+    redis.call('HINCRBY', KEYS[4], ARGV[6], used)
+    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[7]))
   end
   if ARGV[5] == '1' then
     redis.call('INCRBY', KEYS[5], used)
-    if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[7])) end
+    if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8])) end
   end
 end
 redis.call('RPUSH', KEYS[3], ARGV[3])
@@ -192,10 +252,15 @@ def _keys(key: KeyRecord, clock: Clock) -> list[str]:
     return [
         f"{tag}:leases",
         f"{tag}:held",
-        f"{tag}:rpm:{clock.minute}",
-        f"{tag}:tpm:{clock.minute}",
+        f"{tag}:rpm",
+        f"{tag}:tpm",
         f"{tag}:budget:{budget_window}",
     ]
+
+
+def _pairs(flat: list) -> dict[str, int]:
+    """HGETALL's [field, value, ...] as a dict."""
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 class RedisStore:
@@ -230,14 +295,23 @@ class RedisStore:
                 limit_arg(key.tpm_limit),
                 limit_arg(key.max_concurrency),
                 limit_arg(key.budget_tokens),
-                clock.reset_ms + WINDOW_KEEP_MS,
+                clock.bucket,
+                clock.oldest_bucket,
+                (WINDOW_BUCKETS + 1) * BUCKET_MS,
+                WINDOW_KEEP_MS,
                 budget_ttl * 1000,
             ],
         )
-        verdict, rpm, tpm, budget = (int(v) for v in result)
+        verdict, rpm, tpm, budget, reset_ms, retry_ms = (int(v) for v in result)
         admitted = verdict == Verdict.OK
         return Decision(
-            Verdict(verdict), rpm, tpm, budget, clock.reset_ms, lease_id if admitted else None
+            Verdict(verdict),
+            rpm,
+            tpm,
+            budget,
+            reset_ms,
+            retry_ms,
+            lease_id if admitted else None,
         )
 
     async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
@@ -255,7 +329,8 @@ class RedisStore:
                 orjson.dumps(log),
                 int(key.tpm_limit is not None),
                 int(key.budget_tokens is not None),
-                clock.reset_ms + WINDOW_KEEP_MS,
+                clock.bucket,
+                WINDOW_KEEP_MS,
                 budget_ttl * 1000,
             ],
         )
@@ -266,10 +341,12 @@ class RedisStore:
         self.drain.kick()
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
-        leases, _, rpm, tpm, budget = _keys(key, Clock.read())
+        clock = Clock.read()
+        leases, _, rpm, tpm, budget = _keys(key, clock)
         client = self.client()
-        values = await client.call("MGET", rpm, tpm, budget)
-        rpm_used, tpm_used, budget_used = (int(v or 0) for v in values)
+        rpm_used = Window(_pairs(await client.call("HGETALL", rpm)), clock).used
+        tpm_used = Window(_pairs(await client.call("HGETALL", tpm)), clock).used
+        budget_used = int(await client.call("GET", budget) or 0)
         return Snapshot(rpm_used, tpm_used, budget_used, await client.call("ZCARD", leases))
 
 

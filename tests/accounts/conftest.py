@@ -113,13 +113,6 @@ def gateway_pairs(model_configs, owner_key, tmp_path_factory) -> Iterator[dict]:
                 stop_gateway(gateway)
 
 
-def wait_for_minute_room(seconds: float = 15) -> None:
-    """Rate windows are clock minutes: start a burst well inside one."""
-    left = 60 - time.time() % 60
-    if left < seconds:
-        time.sleep(left + 0.2)
-
-
 def bearer(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
 

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from accounts.models import RequestLog
-from tests.accounts.conftest import wait_for_logs, wait_for_minute_room
+from tests.accounts.conftest import wait_for_logs
 from tests.conftest import CHAT_MODEL
 
 pytestmark = pytest.mark.committed_db
@@ -51,7 +51,6 @@ def test_40_no_wrong_or_revoked_key_is_authentication_error(live_gateway, make_k
 
 
 def test_41_rate_limit_is_rate_limit_error_with_retry_after(live_gateway, make_key):
-    wait_for_minute_room()
     _, secret = make_key(rpm_limit=1, tpm_limit=100_000)
     with client(live_gateway, secret, max_retries=0) as c:
         raw = c.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=MESSAGES)

@@ -19,7 +19,6 @@ from tests.accounts.conftest import (
     record,
     redis_env,
     wait_for_logs,
-    wait_for_minute_room,
 )
 from tests.conftest import CHAT_MODEL, start_gateway, stop_gateway
 
@@ -86,7 +85,6 @@ def test_100_concurrent_requests_across_two_processes_never_exceed_the_budget(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rpm_across_two_processes_lets_exactly_the_limit_through(backend, make_key, gateway_pairs):
-    wait_for_minute_room()
     _, secret = make_key(rpm_limit=10)
     prefix = f"rpm-{backend}-{uuid.uuid4().hex[:6]}"
     bodies = [{"model": CHAT_MODEL, "prompt": "[[say:hi]]"} for _ in range(40)]
@@ -96,8 +94,9 @@ def test_rpm_across_two_processes_lets_exactly_the_limit_through(backend, make_k
     assert len(ok) == 10 and len(limited) == 30
     for response in limited:
         assert response.json()["error"]["code"] == "rate_limit_exceeded"
-        assert 1 <= int(response.headers["retry-after"]) <= 60
-        assert 0 < int(response.headers["retry-after-ms"]) <= 60_000
+        # The oldest counted request leaves the sliding window within 61 s.
+        assert 1 <= int(response.headers["retry-after"]) <= 61
+        assert 0 < int(response.headers["retry-after-ms"]) <= 61_000
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
     remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
     assert remaining == list(range(10))
@@ -196,7 +195,6 @@ def test_a_killed_processs_reservation_expires(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_request_log_rows_equal_requests_sent(backend, make_key, gateway_pairs):
     """Under load with successes, refusals, Triton errors and disconnects mixed in."""
-    wait_for_minute_room()
     _, secret = make_key(rpm_limit=30)
     _, other = make_key()
     prefix = f"load-{backend}-{uuid.uuid4().hex[:6]}"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from accounts.quota import Verdict
+from accounts.quota import Clock, Verdict
 from accounts.quota import database as database_store
-from tests.accounts.conftest import record, wait_for_minute_room
+from tests.accounts.conftest import record
 
 pytestmark = pytest.mark.committed_db
 
@@ -80,12 +81,44 @@ def test_database_store_holds_the_budget_across_threads(make_key, model_configs)
 
 
 async def test_rpm_lets_exactly_the_limit_through(store, make_key):
-    wait_for_minute_room()
     key = await new_key(make_key, rpm_limit=10)
     results = await asyncio.gather(*(run(store, key, 5, 5) for _ in range(100)))
     verdicts = [d.verdict for d, _ in results]
     assert verdicts.count(Verdict.OK) == 10
     assert verdicts.count(Verdict.REQUESTS) == 90
+
+
+async def test_rate_windows_slide_across_the_minute_boundary(store, make_key, monkeypatch):
+    """No 60 seconds see more than the limit: a fixed clock-minute window would let
+    twice the limit through around a boundary."""
+    key = await new_key(make_key, rpm_limit=10, tpm_limit=100)
+    start = (int(time.time()) // 60 + 1) * 60_000 - 500  # half a second before a minute
+    now = [start]
+    monkeypatch.setattr(Clock, "read", classmethod(lambda cls: cls(now[0])))
+    first = await store.reserve(key, 60)
+    assert first.verdict is Verdict.OK and first.tpm_used == 60
+    await store.settle(key, first.lease_id, 40, log())  # the bucket keeps the exact 40
+    for _ in range(9):
+        assert (await store.reserve(key, 1)).verdict is Verdict.OK
+    oldest_leaves = (start // 1000 + 61) * 1000  # when the first second stops counting
+
+    now[0] = start + 1000  # into the next minute: a fixed window would start over here
+    refused = await store.reserve(key, 1)
+    assert refused.verdict is Verdict.REQUESTS and refused.rpm_used == 10
+    assert refused.retry_ms == oldest_leaves - now[0]
+    now[0] = oldest_leaves - 1
+    assert (await store.reserve(key, 1)).verdict is Verdict.REQUESTS
+
+    now[0] = oldest_leaves  # the first second's ten requests and 49 tokens leave
+    admitted = await store.reserve(key, 95)
+    assert admitted.verdict is Verdict.OK
+    assert (admitted.rpm_used, admitted.tpm_used) == (1, 95)
+    assert admitted.reset_ms == 61_000 - now[0] % 1000
+    tokens = await store.reserve(key, 10)
+    assert tokens.verdict is Verdict.TOKENS
+    assert tokens.retry_ms == 61_000 - now[0] % 1000  # until the 95 leave
+    snapshot = await store.snapshot(key)
+    assert (snapshot.rpm_used, snapshot.tpm_used) == (1, 95)
 
 
 async def test_concurrency_limit_and_release(store, make_key):
@@ -100,7 +133,6 @@ async def test_concurrency_limit_and_release(store, make_key):
 
 
 async def test_tpm_reserves_the_worst_case_and_settles_to_the_exact_usage(store, make_key):
-    wait_for_minute_room()
     key = await new_key(make_key, tpm_limit=100)
     first = await store.reserve(key, 60)
     assert first.verdict is Verdict.OK and first.tpm_used == 60
@@ -127,7 +159,6 @@ async def test_an_unsettled_lease_expires_and_releases_its_reservation(store, ma
 
 
 async def test_budget_refusal_comes_before_rate_limits(store, make_key):
-    wait_for_minute_room()
     key = await new_key(make_key, rpm_limit=1, budget_tokens=10, budget_period="day")
     assert (await store.reserve(key, 50)).verdict is Verdict.BUDGET
     assert (await store.reserve(key, 5)).verdict is Verdict.OK
