@@ -2,7 +2,7 @@
 them off, vs a direct Triton call; on PostgreSQL and Redis.
 
     .venv/bin/python -m bench.bench_platform [--requests 1000] [--soak 600] [--previous REF]
-        [--early-start-off] [--redis-delay-ms 0.5]
+        [--early-start-off] [--redis-delay-ms 0.5] [--store database]
 
 One run: dev Triton, two gateway workers (platform on: key, rpm/tpm/concurrency
 limits and a budget too large to bind, request logs, REDIS_URL; platform off),
@@ -12,7 +12,8 @@ same requests (platform on) from git revision REF, checked out in a temporary
 worktree: this version against that one, measured in the same rounds. With
 --early-start-off, another worker runs with QUOTA_EARLY_START=false; with
 --redis-delay-ms, the gateways reach Redis through bench.delay_proxy, which adds
-that delay each way (a Redis across the network). Targets (issue 4): everything on, at most +1.5 ms
+that delay each way (a Redis across the network); with --store database the quota
+counters live in PostgreSQL (REDIS_URL unset). Targets (issue 4): everything on, at most +1.5 ms
 p50 over the direct call at concurrency 1, at least 0.5x its rate at 16, and no
 memory growth over a 10-minute run.
 """
@@ -86,9 +87,10 @@ async def bench(args) -> None:
     async with dev_stack(workdir) as triton:
         secret = await asyncio.to_thread(bench_key)
         env = {"DATABASE_URL": DATABASE, "SQLITE_PATH": ""}
-        redis_url = REDIS
+        # --store database: quota counters in PostgreSQL (REDIS_URL unset) instead.
+        redis_url = REDIS if args.store == "redis" else ""
         proxy = None
-        if args.redis_delay_ms:
+        if args.redis_delay_ms and redis_url:
             proxy_port = free_port()
             target = REDIS.split("://", 1)[1].split("/", 1)[0]
             proxy = delay_proxy_start(proxy_port, target, args.redis_delay_ms)
@@ -209,6 +211,12 @@ def main() -> None:
         "--early-start-off",
         action="store_true",
         help="also serve platform-on requests with QUOTA_EARLY_START=false",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["redis", "database"],
+        default="redis",
+        help="where the platform gateways keep quota counters",
     )
     parser.add_argument(
         "--redis-delay-ms",
