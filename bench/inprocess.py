@@ -1,6 +1,7 @@
 """The gateway's own CPU per request, without HTTP: its ASGI app driven in-process.
 
     .venv/bin/python -m bench.inprocess [--requests 600] [--platform] [--stream] [--profile]
+        [--stages]
 
 Starts a dev Triton, then calls `llmgateway.asgi.application` directly with an
 ASGI scope for POST /v1/chat/completions, one request at a time, and prints the
@@ -12,6 +13,7 @@ benches' latencies on a shared 2-core VM move by more than a change is worth).
 --platform: keys, quotas (Redis db 12) and request logs (PostgreSQL) on, as in
 bench_platform. --stream: one 4,000-token stream per request, reported per token.
 --profile: a cProfile of the measured requests, by internal time.
+--stages: where a streamed chat completion's time to first token goes (in-process).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +29,8 @@ from pathlib import Path
 from bench.common import dev_stack, setup_django, table
 
 PROMPT_TOKENS = 4000
+# A chat chunk with text in it (the role chunk's content is "").
+CONTENT = re.compile(rb'"content":"[^"]')
 
 
 def thread_cpu() -> dict[str, float]:
@@ -112,6 +117,10 @@ async def bench(args) -> None:
             await application(dict(scope), receive, send)
             assert status == [200], status
 
+        if args.stages:
+            await stages(application, scope, body.replace(b'"stream":false', b'"stream":true'))
+            return
+
         requests = max(args.requests // (200 if args.stream else 1), 2)
         for _ in range(2 if args.stream else 50):
             await one()
@@ -143,12 +152,84 @@ async def bench(args) -> None:
             pstats.Stats(profile).sort_stats("tottime").print_stats(40)
 
 
+async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None:
+    """Where a streamed request's time to first token goes, stage by stage (--stages).
+
+    Timestamps from wrappers around three gateway functions: when the Triton call is
+    created (TritonStream.open), when its first response is parsed (parse_response),
+    and when the first content chunk is handed to the server (the ASGI send).
+    """
+    import statistics
+
+    from llmgateway.triton import stream as triton_stream
+
+    marks: dict[str, float] = {}
+    open_call, parse = triton_stream.TritonStream.open, triton_stream.parse_response
+
+    def timed_open(self) -> None:
+        open_call(self)
+        marks.setdefault("call", time.perf_counter())
+
+    def timed_parse(message, decoupled):
+        marks.setdefault("message", time.perf_counter())
+        return parse(message, decoupled)
+
+    triton_stream.TritonStream.open = timed_open
+    triton_stream.parse_response = timed_parse
+    try:
+        samples: dict[str, list[float]] = {}
+        for run in range(runs + 20):
+            marks.clear()
+            received = False
+
+            async def receive():
+                nonlocal received
+                if not received:
+                    received = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await asyncio.sleep(3600)
+
+            async def send(message) -> None:
+                if message["type"] == "http.response.start":
+                    marks.setdefault("headers", time.perf_counter())
+                elif CONTENT.search(message.get("body", b"")):
+                    marks.setdefault("content", time.perf_counter())
+
+            marks["start"] = time.perf_counter()
+            await application(dict(scope), receive, send)
+            if run < 20:
+                continue
+            spans = {
+                "request → Triton call created": marks["call"] - marks["start"],
+                "call created → first response parsed (Triton, gRPC)": marks["message"]
+                - marks["call"],
+                "first response → first content chunk sent": marks["content"] - marks["message"],
+                "request → first content chunk (gateway TTFT)": marks["content"] - marks["start"],
+            }
+            for name, seconds in spans.items():
+                samples.setdefault(name, []).append(seconds * 1000)
+        rows = [["stage", "p50 ms", "p90 ms"]]
+        for name, values in samples.items():
+            values.sort()
+            rows.append(
+                [name, f"{statistics.median(values):.3f}", f"{values[len(values) * 9 // 10]:.3f}"]
+            )
+        print(f"{runs} streamed chat completions, stages of the time to first token")
+        print(table(rows))
+    finally:
+        triton_stream.TritonStream.open = open_call
+        triton_stream.parse_response = parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--platform", action="store_true")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--stages", action="store_true", help="stages of a streamed request's time to first token"
+    )
     args = parser.parse_args()
     os.environ["GATEWAY_PLATFORM"] = "true" if args.platform else "false"
     import uvloop
