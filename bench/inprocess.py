@@ -12,7 +12,8 @@ benches' latencies on a shared 2-core VM move by more than a change is worth).
 
 --platform: keys, quotas (Redis db 12) and request logs (PostgreSQL) on, as in
 bench_platform. --stream: one 4,000-token stream per request, reported per token.
---profile: a cProfile of the measured requests, by internal time.
+--profile: a cProfile of the measured requests, by internal time (--profile-sort
+cumulative for the call tree's view; --profile-lines N).
 --stages: where a streamed chat completion's time to first token goes (in-process).
 """
 
@@ -149,7 +150,7 @@ async def bench(args) -> None:
             for _ in range(requests):
                 await one()
             profile.disable()
-            pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+            pstats.Stats(profile).sort_stats(args.profile_sort).print_stats(args.profile_lines)
 
 
 async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None:
@@ -227,6 +228,8 @@ def main() -> None:
     parser.add_argument("--platform", action="store_true")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-sort", default="tottime", help="e.g. cumulative")
+    parser.add_argument("--profile-lines", type=int, default=40)
     parser.add_argument(
         "--stages", action="store_true", help="stages of a streamed request's time to first token"
     )
