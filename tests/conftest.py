@@ -156,17 +156,26 @@ def start_gateway(
     log = log_path.open("wb")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
-    deadline = time.monotonic() + 30
+    try:
+        return gateway_wait(gateway, 30, "gateway")
+    except RuntimeError:
+        process.kill()
+        raise
+
+
+def gateway_wait(gateway: LiveGateway, seconds: float, what: str) -> LiveGateway:
+    """Return `gateway` once it answers /health; RuntimeError with its log tail if its
+    process exits first or `seconds` pass (the caller stops the process)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited:\n{gateway.log_tail()}")
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{gateway.log_tail()}")
         try:
             if httpx.get(gateway.url + "/health", timeout=1).status_code == 200:
                 return gateway
         except httpx.HTTPError:
             time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"gateway did not start:\n{gateway.log_tail()}")
+    raise RuntimeError(f"{what} did not start:\n{gateway.log_tail()}")
 
 
 def stop_gateway(gateway: LiveGateway) -> None:

@@ -23,7 +23,7 @@ import pytest
 from django.core.management import call_command, get_commands
 
 from llmgateway.devtriton.server import free_port
-from tests.conftest import CHAT_MODEL, ROOT, LiveGateway, _database_env
+from tests.conftest import CHAT_MODEL, ROOT, LiveGateway, _database_env, gateway_wait
 
 # 30 tokens 50 ms apart: about 1.5 s from the first token to the last.
 SLOW = "[[delay:50]][[long:30]]"
@@ -50,17 +50,11 @@ def start_runserver(tmp_dir: Path, *args: str, api_key: str | None = None) -> Li
             start_new_session=True,  # the reloader's children go with a killpg
         )
     server = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"runserver exited:\n{server.log_tail()}")
-        try:
-            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    kill_group(process)
-    raise RuntimeError(f"runserver did not start:\n{server.log_tail()}")
+    try:
+        return gateway_wait(server, 60, "runserver")
+    except RuntimeError:
+        kill_group(process)
+        raise
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -8,10 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from llmgateway.devtriton.server import free_port
@@ -122,41 +120,34 @@ def test_serve_trust_remote_code_registers_a_servable_model(
 ):
     """The seed-style start-up (`serve` flags, what the image's TRUST_REMOTE_CODE sets)."""
     from llmgateway.models import ModelConfig
-    from tests.conftest import ROOT, _database_env
+    from tests.conftest import ROOT, LiveGateway, _database_env, gateway_wait, stop_gateway
 
     port = free_port()
     command = [sys.executable, "manage.py", "serve", "--no-migrate", "--port", str(port)]
     command += ["--model-name", "tensorrt_llm", "--served-model-name", "remote-served"]
     command += ["--tokenizer-path", str(remote_dir), "--server-url", devtriton.grpc_url]
     command += ["--trust-remote-code"]
-    log = (tmp_path / "serve.log").open("wb")
+    log_path = tmp_path / "serve.log"
     env = {**os.environ, **_database_env(), "MODEL_CACHE_SECONDS": "0"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    )
+    server = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, owner_key)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        headers = {"authorization": f"Bearer {owner_key}"}
-        answer = httpx.post(
-            url + "/v1/chat/completions",
-            json={
-                "model": "remote-served",
-                "messages": [{"role": "user", "content": "[[say:ok]]"}],
-            },
-            headers=headers,
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text + (tmp_path / "serve.log").read_text()
+        gateway_wait(server, 30, "serve")
+        with server.client() as http:
+            answer = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "remote-served",
+                    "messages": [{"role": "user", "content": "[[say:ok]]"}],
+                },
+            )
+        assert answer.status_code == 200, answer.text + server.log_tail()
         assert answer.json()["choices"][0]["message"]["content"] == "ok"
         with django_db_blocker.unblock():
             assert ModelConfig.objects.get(name="remote-served").trust_remote_code
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_gateway(server)
         with django_db_blocker.unblock():
             ModelConfig.objects.filter(name="remote-served").delete()
