@@ -49,6 +49,20 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def receiver(body: bytes):
+    """An ASGI receive for one request: its body, then a client that never leaves."""
+    received = False
+
+    async def receive():
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+
+    return receive
+
+
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-inprocess-"))
     if args.platform:
@@ -100,15 +114,7 @@ async def bench(args) -> None:
         }
 
         async def one() -> None:
-            received = False
-
-            async def receive():
-                nonlocal received
-                if not received:
-                    received = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                await asyncio.sleep(3600)  # the client never leaves
-
+            receive = receiver(body)
             status = []
 
             async def send(message) -> None:
@@ -181,14 +187,6 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
         samples: dict[str, list[float]] = {}
         for run in range(runs + 20):
             marks.clear()
-            received = False
-
-            async def receive():
-                nonlocal received
-                if not received:
-                    received = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                await asyncio.sleep(3600)
 
             async def send(message) -> None:
                 if message["type"] == "http.response.start":
@@ -197,7 +195,7 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
                     marks.setdefault("content", time.perf_counter())
 
             marks["start"] = time.perf_counter()
-            await application(dict(scope), receive, send)
+            await application(dict(scope), receiver(body), send)
             if run < 20:
                 continue
             spans = {
