@@ -121,8 +121,9 @@ local function window(hash)
   return total, live
 end
 local function leaves(b) return b * 1000 + span - now end
-local function reset(live, extra)
-  local newest = extra and bucket or nil
+-- Until no bucket counted now holds anything (admitted requests return leaves(bucket)).
+local function reset(live)
+  local newest = nil
   for _, item in ipairs(live) do
     if item[2] > 0 and (newest == nil or item[1] > newest) then newest = item[1] end
   end
@@ -135,7 +136,7 @@ local function fits(live, used, need, limit)
     used = used - item[2]
     if used + need <= limit then return leaves(item[1]) end
   end
-  return reset(live, false)
+  return reset(live)
 end
 
 local tokens = tonumber(ARGV[4])
@@ -155,7 +156,7 @@ elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then
 elseif conc_limit >= 0 and live + 1 > conc_limit then verdict = 3
 end
 if verdict ~= 0 then
-  return {verdict, rpm, tpm, budget, math.max(reset(rpm_live, false), reset(tpm_live, false)), retry}
+  return {verdict, rpm, tpm, budget, math.max(reset(rpm_live), reset(tpm_live)), retry}
 end
 
 local keep, budget_ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
