@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel
 
 from llmgateway.accounting import Reservation, admit
 from llmgateway.api.errors import invalid
+from llmgateway.api.openai_schemas import INT32_MAX
 from llmgateway.api.sse import event, sse_response
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, SamplingParams
 from llmgateway.generation import (
@@ -60,7 +61,7 @@ class SamplingFields(BaseModel):
     max_output_len: Annotated[int, Field(ge=1)] | None = None
     num_beams: Annotated[int, Field(ge=1, le=MAX_BEAMS)] = 1
     repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None

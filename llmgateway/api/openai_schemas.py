@@ -17,6 +17,8 @@ MAX_N = 16
 MAX_STOPS = 16
 MAX_PROMPTS = 64
 INT64 = 2**63
+# TensorRT-LLM's integer inputs (top_k, min_tokens) are int32.
+INT32_MAX = 2**31 - 1
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
@@ -101,9 +103,9 @@ class SamplingIn(OpenAISchema):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # Extras (vLLM's names), sent through extra_body.
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
 
     @field_validator("stop")
     @classmethod

@@ -138,6 +138,7 @@ def test_batch_generate_refuses_images_naming_the_parameter(http):
         ({"prompt": "x", "temperature": -1}, "temperature"),
         ({"prompt": "x", "top_p": 1.5}, "top_p"),
         ({"prompt": "x", "top_k": -2}, "top_k"),
+        ({"prompt": "x", "top_k": 2**70}, "top_k"),
         ({"prompt": "x", "max_output_len": 0}, "max_output_len"),
         ({"prompt": "x", "max_output_len": 100000}, "max_output_len"),
         ({"prompt": "x", "num_beams": 99}, "num_beams"),
