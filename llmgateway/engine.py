@@ -233,18 +233,19 @@ class Engine:
         streaming: bool,
         seed: int | None,
         sequences: int,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, np.ndarray | bool | int | float]:
+        """The request's tensors; one-element inputs as Python scalars (build_request)."""
         p = request.params
         ids = np.asarray(request.prompt_ids, dtype=np.int32)
-        inputs: dict[str, np.ndarray] = {
+        inputs: dict[str, np.ndarray | bool | int | float] = {
             "input_ids": ids,
-            "input_lengths": np.array([len(ids)]),
-            "request_output_len": np.array([p.max_tokens]),
-            "end_id": np.array([self.text.end_id]),
-            "pad_id": np.array([self.text.pad_id]),
-            "streaming": np.array([streaming]),
-            "exclude_input_in_output": np.array([True]),
-            "beam_width": np.array([p.beam_width]),
+            "input_lengths": len(ids),
+            "request_output_len": p.max_tokens,
+            "end_id": self.text.end_id,
+            "pad_id": self.text.pad_id,
+            "streaming": streaming,
+            "exclude_input_in_output": True,
+            "beam_width": p.beam_width,
         }
         optional = {
             "temperature": p.temperature,
@@ -256,19 +257,17 @@ class Engine:
         }
         for name, value in optional.items():
             if value is not None:
-                inputs[name] = np.array([value])
+                inputs[name] = value
         if seed is not None:
             # OpenAI seeds are signed; TensorRT-LLM's are uint64.
             seed_name = "seed" if spec.accepts("seed") else "random_seed"
-            inputs[seed_name] = np.array([seed & UINT64_MASK], dtype=np.uint64)
+            inputs[seed_name] = seed & UINT64_MASK
         if p.min_tokens:
-            inputs["min_tokens" if spec.accepts("min_tokens") else "min_length"] = np.array(
-                [p.min_tokens]
-            )
+            inputs["min_tokens" if spec.accepts("min_tokens") else "min_length"] = p.min_tokens
         if sequences > 1:
-            inputs["num_return_sequences"] = np.array([sequences])
+            inputs["num_return_sequences"] = sequences
         if p.logprobs:
-            inputs["return_log_probs"] = np.array([True])
+            inputs["return_log_probs"] = True
         stop_words = _stop_words_list(self.text, p.stop)
         if stop_words is not None:
             inputs["stop_words_list"] = stop_words

@@ -63,3 +63,37 @@ async def test_not_streaming_is_one_response(devtriton):
         _collect(devtriton, "tensorrt_llm", "[[say:abc]]", streaming=False), timeout=5
     )
     assert len(responses) == 1 and responses[0].final
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 8])
+def test_scalar_inputs_pack_as_numpy_would(max_batch_size):
+    """build_request packs Python scalars itself; the bytes and shapes must be numpy's."""
+    from llmgateway.triton.client import DTYPES, ModelSpec, TensorSpec
+
+    values = {
+        "TYPE_BOOL": True,
+        "TYPE_UINT8": 7,
+        "TYPE_UINT32": 2**32 - 1,
+        "TYPE_UINT64": 2**64 - 5,
+        "TYPE_INT32": -(2**31),
+        "TYPE_INT64": -(2**62),
+        "TYPE_FP16": 0.1,
+        "TYPE_FP32": 0.7,
+    }
+    specs = {}
+    for config_type in values:
+        wire, np_type = DTYPES[config_type]
+        specs[config_type] = TensorSpec(config_type, wire, np_type, (1,), False)
+    spec = ModelSpec("m", specs, frozenset(), False, max_batch_size)
+
+    def built(inputs):
+        request = build_request(spec, request_id="r", inputs=inputs, outputs=[])
+        return [
+            (t.name, t.datatype, list(t.shape), raw)
+            for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+        ]
+
+    scalars = built(values)
+    arrays = built({name: np.array([value]) for name, value in values.items()})
+    assert scalars == arrays
+    assert {len(raw) for _, wire, _, raw in scalars if wire == "FP16"} == {2}
