@@ -8,7 +8,8 @@ from ninja.security import HttpBearer
 from accounts.services import KeyRecord, key_lookup, key_touch
 from llmgateway.api.errors import APIError
 
-AZURE_HEADER = "api-key"
+# Azure OpenAI's `api-key` header, as Django names it in request.META.
+AZURE_META = "HTTP_API_KEY"
 
 
 def _unauthorized(message: str) -> APIError:
@@ -43,11 +44,12 @@ class ApiKeyAuth(HttpBearer):
 
     @staticmethod
     def _presented(request: HttpRequest) -> str:
-        value = request.headers.get("authorization", "")
+        # META, not request.headers (which parses every header into a dict first).
+        value = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-        return request.headers.get(AZURE_HEADER, "").strip()
+        return request.META.get(AZURE_META, "").strip()
 
 
 api_key_auth = ApiKeyAuth()

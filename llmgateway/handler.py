@@ -14,7 +14,11 @@ the event loop:
 - our API responses' close() releases no resources needing a thread, and its
   request_finished signal is skipped too (`_close`): the response's own
   closers (Triton cancellation, settling a stream that never started) run.
-Admin paths go through the stock handler unchanged.
+- the response is made in the request's own task; a second task only waits
+  for the client to leave, then cancels the first (Django makes both new
+  tasks and waits for either: a task and a loop iteration more per request).
+- URL resolution comes from a cache (`route_match`: the URLconf is fixed).
+Admin paths go through the stock handler, with the cached URL resolution.
 
 It also speaks the ASGI lifespan protocol (Django does not): on shutdown it
 waits for background work (settlements, request logs: background.py) before
@@ -33,7 +37,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
 from llmgateway import background
-from llmgateway.api.middleware import is_api_path, is_unknown_path
+from llmgateway.api.middleware import is_api_path, is_unknown_path, route_match
 
 logger = logging.getLogger(__name__)
 
@@ -69,29 +73,42 @@ class GatewayASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
 
-        async def process_request() -> None:
+        # The response is made in this task; a second one only listens for the client
+        # leaving, and then cancels this one. (Django runs both as new tasks and waits
+        # for the first to finish: one more task and a loop iteration per request.)
+        this = asyncio.current_task()
+        left = asyncio.Event()
+        listener = asyncio.create_task(self._cancel_on_disconnect(receive, this, left))
+        response = None
+        try:
             response = await self.run_get_response(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass
-            finally:
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            if not left.is_set():
+                raise  # cancelled from outside (the server stopping), not by the client
+        finally:
+            listener.cancel()
+            if left.is_set():
+                # The client left: the cancel this task got is handled here, not raised.
+                this.uncancel()
+            if response is not None:
                 _close(response)
+            body_file.close()
 
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        body_file.close()
+    async def _cancel_on_disconnect(self, receive, task: asyncio.Task, left: asyncio.Event) -> None:
+        with contextlib.suppress(RequestAborted):
+            await self.listen_for_disconnect(receive)
+        left.set()
+        task.cancel()
+
+    def resolve_request(self, request):
+        """Django's URL resolution, from route_match's cache (the URLconf is fixed)."""
+        if not hasattr(request, "urlconf"):
+            match = route_match(request.path_info)
+            if match is not None:
+                request.resolver_match = match
+                return match
+        return super().resolve_request(request)
 
 
 def _fast_path(path: str) -> bool:

@@ -15,7 +15,7 @@ import secrets
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.module_loading import import_string
 
 from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
@@ -24,6 +24,7 @@ API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health")
 # Paths whose errors stay Django's HTML pages (the admin console).
 HTML_PREFIXES = ("/admin", "/static")
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_META = "HTTP_X_REQUEST_ID"
 MAX_CLIENT_REQUEST_ID = 200
 
 
@@ -36,7 +37,8 @@ def new_request_id() -> str:
 
 
 def _request_id(request: HttpRequest) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
+    # META, not request.headers: that builds a dict of every header on first use.
+    given = request.META.get(REQUEST_ID_META, "")
     if given and len(given) <= MAX_CLIENT_REQUEST_ID and given.isprintable():
         return given
     return new_request_id()
@@ -44,7 +46,7 @@ def _request_id(request: HttpRequest) -> str:
 
 def _too_large(request: HttpRequest) -> bool:
     try:
-        return int(request.headers.get("content-length") or 0) > settings.GATEWAY_MAX_BODY_BYTES
+        return int(request.META.get("CONTENT_LENGTH") or 0) > settings.GATEWAY_MAX_BODY_BYTES
     except ValueError:
         return False
 
@@ -121,18 +123,22 @@ class body_limit_middleware(_Middleware):  # noqa: N801
 
 
 @functools.lru_cache(maxsize=4096)
-def _routable(path: str) -> bool:
+def route_match(path: str) -> ResolverMatch | None:
+    """The root URLconf's match for `path`, or None: cached, as the URLconf is fixed.
+
+    Django resolves every request's path through the nested patterns again; the
+    API's handler (llmgateway/handler.py) and the unknown-path check use this instead.
+    """
     try:
-        resolve(path)
+        return resolve(path)
     except Resolver404:
-        return False
-    return True
+        return None
 
 
 def is_unknown_path(path: str) -> bool:
     """A path no route serves, outside the admin's HTML pages: answered with the
     404 envelope directly (see admin_middleware)."""
-    return not path.startswith(HTML_PREFIXES) and not _routable(path)
+    return not path.startswith(HTML_PREFIXES) and route_match(path) is None
 
 
 class admin_middleware:  # noqa: N801
