@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,18 @@ class TextModel:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
+        compiled = self._compiled_template
+        if tools is None and compiled is not None and _plain_turns(messages):
+            # The common case, rendered as apply_chat_template renders it, without its
+            # per-call work (template lookup, copying every message into plain data).
+            template, variables = compiled
+            return template.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
+            )
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
         if not self.has_chat_template:
             if not self.chatml_fallback:
@@ -74,8 +86,36 @@ class TextModel:
             kwargs["tools"] = tools
         return self.tokenizer.apply_chat_template(messages, **kwargs)
 
+    @functools.cached_property
+    def _compiled_template(self) -> tuple[Any, dict[str, Any]] | None:
+        """The default chat template, compiled, and the variables transformers gives it.
+
+        None where render_chat must go through apply_chat_template: no template, or
+        a transformers without the (private) compiler this relies on.
+        """
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+        except ImportError:
+            return None
+        if self.has_chat_template:
+            template = self.tokenizer.get_chat_template()
+        elif self.chatml_fallback:
+            template = CHATML_FALLBACK
+        else:
+            return None
+        return _compile_jinja_template(template), dict(self.tokenizer.special_tokens_map)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _plain_turns(messages: list[dict[str, Any]]) -> bool:
+    """Whether every message is just a role and a string content: what the fast
+    render in render_chat covers (no tool calls, no content parts, no None)."""
+    return all(
+        len(m) == 2 and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    )
 
 
 def _generation_config(path: Path) -> dict[str, Any]:
@@ -91,7 +131,7 @@ def _as_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else [int(value)]
 
 
-@lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=16)
 def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
     """Load the tokenizer at `path` (offline) and work out end and pad ids.
 
