@@ -376,11 +376,18 @@ class Generation:
 
     async def _run(self) -> AsyncIterator[Delta]:
         await self.start()
-        streams = [(index, stream.responses()) for index, stream in self._streams]
         echo, per_token = self._echo, self._per_token
+        # One stream (the common case) is read directly, without a merging generator
+        # that every token would pass through.
+        (only, first), *more = self._streams
+        if more:
+            source = _merge([(index, stream.responses()) for index, stream in self._streams])
+        else:
+            source = first.responses()
         try:
-            async with contextlib.aclosing(_merge(streams)) as merged:
-                async for choice_index, response in merged:
+            async with contextlib.aclosing(source) as items:
+                async for item in items:
+                    choice_index, response = item if more else (only, item)
                     for delta in self._deltas(choice_index, response, echo, per_token):
                         yield delta
                     if self.choices_finished:

@@ -117,23 +117,27 @@ def deadline_resolve(requested: float | None) -> float:
     return time.monotonic() + (min(requested, ceiling) if requested else ceiling)
 
 
-async def deltas(generation: Generation) -> AsyncIterator[Delta]:
-    """Iterate a generation, always closing it (which cancels Triton work)."""
-    async with contextlib.aclosing(generation.__aiter__()) as iterator:
-        async for delta in iterator:
-            yield delta
+def deltas(generation: Generation) -> contextlib.aclosing[AsyncIterator[Delta]]:
+    """`async with deltas(g) as stream: async for delta in stream: ...` iterates a
+    generation and always closes it, which cancels its Triton work.
+
+    A context manager rather than a wrapping generator: every layer of async
+    generators costs each streamed token a pass through it.
+    """
+    return contextlib.aclosing(generation.__aiter__())
 
 
 async def generation_collect(generation: Generation) -> list[ChoiceResult]:
     results = [ChoiceResult(i) for i in range(generation.choice_count)]
-    async for delta in deltas(generation):
-        result = results[delta.index]
-        if delta.text:
-            result.text_parts.append(delta.text)
-        if delta.tokens:
-            result.tokens.extend(delta.tokens)
-        if delta.finish_reason is not None:
-            result.finish_reason = delta.finish_reason
+    async with deltas(generation) as stream:
+        async for delta in stream:
+            result = results[delta.index]
+            if delta.text:
+                result.text_parts.append(delta.text)
+            if delta.tokens:
+                result.tokens.extend(delta.tokens)
+            if delta.finish_reason is not None:
+                result.finish_reason = delta.finish_reason
     return results
 
 

@@ -38,6 +38,7 @@ from django.urls import set_script_prefix
 
 from llmgateway import background
 from llmgateway.api.middleware import is_api_path, is_unknown_path, route_match
+from llmgateway.api.sse import EventStream
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ class GatewayASGIHandler(ASGIHandler):
             await self.listen_for_disconnect(receive)
         left.set()
         task.cancel()
+
+    async def send_response(self, response, send):
+        if not isinstance(response, EventStream):
+            return await super().send_response(response, send)
+        # Django's own send_response, minus its per-chunk layers (make_bytes, chunking):
+        # an event stream's body is bytes already, and it sets no cookies.
+        headers = [
+            (name.encode("ascii"), value.encode("latin1")) for name, value in response.items()
+        ]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        async with contextlib.aclosing(response.events) as events:
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body"})
 
     def resolve_request(self, request):
         """Django's URL resolution, from route_match's cache (the URLconf is fixed)."""

@@ -194,11 +194,12 @@ async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
 async def _chunks(generation, request_id: str, prefix: str, finish_reasons: dict[int, str]):
     if prefix:
         yield event({"text": prefix, "id": request_id})
-    async for delta in deltas(generation):
-        if delta.text:
-            yield event({"text": delta.text, "id": request_id})
-        if delta.finish_reason is not None:
-            finish_reasons[delta.index] = delta.finish_reason
+    async with deltas(generation) as stream:
+        async for delta in stream:
+            if delta.text:
+                yield event({"text": delta.text, "id": request_id})
+            if delta.finish_reason is not None:
+                finish_reasons[delta.index] = delta.finish_reason
     yield event(
         {
             "text": "",

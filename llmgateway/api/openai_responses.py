@@ -187,32 +187,33 @@ class ChatShaper:
         job = self.job
         parsers = [job.parser() for _ in range(job.generation.choice_count)]
         called = [False] * len(parsers)
-        async for delta in deltas(job.generation):
-            parser = parsers[delta.index]
-            logprobs = self._logprobs(delta.tokens) if delta.tokens else None
-            if parser is None:
-                if delta.text or logprobs:
-                    content = {"content": delta.text} if delta.text else {}
-                    yield self._chunk(delta.index, content, logprobs=logprobs)
-            else:
-                events = parser.feed(delta.text) if delta.text else []
+        async with deltas(job.generation) as stream:
+            async for delta in stream:
+                parser = parsers[delta.index]
+                logprobs = self._logprobs(delta.tokens) if delta.tokens else None
+                if parser is None:
+                    if delta.text or logprobs:
+                        content = {"content": delta.text} if delta.text else {}
+                        yield self._chunk(delta.index, content, logprobs=logprobs)
+                else:
+                    events = parser.feed(delta.text) if delta.text else []
+                    if delta.finish_reason is not None:
+                        events += parser.finish()
+                    for item in events:
+                        body = self._event_delta(item)
+                        if body is None:
+                            continue
+                        called[delta.index] |= not isinstance(item, str)
+                        yield self._chunk(delta.index, body, logprobs=logprobs)
+                        logprobs = None
+                    if logprobs:
+                        yield self._chunk(delta.index, {}, logprobs=logprobs)
                 if delta.finish_reason is not None:
-                    events += parser.finish()
-                for item in events:
-                    body = self._event_delta(item)
-                    if body is None:
-                        continue
-                    called[delta.index] |= not isinstance(item, str)
-                    yield self._chunk(delta.index, body, logprobs=logprobs)
-                    logprobs = None
-                if logprobs:
-                    yield self._chunk(delta.index, {}, logprobs=logprobs)
-            if delta.finish_reason is not None:
-                reason = delta.finish_reason
-                if job.plan is not None:
-                    reason = job.plan.finish_reason(reason, called[delta.index])
-                job.finish_reasons[delta.index] = reason
-                yield self._chunk(delta.index, {}, reason)
+                    reason = delta.finish_reason
+                    if job.plan is not None:
+                        reason = job.plan.finish_reason(reason, called[delta.index])
+                    job.finish_reasons[delta.index] = reason
+                    yield self._chunk(delta.index, {}, reason)
         if job.include_usage:
             yield event(
                 {
@@ -297,13 +298,14 @@ class CompletionShaper:
         for index, text in enumerate(job.echo):
             if text:
                 yield self._chunk(index, text)
-        async for delta in deltas(job.generation):
-            logprobs = self._logprobs(delta.index, delta.tokens) if delta.tokens else None
-            if delta.text or logprobs:
-                yield self._chunk(delta.index, delta.text, logprobs=logprobs)
-            if delta.finish_reason is not None:
-                job.finish_reasons[delta.index] = delta.finish_reason
-                yield self._chunk(delta.index, "", delta.finish_reason)
+        async with deltas(job.generation) as stream:
+            async for delta in stream:
+                logprobs = self._logprobs(delta.index, delta.tokens) if delta.tokens else None
+                if delta.text or logprobs:
+                    yield self._chunk(delta.index, delta.text, logprobs=logprobs)
+                if delta.finish_reason is not None:
+                    job.finish_reasons[delta.index] = delta.finish_reason
+                    yield self._chunk(delta.index, "", delta.finish_reason)
         if job.include_usage:
             body = self._body([])
             body["usage"] = job.generation.usage.as_dict()
