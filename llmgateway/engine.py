@@ -109,7 +109,7 @@ class _Choice:
         "count",
         "finish_reason",
         "transcript",
-        "_text_model",
+        "_end_ids",
         "_limit",
     )
 
@@ -130,14 +130,14 @@ class _Choice:
         self.finish_reason: str | None = None
         # The text sent, kept only when request logs store it (REQUEST_LOG_CONTENT).
         self.transcript: list[str] | None = [] if record else None
-        self._text_model = text_model
+        self._end_ids = frozenset((text_model.end_id, *text_model.extra_stop_ids))
         self._limit = params.max_tokens
 
     def feed(self, ids: list[int], logprobs: list[float] | None, per_token: bool) -> Delta | None:
         """Consume generated ids; return what they add for the client, if anything."""
         if self.finish_reason is not None:
             return None
-        end_ids = (self._text_model.end_id, *self._text_model.extra_stop_ids)
+        end_ids = self._end_ids
         consumed: list[tuple[int, float | None]] = []
         text_parts: list[str] = []
         batch: list[int] = []
@@ -388,9 +388,11 @@ class Generation:
             async with contextlib.aclosing(source) as items:
                 async for item in items:
                     choice_index, response = item if more else (only, item)
-                    for delta in self._deltas(choice_index, response, echo, per_token):
+                    deltas = self._deltas(choice_index, response, echo, per_token)
+                    for delta in deltas:
                         yield delta
-                    if self.choices_finished:
+                    # Only a delta that finishes its choice can finish them all.
+                    if deltas and deltas[-1].finish_reason is not None and self.choices_finished:
                         return
         finally:
             # Streams whose reader never started (or is being abandoned) are cancelled;
@@ -419,10 +421,10 @@ class Generation:
         if choice_index is None:
             seq = outputs.get("sequence_index")
             choice_index = int(seq.reshape(-1)[0]) if seq is not None and seq.size else 0
-        beams = output_ids.reshape(-1, output_ids.shape[-1])
+        best_beam = output_ids.reshape(-1, output_ids.shape[-1])[0]
         lengths = outputs.get("sequence_length")
-        length = int(lengths.reshape(-1)[0]) if lengths is not None else beams.shape[1]
-        ids = beams[0, echo:length].tolist()
+        length = int(lengths.flat[0]) if lengths is not None else best_beam.shape[0]
+        ids = best_beam[echo:length].tolist()
         logprobs = None
         if "output_log_probs" in outputs:
             flat = outputs["output_log_probs"].reshape(-1, outputs["output_log_probs"].shape[-1])[0]

@@ -125,18 +125,13 @@ def build_request(
 
 def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> TritonResponse:
     outputs: dict[str, np.ndarray] = {}
-    raw = message.raw_output_contents
-    for i, tensor in enumerate(message.outputs):
+    # One pass over tensors and their raw contents (a tensor without contents is skipped).
+    for tensor, raw in zip(message.outputs, message.raw_output_contents, strict=False):
         dtype = WIRE_TO_NUMPY.get(tensor.datatype)
-        if dtype is None or i >= len(raw):
-            continue
-        outputs[tensor.name] = np.frombuffer(raw[i], dtype=dtype).reshape(tuple(tensor.shape))
-    params = message.parameters
-    if "triton_final_response" in params:
-        final = params["triton_final_response"].bool_param
-    else:
-        final = not decoupled
-    return TritonResponse(outputs, final)
+        if dtype is not None:
+            outputs[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+    final = message.parameters.get("triton_final_response")
+    return TritonResponse(outputs, final.bool_param if final is not None else not decoupled)
 
 
 def _map_rpc_error(exc: grpc.RpcError) -> Exception:
