@@ -57,6 +57,8 @@ class ModelSpec:
     decoupled: bool
     max_batch_size: int
     parameters: dict[str, str] = field(default_factory=dict)
+    # build_request's request templates (triton/stream.py), filled as requests are made.
+    request_templates: dict = field(default_factory=dict, compare=False, repr=False)
 
     def accepts(self, name: str) -> bool:
         return name in self.inputs

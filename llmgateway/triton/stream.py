@@ -95,28 +95,61 @@ def build_request(
     `inputs` hold one batch item each: an array (input_ids is [N]) or a Python
     scalar for a one-element input (sent as [1]). The batch dimension is added
     when the model batches (max_batch_size > 0).
+
+    The request is a copy of a template holding everything but the id, the
+    arrays' shapes and the tensors' contents (see _template): filling a dozen
+    tensors field by field costs several times more.
     """
-    request = service_pb2.ModelInferRequest(model_name=spec.name, id=request_id)
-    request.parameters["triton_enable_empty_final_response"].bool_param = True
     batched = spec.max_batch_size > 0
+    # (name, contents, shape); the shape is None for a scalar, whose shape the template has.
+    tensors: list[tuple[str, bytes, tuple[int, ...] | None]] = []
     for name, value in inputs.items():
         tensor_spec = spec.inputs.get(name)
         if tensor_spec is None:
             continue
-        raw = None
-        if not isinstance(value, np.ndarray):
-            raw = _scalar_bytes(tensor_spec.wire_type, value)
-            shape: tuple[int, ...] = (1, 1) if batched else (1,)
-        if raw is None:
-            array = np.ascontiguousarray(value, dtype=tensor_spec.np_type)
-            if array.ndim == 0:
-                array = array.reshape(1)
-            if batched:
-                array = array[np.newaxis, ...]
-            raw, shape = array.tobytes(), array.shape
-        tensor = request.inputs.add(name=name, datatype=tensor_spec.wire_type)
-        tensor.shape.extend(shape)
-        request.raw_input_contents.append(raw)
+        raw = None if isinstance(value, np.ndarray) else _scalar_bytes(tensor_spec.wire_type, value)
+        if raw is not None:
+            tensors.append((name, raw, None))
+            continue
+        array = np.ascontiguousarray(value, dtype=tensor_spec.np_type)
+        if array.ndim == 0:
+            array = array.reshape(1)
+        if batched:
+            array = array[np.newaxis, ...]
+        tensors.append((name, array.tobytes(), array.shape))
+    key = (tuple((name, shape is None) for name, _, shape in tensors), tuple(outputs))
+    template = spec.request_templates.get(key)
+    if template is None:
+        template = _template(spec, *key)
+        if len(spec.request_templates) < MAX_TEMPLATES:
+            spec.request_templates[key] = template
+    request = service_pb2.ModelInferRequest()
+    request.CopyFrom(template)
+    request.id = request_id
+    declared = request.inputs
+    for position, (_, _, shape) in enumerate(tensors):
+        if shape is not None:
+            declared[position].shape.extend(shape)
+    request.raw_input_contents.extend([raw for _, raw, _ in tensors])
+    return request
+
+
+# Templates kept per model: one per combination of inputs sent (a few in practice).
+MAX_TEMPLATES = 256
+
+
+def _template(
+    spec: ModelSpec, inputs: tuple[tuple[str, bool], ...], outputs: tuple[str, ...]
+) -> service_pb2.ModelInferRequest:
+    """A request with the model, the parameters, each input's name and type (and the
+    shape of the scalar ones, flagged True) and the declared outputs asked for."""
+    request = service_pb2.ModelInferRequest(model_name=spec.name)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    scalar_shape = (1, 1) if spec.max_batch_size > 0 else (1,)
+    for name, scalar in inputs:
+        tensor = request.inputs.add(name=name, datatype=spec.inputs[name].wire_type)
+        if scalar:
+            tensor.shape.extend(scalar_shape)
     for name in outputs:
         if name in spec.outputs:
             request.outputs.add(name=name)

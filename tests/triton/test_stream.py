@@ -97,3 +97,44 @@ def test_scalar_inputs_pack_as_numpy_would(max_batch_size):
     arrays = built({name: np.array([value]) for name, value in values.items()})
     assert scalars == arrays
     assert {len(raw) for _, wire, _, raw in scalars if wire == "FP16"} == {2}
+
+
+def test_requests_from_one_template_keep_their_own_ids_shapes_and_contents():
+    from llmgateway.triton.client import DTYPES, ModelSpec, TensorSpec
+
+    specs = {
+        name: TensorSpec(name, *DTYPES["TYPE_INT32"], (-1,), False)
+        for name in ("input_ids", "input_lengths", "end_id")
+    }
+    spec = ModelSpec("m", specs, frozenset({"output_ids"}), True, 4)
+
+    def built(request_id, ids, **extra):
+        request = build_request(
+            spec,
+            request_id=request_id,
+            inputs={"input_ids": np.array(ids), "input_lengths": len(ids), **extra},
+            outputs=["output_ids", "not_an_output"],
+        )
+        return request
+
+    first, second = built("a", [5, 6, 7]), built("b", [8])
+    third = built("c", [1, 2], end_id=9)  # another combination of inputs: its own template
+    assert len(spec.request_templates) == 2
+    for request, request_id, ids in (
+        (first, "a", [5, 6, 7]),
+        (second, "b", [8]),
+        (third, "c", [1, 2]),
+    ):
+        assert request.id == request_id and request.model_name == "m"
+        assert request.parameters["triton_enable_empty_final_response"].bool_param
+        assert [o.name for o in request.outputs] == ["output_ids"]
+        tensors = {
+            t.name: (list(t.shape), raw)
+            for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+        }
+        assert tensors["input_ids"] == ([1, len(ids)], np.array(ids, dtype=np.int32).tobytes())
+        assert tensors["input_lengths"] == ([1, 1], np.int32(len(ids)).tobytes())
+    assert (
+        list(third.inputs[2].shape) == [1, 1]
+        and third.raw_input_contents[2] == np.int32(9).tobytes()
+    )
