@@ -1,0 +1,83 @@
+"""Instructions per chat completion, counted by callgrind: a number machine drift cannot move.
+
+    .venv/bin/python -m bench.instructions [--previous REF] [--requests 100 300]
+
+Runs `bench.inprocess` (the gateway's ASGI app driven in-process, platform off,
+one non-streamed chat completion at a time) under valgrind's callgrind twice, with
+two request counts. The difference in instructions divided by the difference in
+requests is the gateway's instructions per request: start-up, imports and the dev
+Triton set-up cancel out. Instructions are counted, not timed, so the figure
+repeats from run to run whatever the VM's neighbours do (the latency benches move
+by more than most changes are worth). With --previous REF, the same for git
+revision REF. Each run takes about two minutes; Triton itself is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import ROOT, checkout, checkout_remove
+
+TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.MULTILINE)
+
+
+def instructions(root: Path, requests: int) -> int:
+    """All instructions of one `bench.inprocess --requests N` run from checkout `root`."""
+    out = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
+    try:
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}/callgrind.out",
+                sys.executable,
+                "-m",
+                "bench.inprocess",
+                "--requests",
+                str(requests),
+            ],
+            cwd=root,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return int(TOTALS.search((out / "callgrind.out").read_text(errors="replace")).group(1))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def per_request(root: Path, low: int, high: int) -> float:
+    return (instructions(root, high) - instructions(root, low)) / (high - low)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--previous", help="git revision to count too")
+    parser.add_argument("--requests", type=int, nargs=2, default=(100, 300))
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed")
+    low, high = args.requests
+    current = per_request(ROOT, low, high)
+    print(f"this tree: {current / 1e6:.3f} M instructions per chat completion")
+    if args.previous:
+        tree = checkout(args.previous)
+        try:
+            (tree / "var").mkdir(exist_ok=True)
+            previous = per_request(tree, low, high)
+        finally:
+            checkout_remove(tree)
+        print(
+            f"{args.previous}: {previous / 1e6:.3f} M instructions per chat completion "
+            f"(this tree: {current / previous:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
