@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 
 from django.conf import settings
@@ -64,7 +65,7 @@ class GatewayASGIHandler(ASGIHandler):
 
     async def handle_api(self, scope, receive, send) -> None:
         try:
-            body_file = await self.read_body(receive)
+            body_file, too_large = await self.read_limited_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
@@ -73,6 +74,8 @@ class GatewayASGIHandler(ASGIHandler):
             body_file.close()
             await self.send_response(error_response, send)
             return
+        # body_limit_middleware answers 413 (and the request is logged) before any view.
+        request.body_too_large = too_large
 
         # The response is made in this task; a second one only listens for the client
         # leaving, and then cancels this one. (Django runs both as new tasks and waits
@@ -95,6 +98,31 @@ class GatewayASGIHandler(ASGIHandler):
             if response is not None:
                 _close(response)
             body_file.close()
+
+    async def read_limited_body(self, receive) -> tuple[io.BytesIO, bool]:
+        """The request body, in memory, and whether it was over GATEWAY_MAX_BODY_BYTES.
+
+        Django's read_body spools any body to a temporary file, however large, and
+        reading a chunked one (no content-length) then loads it into memory whole.
+        Here a body over the limit is read to its end (the connection stays usable)
+        but not kept: the request gets an empty body and is answered 413.
+        """
+        limit = settings.GATEWAY_MAX_BODY_BYTES
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if size > limit:
+            return io.BytesIO(), True
+        return io.BytesIO(b"".join(chunks)), False
 
     async def _cancel_on_disconnect(self, receive, task: asyncio.Task, left: asyncio.Event) -> None:
         with contextlib.suppress(RequestAborted):

@@ -45,6 +45,9 @@ def _request_id(request: HttpRequest) -> str:
 
 
 def _too_large(request: HttpRequest) -> bool:
+    # Set by the ASGI handler for a body it received over the limit (a chunked one).
+    if getattr(request, "body_too_large", False):
+        return True
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0) > settings.GATEWAY_MAX_BODY_BYTES
     except ValueError:
@@ -113,7 +116,8 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
 
 
 class body_limit_middleware(_Middleware):  # noqa: N801
-    """413 for a body declared over GATEWAY_MAX_BODY_BYTES, before anything reads it.
+    """413 for a body declared over GATEWAY_MAX_BODY_BYTES, or received over it
+    without a declared length (chunked; the ASGI handler kept none of it).
 
     Runs after the request-log middleware, so a refused upload still gets its row.
     """

@@ -278,3 +278,23 @@ def test_a_flags_only_final_response_ends_the_stream(http, model):
     joined, events = streamed(http, {"model": model, "prompt": "[[say:done 好]][[flagsfinal]]"})
     assert joined == "done 好"
     assert events[-2]["finish_reason"] == "stop"
+
+
+def test_a_chunked_body_over_the_limit_is_413(http):
+    """No content-length to refuse it by: the gateway stops keeping it at the limit."""
+
+    def chunks():
+        yield (
+            b'{"model": "' + CHAT_MODEL.encode() + b'", "messages": [{"role": "user", "content": "'
+        )
+        for _ in range(21):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    response = http.post(
+        "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    # The connection is still good for the next request.
+    assert http.get("/health").status_code == 200
