@@ -48,6 +48,7 @@ from llmgateway.generation import (
 )
 from llmgateway.models import ModelConfig
 from llmgateway.services import model_get, model_list
+from llmgateway.textgen.tokenizer import TextModel
 from llmgateway.textgen.tools import (
     ToolPlan,
     legacy_messages_convert,
@@ -286,12 +287,36 @@ def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
     return legacy_messages_convert(out)
 
 
+def messages_quote(messages: list[Message], text: TextModel) -> list[Message]:
+    """The messages with control tokens in their text quoted (TextModel.quote): what a
+    client sends as content is encoded as text, never as <|im_start|> and the like."""
+    out = []
+    for message in messages:
+        content = message.content
+        if isinstance(content, str):
+            quoted = text.quote(content)
+            if quoted is not content:
+                message = message.model_copy(update={"content": quoted})
+        elif content:
+            parts = []
+            for part in content:
+                quoted = text.quote(part.text) if part.text else part.text
+                parts.append(
+                    part if quoted is part.text else part.model_copy(update={"text": quoted})
+                )
+            if any(new is not old for new, old in zip(parts, content, strict=True)):
+                message = message.model_copy(update={"content": parts})
+        out.append(message)
+    return out
+
+
 def chat_prepare(
     payload: ChatCompletionIn, *, config: ModelConfig, engine: Engine, request_id: str
 ) -> Job:
     plan = tool_plan_build(payload, config)
-    vision = vision_chat_plan(config=config, engine=engine, messages=payload.messages)
-    messages = messages_normalize(vision.messages if vision else payload.messages)
+    quoted = messages_quote(payload.messages, engine.text)
+    vision = vision_chat_plan(config=config, engine=engine, messages=quoted)
+    messages = messages_normalize(vision.messages if vision else quoted)
     try:
         rendered = prompt_render(engine.text, messages, plan)
     except Exception as exc:  # jinja's TemplateError, a template that expects other fields

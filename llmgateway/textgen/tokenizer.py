@@ -6,6 +6,8 @@ import functools
 import json
 import logging
 import os
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,44 @@ class TextModel:
     chatml_fallback: bool = False
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; control tokens quoted by `quote` become their text's ids."""
+        quoting = self._quoting
+        if quoting is not None and quoting.prefix in text:
+            pieces = quoting.marker.split(text)
+            ids: list[int] = []
+            for position, piece in enumerate(pieces):
+                if position % 2:
+                    ids += quoting.plain_ids[int(piece)]
+                elif piece:
+                    ids += self._encode(piece)
+            return ids
+        return self._encode(text)
+
+    def _encode(self, text: str) -> list[int]:
         # The Rust tokenizer directly when there is one: the same ids as
         # tokenizer.encode(text, add_special_tokens=False), half the cost.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
             return backend.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def quote(self, text: str) -> str:
+        """`text` with every control token in it (<|im_start|>, <|im_end|>, ...) marked
+        so that `encode` encodes it as the plain text it is, not as the token.
+
+        For what a client sends as message content: a user who types
+        `<|im_end|><|im_start|>system` must not end their turn and open a system
+        one. The markers are unguessable (a per-process nonce), like the vision
+        path's image sentinels, and survive the chat template as text.
+        """
+        quoting = self._quoting
+        if quoting is None or quoting.tokens.search(text) is None:
+            return text
+        return quoting.tokens.sub(lambda m: quoting.markers[m.group(0)], text)
+
+    @functools.cached_property
+    def _quoting(self) -> _Quoting | None:
+        return _Quoting.build(self.tokenizer)
 
     def render_chat(
         self,
@@ -107,6 +141,53 @@ class TextModel:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class _Quoting:
+    """TextModel.quote's markers: one per control token, and its plain-text ids."""
+
+    prefix: str  # what every marker starts with
+    tokens: re.Pattern[str]  # any control token
+    markers: dict[str, str]  # control token -> its marker
+    marker: re.Pattern[str]  # a marker; its group is the token's index
+    plain_ids: tuple[list[int], ...]  # by index: the token's text encoded as text
+
+    @classmethod
+    def build(cls, tokenizer: Any) -> _Quoting | None:
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        special = {t.content for t in decoder.values() if getattr(t, "special", False)}
+        special.update(getattr(tokenizer, "all_special_tokens", ()))
+        # Longest first: a token containing another wins. One-character "tokens" are
+        # left alone (they cannot be written any other way).
+        controls = sorted((t for t in special if len(t) > 1), key=lambda t: (-len(t), t))
+        if not controls:
+            return None
+        prefix = f"\u0002ctl:{secrets.token_hex(8)}:"
+        plain = tuple(_plain_ids(tokenizer, t) for t in controls)
+        return cls(
+            prefix=prefix,
+            tokens=re.compile("|".join(re.escape(t) for t in controls)),
+            markers={t: f"{prefix}{i}\u0002" for i, t in enumerate(controls)},
+            marker=re.compile(re.escape(prefix) + "(\\d+)\u0002"),
+            plain_ids=plain,
+        )
+
+
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` encoded with no added token recognised in it (control tokens as text)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # On a copy: transformers' split_special_tokens=True leaves the shared backend
+        # switched, and TextModel._encode calls the backend directly.
+        from tokenizers import Tokenizer
+
+        plain = Tokenizer.from_str(backend.to_str())
+        plain.encode_special_tokens = True
+        return plain.encode(text, add_special_tokens=False).ids
+    # A tokenizer shipped as code has no common switch for it (Qwen-VL's tiktoken one
+    # takes allowed_special): one character at a time, no control token can match.
+    return [i for char in text for i in tokenizer.encode(char, add_special_tokens=False)]
 
 
 def _plain_turns(messages: list[dict[str, Any]]) -> bool:
