@@ -1,8 +1,9 @@
 """Quota counters in the database: the default when REDIS_URL is unset.
 
 Every admission and settlement of a key runs in one transaction whose first
-statement is an UPDATE of that key's KeyUsage row. That takes the row lock on
-PostgreSQL (and the write lock on SQLite) before anything is read, so:
+statement locks that key's KeyUsage row: SELECT ... FOR UPDATE on PostgreSQL, an
+UPDATE on SQLite (which takes its write lock). The lock comes before anything is
+read, so:
 
 - check-then-increment races are excluded: two admissions of one key run one
   after the other, and the second sees the first's increments (no overshoot
@@ -42,12 +43,24 @@ def _now(clock: Clock) -> datetime:
 
 
 def _locked_usage(key_id: int, clock: Clock) -> KeyUsage:
-    """Lock and return the key's counters (call inside a transaction)."""
-    if not KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock)):
+    """Lock and return the key's counters (call inside a transaction).
+
+    PostgreSQL: one SELECT ... FOR UPDATE takes the row lock. SQLite has no row
+    locks: a write first takes the database's write lock, so the transaction never
+    has to upgrade a read lock later (which fails with SQLITE_BUSY).
+    """
+    usage = None
+    if connection.vendor == "sqlite":
+        if KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock)):
+            usage = KeyUsage.objects.get(pk=key_id)
+    else:
+        usage = KeyUsage.objects.select_for_update().filter(pk=key_id).first()
+    if usage is None:
         # First use of a key created without its row: create it, then lock it.
         KeyUsage.objects.get_or_create(key_id=key_id)
-        KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock))
-    return KeyUsage.objects.get(pk=key_id)
+        return _locked_usage(key_id, clock)
+    usage.touched_at = _now(clock)
+    return usage
 
 
 class _Counters:
@@ -74,12 +87,16 @@ class _Counters:
         self.usage.save()
 
 
-def _expire_leases(counters: _Counters, key_id: int, clock: Clock) -> None:
-    expired = list(QuotaLease.objects.filter(key_id=key_id, expires_at__lte=_now(clock)))
+def _expire_leases(counters: _Counters, key_id: int, clock: Clock) -> int:
+    """Release the key's expired leases; return how many are still live (one SELECT)."""
+    now = _now(clock)
+    leases = list(QuotaLease.objects.filter(key_id=key_id))
+    expired = [lease for lease in leases if lease.expires_at <= now]
     for lease in expired:
         counters.release(lease, lease.reserved)
     if expired:
         QuotaLease.objects.filter(pk__in=[lease.pk for lease in expired]).delete()
+    return len(leases) - len(expired)
 
 
 def _verdict(counters: _Counters, key: KeyRecord, tokens: int, live: int) -> Verdict:
@@ -126,8 +143,7 @@ def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
     with transaction.atomic():
         usage = _locked_usage(key.id, clock)
         counters = _Counters(usage, key, clock)
-        _expire_leases(counters, key.id, clock)
-        live = QuotaLease.objects.filter(key_id=key.id).count()
+        live = _expire_leases(counters, key.id, clock)
         verdict = _verdict(counters, key, tokens, live)
         lease_id = None
         retry_ms = 0
