@@ -137,7 +137,12 @@ class TextModel:
             template = CHATML_FALLBACK
         else:
             return None
-        return _compile_jinja_template(template), dict(self.tokenizer.special_tokens_map)
+        try:
+            compiled = _compile_jinja_template(template)
+        except Exception:  # a broken template: apply_chat_template reports it per request
+            logger.warning("the chat template of %s does not compile", self.path, exc_info=True)
+            return None
+        return compiled, dict(self.tokenizer.special_tokens_map)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -235,7 +240,7 @@ def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
         end_id = eos_ids[0]
     pad_ids = _as_list(gen.get("pad_token_id")) or _as_list(tokenizer.pad_token_id)
     pad_id = pad_ids[0] if pad_ids else end_id
-    return TextModel(
+    model = TextModel(
         path=path,
         tokenizer=tokenizer,
         end_id=end_id,
@@ -245,3 +250,8 @@ def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         chatml_fallback=all(t in vocab for t in CHATML_TOKENS),
     )
+    # Built here, in the loading thread (load_engine), not by the first request on the
+    # event loop: quoting copies the whole Rust tokenizer, megabytes for a real vocabulary.
+    model._quoting  # noqa: B018
+    model._compiled_template  # noqa: B018
+    return model

@@ -60,3 +60,17 @@ def test_the_chatml_fallback_renders_as_apply_chat_template(tmp_path):
     for messages in CONVERSATIONS:
         expected = _reference(text, messages, True, template=CHATML_FALLBACK)
         assert text.render_chat(messages) == expected
+
+
+def test_a_template_that_does_not_compile_still_loads(tmp_path):
+    """The error belongs to the requests that render it (a 400), not to loading the model."""
+    target = tmp_path / "broken"
+    shutil.copytree(TOKENIZER, target)
+    config_file = target / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }"  # unclosed
+    config_file.write_text(json.dumps(config))
+    text = load_text_model(str(target))
+    assert text._compiled_template is None
+    with pytest.raises(Exception, match="unexpected|expected"):
+        text.render_chat(CONVERSATIONS[0])
