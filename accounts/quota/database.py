@@ -22,9 +22,11 @@ admissions (a handful of queries each); Redis is the store for high rates.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import OperationalError, connection, transaction
@@ -37,44 +39,99 @@ from llmgateway.db import orm
 
 LOCKED_RETRIES = 200
 
+# Plain SQL on the two tables, through Django's connection: the ORM spent ~5 of the
+# ~6.5 ms of CPU an admission plus a settlement took compiling a dozen statements.
+USAGE = KeyUsage._meta.db_table
+LEASE = QuotaLease._meta.db_table
+
 
 def _now(clock: Clock) -> datetime:
     return datetime.fromtimestamp(clock.now_ms / 1000, UTC)
 
 
-def _locked_usage(key_id: int, clock: Clock) -> KeyUsage:
+def _db_time(moment: datetime):
+    """A datetime as the backend stores DateTimeField values (SQLite: UTC text)."""
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
+def _json_param() -> str:
+    """The placeholder for a JSON value: PostgreSQL's jsonb needs the cast."""
+    return "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+
+
+def _json_value(value) -> dict:
+    return value if isinstance(value, dict) else json.loads(value or "{}")
+
+
+@dataclass(slots=True)
+class _Usage:
+    """A key's KeyUsage row, locked."""
+
+    key_id: int
+    rpm_buckets: dict
+    tpm_buckets: dict
+    budget_window: str
+    budget_used: int
+
+
+@dataclass(slots=True)
+class _Lease:
+    id: str
+    reserved: int
+    tpm_window: int | None
+    budget_window: str
+
+
+def _locked_usage(key_id: int, clock: Clock) -> _Usage:
     """Lock and return the key's counters (call inside a transaction).
 
-    PostgreSQL: one SELECT ... FOR UPDATE takes the row lock. SQLite has no row
-    locks: a write first takes the database's write lock, so the transaction never
-    has to upgrade a read lock later (which fails with SQLITE_BUSY).
+    PostgreSQL: SELECT ... FOR UPDATE takes the row lock. SQLite has no row locks:
+    a write first takes the database's write lock, so the transaction never has
+    to upgrade a read lock later (which fails with SQLITE_BUSY).
     """
-    usage = None
-    if connection.vendor == "sqlite":
-        if KeyUsage.objects.filter(pk=key_id).update(touched_at=_now(clock)):
-            usage = KeyUsage.objects.get(pk=key_id)
-    else:
-        usage = KeyUsage.objects.select_for_update().filter(pk=key_id).first()
-    if usage is None:
-        # First use of a key created without its row: create it, then lock it.
-        KeyUsage.objects.get_or_create(key_id=key_id)
-        return _locked_usage(key_id, clock)
-    usage.touched_at = _now(clock)
-    return usage
+    select = (
+        f"SELECT rpm_buckets, tpm_buckets, budget_window, budget_used FROM {USAGE} "
+        "WHERE key_id = %s"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                f"UPDATE {USAGE} SET touched_at = %s WHERE key_id = %s",
+                [_db_time(_now(clock)), key_id],
+            )
+            row = None
+            if cursor.rowcount:
+                cursor.execute(select, [key_id])
+                row = cursor.fetchone()
+        else:
+            cursor.execute(select + " FOR UPDATE", [key_id])
+            row = cursor.fetchone()
+        if row is None:
+            # First use of a key created without its row: create it, then lock it.
+            cursor.execute(
+                f"INSERT INTO {USAGE} (key_id, touched_at, rpm_buckets, tpm_buckets, "
+                f"budget_window, budget_used) VALUES (%s, %s, {_json_param()}, "
+                f"{_json_param()}, '', 0) ON CONFLICT (key_id) DO NOTHING",
+                [key_id, _db_time(_now(clock)), "{}", "{}"],
+            )
+            return _locked_usage(key_id, clock)
+    rpm, tpm, budget_window, budget_used = row
+    return _Usage(key_id, _json_value(rpm), _json_value(tpm), budget_window, budget_used)
 
 
 class _Counters:
     """A locked KeyUsage row's windows, read and written back as one."""
 
-    def __init__(self, usage: KeyUsage, key: KeyRecord, clock: Clock) -> None:
+    def __init__(self, usage: _Usage, key: KeyRecord, clock: Clock) -> None:
         self.usage = usage
+        self.clock = clock
         self.rpm = Window(usage.rpm_buckets, clock)
         self.tpm = Window(usage.tpm_buckets, clock)
         budget_window, _ = clock.budget_window(key.budget_period)
         if usage.budget_window != budget_window:
             usage.budget_window, usage.budget_used = budget_window, 0
 
-    def release(self, lease: QuotaLease, amount: int) -> None:
+    def release(self, lease: _Lease, amount: int) -> None:
         """Take `amount` off the windows `lease` was charged to, where they still count."""
         if lease.tpm_window is not None:
             self.tpm.adjust(lease.tpm_window, -amount)
@@ -82,21 +139,63 @@ class _Counters:
             self.usage.budget_used -= amount
 
     def save(self) -> None:
-        self.usage.rpm_buckets = self.rpm.stored()
-        self.usage.tpm_buckets = self.tpm.stored()
-        self.usage.save()
+        usage = self.usage
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {USAGE} SET touched_at = %s, rpm_buckets = {_json_param()}, "
+                f"tpm_buckets = {_json_param()}, budget_window = %s, budget_used = %s "
+                "WHERE key_id = %s",
+                [
+                    _db_time(_now(self.clock)),
+                    json.dumps(self.rpm.stored()),
+                    json.dumps(self.tpm.stored()),
+                    usage.budget_window,
+                    usage.budget_used,
+                    usage.key_id,
+                ],
+            )
 
 
 def _expire_leases(counters: _Counters, key_id: int, clock: Clock) -> int:
     """Release the key's expired leases; return how many are still live (one SELECT)."""
-    now = _now(clock)
-    leases = list(QuotaLease.objects.filter(key_id=key_id))
-    expired = [lease for lease in leases if lease.expires_at <= now]
-    for lease in expired:
-        counters.release(lease, lease.reserved)
-    if expired:
-        QuotaLease.objects.filter(pk__in=[lease.pk for lease in expired]).delete()
-    return len(leases) - len(expired)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, reserved, tpm_window, budget_window, expires_at <= %s FROM {LEASE} "
+            "WHERE key_id = %s",
+            [_db_time(_now(clock)), key_id],
+        )
+        rows = cursor.fetchall()
+        expired = [_Lease(*row[:4]) for row in rows if row[4]]
+        for lease in expired:
+            counters.release(lease, lease.reserved)
+        if expired:
+            marks = ", ".join(["%s"] * len(expired))
+            cursor.execute(
+                f"DELETE FROM {LEASE} WHERE id IN ({marks})", [lease.id for lease in expired]
+            )
+    return len(rows) - len(expired)
+
+
+def _lease_create(
+    lease_id: str, key_id: int, expires_at: datetime, reserved: int, tpm_window, budget_window
+) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {LEASE} (id, key_id, expires_at, reserved, tpm_window, budget_window) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [lease_id, key_id, _db_time(expires_at), reserved, tpm_window, budget_window],
+        )
+
+
+def _lease_take(lease_id: str) -> _Lease | None:
+    """Delete the lease and return it (None if it expired and was released already)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {LEASE} WHERE id = %s RETURNING id, reserved, tpm_window, budget_window",
+            [lease_id],
+        )
+        row = cursor.fetchone()
+    return _Lease(*row) if row is not None else None
 
 
 def _verdict(counters: _Counters, key: KeyRecord, tokens: int, live: int) -> Verdict:
@@ -153,13 +252,13 @@ def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
             if key.tpm_limit is not None:
                 counters.tpm.add(tokens)
             usage.budget_used += tokens if key.budget_tokens is not None else 0
-            QuotaLease.objects.create(
-                id=lease_id,
-                key_id=key.id,
-                expires_at=_now(clock) + timedelta(seconds=lease_seconds()),
-                reserved=tokens,
-                tpm_window=clock.bucket if key.tpm_limit is not None else None,
-                budget_window=usage.budget_window if key.budget_tokens is not None else "",
+            _lease_create(
+                lease_id,
+                key.id,
+                _now(clock) + timedelta(seconds=lease_seconds()),
+                tokens,
+                clock.bucket if key.tpm_limit is not None else None,
+                usage.budget_window if key.budget_tokens is not None else "",
             )
         elif verdict is Verdict.REQUESTS:
             retry_ms = counters.rpm.fits_in_ms(1, key.rpm_limit)
@@ -183,10 +282,9 @@ def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: 
         if lease_id is not None:
             usage = _locked_usage(key.id, clock)
             counters = _Counters(usage, key, clock)
-            lease = QuotaLease.objects.filter(pk=lease_id).first()
+            lease = _lease_take(lease_id)
             if lease is not None:
                 counters.release(lease, lease.reserved - tokens)
-                lease.delete()
             else:
                 # The lease expired and its reservation was released: charge the usage
                 # to the current windows instead.

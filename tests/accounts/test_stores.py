@@ -80,6 +80,21 @@ def test_database_store_holds_the_budget_across_threads(make_key, model_configs)
     assert database_store.snapshot(key, Clock.read()).budget_used == served
 
 
+def test_database_store_creates_a_missing_usage_row(make_key, model_configs):
+    """A key whose KeyUsage row is gone (made outside key_create) is counted from zero."""
+    from accounts.models import KeyUsage
+
+    key = record(make_key(budget_tokens=100, budget_period="total", rpm_limit=5)[0])
+    KeyUsage.objects.filter(key_id=key.id).delete()
+    decision = database_store.reserve(key, 30, Clock.read())
+    assert decision.verdict is Verdict.OK and decision.budget_used == 30
+    database_store.settle(key, decision.lease_id, 20, log(), Clock.read())
+    usage = KeyUsage.objects.get(key_id=key.id)
+    assert usage.budget_used == 20 and sum(usage.rpm_buckets.values()) == 1
+    snapshot = database_store.snapshot(key, Clock.read())
+    assert (snapshot.budget_used, snapshot.rpm_used, snapshot.leases) == (20, 1, 0)
+
+
 async def test_rpm_lets_exactly_the_limit_through(store, make_key):
     key = await new_key(make_key, rpm_limit=10)
     results = await asyncio.gather(*(run(store, key, 5, 5) for _ in range(100)))
