@@ -287,24 +287,23 @@ def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
     return legacy_messages_convert(out)
 
 
+def _field_quoted(model: OpenAISchema, field: str, text: TextModel) -> OpenAISchema:
+    """`model` with its string `field` quoted: itself when there was nothing to quote."""
+    value = getattr(model, field)
+    quoted = text.quote(value) if value else value
+    return model if quoted is value else model.model_copy(update={field: quoted})
+
+
 def messages_quote(messages: list[Message], text: TextModel) -> list[Message]:
     """The messages with control tokens in their text quoted (TextModel.quote): what a
     client sends as content is encoded as text, never as <|im_start|> and the like."""
     out = []
     for message in messages:
-        content = message.content
-        if isinstance(content, str):
-            quoted = text.quote(content)
-            if quoted is not content:
-                message = message.model_copy(update={"content": quoted})
-        elif content:
-            parts = []
-            for part in content:
-                quoted = text.quote(part.text) if part.text else part.text
-                parts.append(
-                    part if quoted is part.text else part.model_copy(update={"text": quoted})
-                )
-            if any(new is not old for new, old in zip(parts, content, strict=True)):
+        if isinstance(message.content, str):
+            message = _field_quoted(message, "content", text)
+        elif message.content:
+            parts = [_field_quoted(part, "text", text) for part in message.content]
+            if any(new is not old for new, old in zip(parts, message.content, strict=True)):
                 message = message.model_copy(update={"content": parts})
         out.append(message)
     return out
