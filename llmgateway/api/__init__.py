@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from llmgateway.api.errors import install_error_handlers
@@ -18,10 +19,48 @@ def inference_auth():
     return api_key_auth
 
 
+class TemporalResponse(HttpResponse):
+    """Ninja's per-call "temporal response", built only when something uses it.
+
+    Ninja makes an HttpResponse before every call, for views that return data
+    rather than a response (it then takes their status and body). Every view
+    here returns its own response, so it went unused, and building it cost a
+    request ~65 µs with the caches cold, the state a request finds them in after
+    Triton's work (~5 µs warm). Here it is built on first use, and then behaves
+    as Ninja's own.
+    """
+
+    def __init__(self, content_type: str) -> None:
+        self.__dict__["_deferred_content_type"] = content_type
+
+    def _build(self) -> bool:
+        content_type = self.__dict__.pop("_deferred_content_type", None)
+        if content_type is None:
+            return False
+        HttpResponse.__init__(self, "", content_type=content_type)
+        return True
+
+    def __getattr__(self, name: str):
+        # Only for attributes not set yet: the first use builds the response.
+        if not self._build():
+            raise AttributeError(name)
+        return getattr(self, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        # A write first builds it, or building would overwrite what was written.
+        self._build()
+        super().__setattr__(name, value)
+
+
+class GatewayAPI(NinjaAPI):
+    def create_temporal_response(self, request: HttpRequest) -> HttpResponse:
+        return TemporalResponse(self.get_content_type())
+
+
 def build_api() -> NinjaAPI:
     from llmgateway.api import generate, health, openai
 
-    api = NinjaAPI(
+    api = GatewayAPI(
         title="LLM gateway",
         version="1",
         parser=JSONParser(),
