@@ -18,7 +18,15 @@ the event loop:
   for the client to leave, then cancels the first (Django makes both new
   tasks and waits for either: a task and a loop iteration more per request).
 - URL resolution comes from a cache (`route_match`: the URLconf is fixed).
-Admin paths go through the stock handler, with the cached URL resolution.
+- the script prefix and the URLconf are set only when they differ from the
+  defaults Django falls back to (each is a context-local write, and a request
+  finds its caches cold after Triton's work: these costs are per request).
+- an error response is logged in a thread, as Django does (a handler such as
+  AdminEmailHandler may block), only when the django.request logger would keep
+  the record; by default it keeps none below ERROR, so a flood of 4xx costs no
+  thread hops (Django's get_response_async makes one per 4xx).
+Admin paths go through the stock handler, with the cached URL resolution and
+the error logging above.
 
 It also speaks the ASGI lifespan protocol (Django does not): on shutdown it
 waits for background work (settlements, request logs: background.py) before
@@ -32,10 +40,12 @@ import contextlib
 import io
 import logging
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.urls import set_script_prefix
+from django.urls import set_script_prefix, set_urlconf
+from django.utils.log import log_response, request_logger
 
 from llmgateway import background
 from llmgateway.api.middleware import is_api_path, is_unknown_path, route_match
@@ -68,7 +78,9 @@ class GatewayASGIHandler(ASGIHandler):
             body_file, too_large = await self.read_limited_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        prefix = get_script_prefix(scope)
+        if prefix not in ("", "/"):  # "/" is what Django assumes when none is set
+            set_script_prefix(prefix)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
@@ -85,7 +97,7 @@ class GatewayASGIHandler(ASGIHandler):
         listener = asyncio.create_task(self._cancel_on_disconnect(receive, this, left))
         response = None
         try:
-            response = await self.run_get_response(request)
+            response = await self.api_response(request)
             await self.send_response(response, send)
         except asyncio.CancelledError:
             if not left.is_set():
@@ -98,6 +110,34 @@ class GatewayASGIHandler(ASGIHandler):
             if response is not None:
                 _close(response)
             body_file.close()
+
+    async def api_response(self, request):
+        """Django's run_get_response (and get_response_async) for an API path."""
+        # No set_urlconf(settings.ROOT_URLCONF): unset, Django resolves with that
+        # setting anyway, and this request's task starts with nothing set.
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        response._handler_class = self.__class__
+        await self.log_error_response(response, request)
+        return response
+
+    async def get_response_async(self, request):
+        """Django's, with log_error_response's logging (admin and other paths)."""
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        await self.log_error_response(response, request)
+        return response
+
+    @staticmethod
+    async def log_error_response(response, request) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        if request_logger.isEnabledFor(logging.ERROR if status >= 500 else logging.WARNING):
+            await sync_to_async(log_response, thread_sensitive=False)(
+                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+            )
 
     async def read_limited_body(self, receive) -> tuple[io.BytesIO, bool]:
         """The request body, in memory, and whether it was over GATEWAY_MAX_BODY_BYTES.
