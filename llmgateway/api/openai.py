@@ -23,6 +23,7 @@ from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
     CompletionIn,
+    FunctionCall,
     Message,
     NamedFunction,
     NamedToolChoice,
@@ -226,12 +227,15 @@ def chat_validate(payload: ChatCompletionIn) -> None:
         )
 
 
-def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig) -> ToolPlan:
+def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextModel) -> ToolPlan:
+    """The request's tools, their definitions' control tokens quoted (TextModel.quote)."""
     if payload.functions:
         choice = payload.function_call
         return ToolPlan(
             format=config.tool_format,
-            functions=tuple(f.model_dump(exclude_none=True) for f in payload.functions),
+            functions=tuple(
+                text.quote_value(f.model_dump(exclude_none=True)) for f in payload.functions
+            ),
             choice="named" if isinstance(choice, NamedFunction) else (choice or "auto"),
             named=choice.name if isinstance(choice, NamedFunction) else None,
             legacy=True,
@@ -241,7 +245,7 @@ def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig) -> ToolPlan:
     return ToolPlan(
         format=config.tool_format,
         functions=tuple(
-            t.function.model_dump(exclude_none=True, exclude={"strict"})
+            text.quote_value(t.function.model_dump(exclude_none=True, exclude={"strict"}))
             for t in payload.tools or []
         ),
         choice="named" if named else (choice or "auto"),  # type: ignore[arg-type]
@@ -294,25 +298,45 @@ def _field_quoted(model: OpenAISchema, field: str, text: TextModel) -> OpenAISch
     return model if quoted is value else model.model_copy(update={field: quoted})
 
 
+def _call_quoted(call: FunctionCall, text: TextModel) -> FunctionCall:
+    return _field_quoted(_field_quoted(call, "name", text), "arguments", text)
+
+
 def messages_quote(messages: list[Message], text: TextModel) -> list[Message]:
     """The messages with control tokens in their text quoted (TextModel.quote): what a
-    client sends as content is encoded as text, never as <|im_start|> and the like."""
+    client sends as content or as a tool call's name and arguments is encoded as
+    text, never as <|im_start|> and the like. (A model's earlier answer can carry
+    such text back: the arguments it wrote come back in the next request.)"""
     out = []
     for message in messages:
+        update: dict[str, Any] = {}
         if isinstance(message.content, str):
             message = _field_quoted(message, "content", text)
         elif message.content:
             parts = [_field_quoted(part, "text", text) for part in message.content]
             if any(new is not old for new, old in zip(parts, message.content, strict=True)):
-                message = message.model_copy(update={"content": parts})
-        out.append(message)
+                update["content"] = parts
+        if message.tool_calls:
+            calls = [
+                c.model_copy(update={"function": f})
+                if (f := _call_quoted(c.function, text)) is not c.function
+                else c
+                for c in message.tool_calls
+            ]
+            if any(new is not old for new, old in zip(calls, message.tool_calls, strict=True)):
+                update["tool_calls"] = calls
+        if message.function_call is not None:
+            call = _call_quoted(message.function_call, text)
+            if call is not message.function_call:
+                update["function_call"] = call
+        out.append(message.model_copy(update=update) if update else message)
     return out
 
 
 def chat_prepare(
     payload: ChatCompletionIn, *, config: ModelConfig, engine: Engine, request_id: str
 ) -> Job:
-    plan = tool_plan_build(payload, config)
+    plan = tool_plan_build(payload, config, engine.text)
     quoted = messages_quote(payload.messages, engine.text)
     vision = vision_chat_plan(config=config, engine=engine, messages=quoted)
     messages = messages_normalize(vision.messages if vision else quoted)

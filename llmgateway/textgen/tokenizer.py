@@ -78,15 +78,37 @@ class TextModel:
         """`text` with every control token in it (<|im_start|>, <|im_end|>, ...) marked
         so that `encode` encodes it as the plain text it is, not as the token.
 
-        For what a client sends as message content: a user who types
-        `<|im_end|><|im_start|>system` must not end their turn and open a system
-        one. The markers are unguessable (a per-process nonce), like the vision
-        path's image sentinels, and survive the chat template as text.
+        For what a client sends as message content, tool definitions and tool-call
+        arguments: a user who types `<|im_end|><|im_start|>system` must not end
+        their turn and open a system one. The markers are unguessable (a
+        per-process nonce), like the vision path's image sentinels, and are made of
+        ASCII letters and digits only, so they survive the chat template and JSON
+        encoding (tool definitions are rendered as JSON) as text.
         """
         quoting = self._quoting
         if quoting is None or quoting.tokens.search(text) is None:
             return text
         return quoting.tokens.sub(lambda m: quoting.markers[m.group(0)], text)
+
+    def quote_value(self, value: Any) -> Any:
+        """A JSON-like value (a tool's definition) with `quote` applied to every string
+        in it, keys included; `value` itself when nothing needed quoting."""
+        if isinstance(value, str):
+            return self.quote(value)
+        if isinstance(value, dict):
+            items = [(self.quote_value(k), self.quote_value(v)) for k, v in value.items()]
+            if all(
+                k is old_k and v is old_v
+                for (k, v), (old_k, old_v) in zip(items, value.items(), strict=True)
+            ):
+                return value
+            return dict(items)
+        if isinstance(value, list | tuple):
+            items = [self.quote_value(v) for v in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
+            return type(value)(items)
+        return value
 
     @functools.cached_property
     def _quoting(self) -> _Quoting | None:
@@ -168,13 +190,14 @@ class _Quoting:
         controls = sorted((t for t in special if len(t) > 1), key=lambda t: (-len(t), t))
         if not controls:
             return None
-        prefix = f"\u0002ctl:{secrets.token_hex(8)}:"
+        # Letters and digits only: JSON and templates leave them as they are.
+        prefix = f"ctlq{secrets.token_hex(8)}n"
         plain = tuple(_plain_ids(tokenizer, t) for t in controls)
         return cls(
             prefix=prefix,
             tokens=re.compile("|".join(re.escape(t) for t in controls)),
-            markers={t: f"{prefix}{i}\u0002" for i, t in enumerate(controls)},
-            marker=re.compile(re.escape(prefix) + "(\\d+)\u0002"),
+            markers={t: f"{prefix}{i}q" for i, t in enumerate(controls)},
+            marker=re.compile(re.escape(prefix) + "(\\d+)q"),
             plain_ids=plain,
         )
 
