@@ -162,16 +162,51 @@ async def bench(args) -> None:
 async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None:
     """Where a streamed request's time to first token goes, stage by stage (--stages).
 
-    Timestamps from wrappers around three gateway functions: when the Triton call is
-    created (TritonStream.open), when its first response is parsed (parse_response),
-    and when the first content chunk is handed to the server (the ASGI send).
+    Timestamps from wrappers around gateway functions: when the view starts (its
+    body parsed and validated: chat_validate), when the prompt's ids are ready
+    (chat_prepare returns), when the Triton call is created (TritonStream.open),
+    when grpc.aio has been given the request to send (stream_start returns),
+    when the first response is parsed (parse_response), and when the first
+    content chunk is handed to the server (the ASGI send). p50 and p90 of each
+    span; the spans' p50s need not add up to the total's.
     """
     import statistics
 
+    from llmgateway.api import openai
     from llmgateway.triton import stream as triton_stream
 
     marks: dict[str, float] = {}
+    originals = {
+        (openai, "chat_validate"): "view",
+        (openai, "chat_prepare"): "prepared",
+        (openai, "stream_start"): "sent",
+    }
+    saved = {target: getattr(*target) for target in originals}
     open_call, parse = triton_stream.TritonStream.open, triton_stream.parse_response
+
+    def marking(function, name: str, at_exit: bool):
+        if asyncio.iscoroutinefunction(function):
+
+            async def wrapper(*args, **kwargs):
+                result = await function(*args, **kwargs)
+                marks.setdefault(name, time.perf_counter())
+                return result
+        elif at_exit:
+
+            def wrapper(*args, **kwargs):
+                result = function(*args, **kwargs)
+                marks.setdefault(name, time.perf_counter())
+                return result
+        else:
+
+            def wrapper(*args, **kwargs):
+                marks.setdefault(name, time.perf_counter())
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    for (module, attribute), name in originals.items():
+        setattr(module, attribute, marking(saved[module, attribute], name, name != "view"))
 
     def timed_open(self) -> None:
         open_call(self)
@@ -183,30 +218,30 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
 
     triton_stream.TritonStream.open = timed_open
     triton_stream.parse_response = timed_parse
+    spans = [
+        ("request → view (body parsed, validated)", "start", "view"),
+        ("view → prompt ids ready (render, tokenize)", "view", "prepared"),
+        ("prompt ready → Triton call created", "prepared", "call"),
+        ("call created → request handed to gRPC", "call", "sent"),
+        ("call created → first response parsed (Triton)", "call", "message"),
+        ("first response → first content chunk sent", "message", "content"),
+        ("request → first content chunk (gateway TTFT)", "start", "content"),
+    ]
     try:
         samples: dict[str, list[float]] = {}
         for run in range(runs + 20):
             marks.clear()
 
             async def send(message) -> None:
-                if message["type"] == "http.response.start":
-                    marks.setdefault("headers", time.perf_counter())
-                elif CONTENT.search(message.get("body", b"")):
+                if CONTENT.search(message.get("body", b"")):
                     marks.setdefault("content", time.perf_counter())
 
             marks["start"] = time.perf_counter()
             await application(dict(scope), receiver(body), send)
             if run < 20:
                 continue
-            spans = {
-                "request → Triton call created": marks["call"] - marks["start"],
-                "call created → first response parsed (Triton, gRPC)": marks["message"]
-                - marks["call"],
-                "first response → first content chunk sent": marks["content"] - marks["message"],
-                "request → first content chunk (gateway TTFT)": marks["content"] - marks["start"],
-            }
-            for name, seconds in spans.items():
-                samples.setdefault(name, []).append(seconds * 1000)
+            for name, begin, end in spans:
+                samples.setdefault(name, []).append((marks[end] - marks[begin]) * 1000)
         rows = [["stage", "p50 ms", "p90 ms"]]
         for name, values in samples.items():
             values.sort()
@@ -216,6 +251,8 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
         print(f"{runs} streamed chat completions, stages of the time to first token")
         print(table(rows))
     finally:
+        for (module, attribute), function in saved.items():
+            setattr(module, attribute, function)
         triton_stream.TritonStream.open = open_call
         triton_stream.parse_response = parse
 
