@@ -2,7 +2,8 @@
 
 A lookup is cached for API_KEY_CACHE_SECONDS (1 s by default), misses included,
 so a revocation, an expiry change or a quota edit reaches every replica within
-that time, and a flood of wrong keys costs one query per key per second.
+that time, and a flood of wrong keys costs one query per key per second. A key
+in use is reloaded ahead of expiry, off its requests' path (llmgateway/cache.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, KeyUsage, hash_key, parse_public_id
 from llmgateway import background
+from llmgateway.cache import RowCache
 from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
@@ -129,8 +131,6 @@ def owner_get_or_create(*, username: str):
     return user
 
 
-# Lookup cache: HMAC of the presented key → (monotonic time, KeyRecord or None).
-_cache: dict[str, tuple[float, KeyRecord | None]] = {}
 _last_used: dict[int, float] = {}
 
 
@@ -144,21 +144,15 @@ def _load(raw: str) -> KeyRecord | None:
     return KeyRecord.from_row(key)
 
 
-_aload = orm(_load)
+# Lookup cache: HMAC of the presented key → KeyRecord or None.
+_cache: RowCache[KeyRecord | None] = RowCache(
+    orm(_load), ttl=lambda: settings.API_KEY_CACHE_SECONDS, max_entries=MAX_CACHED
+)
 
 
 async def key_lookup(raw: str) -> KeyRecord | None:
     """The key whose secret is `raw` (active or not), or None."""
-    digest = hash_key(raw)
-    now = time.monotonic()
-    hit = _cache.get(digest)
-    if hit is not None and now - hit[0] < settings.API_KEY_CACHE_SECONDS:
-        return hit[1]
-    record = await _aload(raw)
-    if len(_cache) >= MAX_CACHED:
-        _cache.clear()
-    _cache[digest] = (now, record)
-    return record
+    return await _cache.get(hash_key(raw), raw)
 
 
 def key_touch(key: KeyRecord) -> None:

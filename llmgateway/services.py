@@ -3,22 +3,21 @@
 A ModelConfig read costs a database round trip and a thread hop; at hundreds
 of requests per second that is most of the gateway's overhead. Rows are cached
 for MODEL_CACHE_SECONDS, so an admin change (or disabling a model) takes effect
-on every replica within that time. Engines are rebuilt when a row changes.
+on every replica within that time, and reloaded ahead of expiry while in use
+(llmgateway/cache.py). Engines are rebuilt when a row changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from django.conf import settings
 
+from llmgateway.cache import RowCache
 from llmgateway.db import orm
 from llmgateway.engine import Engine, load_engine
 from llmgateway.models import ModelConfig
 
-_rows: dict[str, tuple[float, ModelConfig | None]] = {}
-_all: tuple[float, list[ModelConfig]] | None = None
 _engines: dict[tuple[int, float], Engine] = {}
 _engine_locks: dict[tuple[int, float], asyncio.Lock] = {}
 
@@ -37,25 +36,17 @@ def _enabled_models() -> list[ModelConfig]:
     return list(ModelConfig.objects.filter(enabled=True).order_by("name"))
 
 
+_rows: RowCache[ModelConfig | None] = RowCache(_enabled_model, ttl=_ttl)
+_all: RowCache[list[ModelConfig]] = RowCache(_enabled_models, ttl=_ttl)
+
+
 async def model_get(*, name: str) -> ModelConfig | None:
     """The enabled config called `name`, or None."""
-    now = time.monotonic()
-    hit = _rows.get(name)
-    if hit is not None and now - hit[0] < _ttl():
-        return hit[1]
-    row = await _enabled_model(name)
-    _rows[name] = (now, row)
-    return row
+    return await _rows.get(name, name)
 
 
 async def model_list() -> list[ModelConfig]:
-    global _all
-    now = time.monotonic()
-    if _all is not None and now - _all[0] < _ttl():
-        return _all[1]
-    rows = await _enabled_models()
-    _all = (now, rows)
-    return rows
+    return await _all.get(None)
 
 
 async def engine_get(*, config: ModelConfig) -> Engine:
