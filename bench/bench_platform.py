@@ -7,9 +7,9 @@ them off, vs a direct Triton call; on PostgreSQL and Redis.
 One run: dev Triton, two gateway workers (platform on: key, rpm/tpm/concurrency
 limits and a budget too large to bind, request logs, REDIS_URL; platform off),
 concurrency 1 and 16, then --soak seconds of load on the platform gateway while
-its resident memory is sampled. With --previous REF, a third worker serves the
-same requests (platform on) from git revision REF, checked out in a temporary
-worktree: this version against that one, measured in the same rounds. With
+its resident memory is sampled. With --previous REF, two more workers serve the
+same requests (platform on, and off) from git revision REF, checked out in a
+temporary worktree: this version against that one, measured in the same rounds. With
 --early-start-off, another worker runs with QUOTA_EARLY_START=false; with
 --redis-delay-ms, the gateways reach Redis through bench.delay_proxy, which adds
 that delay each way (a Redis across the network); with --store database the quota
@@ -119,7 +119,14 @@ async def bench(args) -> None:
                 {**env, "REDIS_URL": redis_url},
                 root=previous_tree,
             )
-            gateways.append(previous)
+            previous_off_port = free_port()
+            previous_off = start_gateway(
+                previous_off_port,
+                workdir / "unused.sqlite3",
+                {**env, "GATEWAY_PLATFORM": "false"},
+                root=previous_tree,
+            )
+            gateways += [previous, previous_off]
         try:
             prompt = "who are you?"
             triton_client = grpcclient.InferenceServerClient(triton.grpc_url)
@@ -150,6 +157,8 @@ async def bench(args) -> None:
             if previous_tree is not None:
                 paths[f"on, {args.previous}"] = via(previous_port)
                 cpu_pids[f"on, {args.previous}"] = previous.pid
+                paths[f"off, {args.previous}"] = via(previous_off_port)
+                cpu_pids[f"off, {args.previous}"] = previous_off.pid
             rows = [["concurrency", "path", "p50 ms", "p95 ms", "req/s"]]
             summary = []
             for concurrency in (1, 16):
@@ -206,7 +215,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--soak", type=float, default=600)
-    parser.add_argument("--previous", help="git revision to compare with (platform on)")
+    parser.add_argument("--previous", help="git revision to compare with (platform on and off)")
     parser.add_argument(
         "--early-start-off",
         action="store_true",
