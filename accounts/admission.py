@@ -9,6 +9,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -95,6 +96,7 @@ class KeyAdmission:
     lease_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    records: ClassVar[bool] = True
 
     async def settle(self, outcome: Outcome) -> None:
         """Charge the exact usage and write the log row; never raises."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -59,6 +59,8 @@ class Startable(Protocol):
 
 class Admission(Protocol):
     headers: dict[str, str]
+    # False when settle() records nothing (no keys, quotas or logs): callers may skip it.
+    records: ClassVar[bool]
 
     async def settle(self, outcome: Outcome) -> None: ...
 
@@ -66,6 +68,7 @@ class Admission(Protocol):
 @dataclass(slots=True)
 class NullAdmission:
     headers: dict[str, str] = field(default_factory=dict)
+    records: ClassVar[bool] = False
 
     async def settle(self, outcome: Outcome) -> None:
         return None

@@ -159,7 +159,12 @@ async def settle(
     The response waits until the quota store has the settlement (Redis: written
     to its connection, ahead of anything sent later; the database: committed),
     so a client's next request never meets its previous reservation still held.
+
+    An admission that records nothing (the platform off) is not settled at all:
+    spawning and awaiting its no-op cost a non-streamed response ~0.09 ms.
     """
+    if not admission.records:
+        return
     first = generation.first_token_at
     reasons = set(finish_reasons)
     outcome = Outcome(

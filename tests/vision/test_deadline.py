@@ -107,6 +107,7 @@ def test_an_image_slower_than_the_deadline_ends_at_the_deadline(
 
 class RecordingAdmission(NullAdmission):
     outcomes: list[Outcome]
+    records = True
 
     def __init__(self) -> None:
         super().__init__()
