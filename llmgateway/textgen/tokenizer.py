@@ -192,7 +192,8 @@ class _Quoting:
             return None
         # Letters and digits only: JSON and templates leave them as they are.
         prefix = f"ctlq{secrets.token_hex(8)}n"
-        plain = tuple(_plain_ids(tokenizer, t) for t in controls)
+        encode = _plain_encoder(tokenizer)
+        plain = tuple(encode(t) for t in controls)
         return cls(
             prefix=prefix,
             tokens=re.compile("|".join(re.escape(t) for t in controls)),
@@ -202,8 +203,10 @@ class _Quoting:
         )
 
 
-def _plain_ids(tokenizer: Any, text: str) -> list[int]:
-    """`text` encoded with no added token recognised in it (control tokens as text)."""
+def _plain_encoder(tokenizer: Any):
+    """A function encoding text with no added token recognised in it (control tokens
+    as text). Built once per tokenizer: copying a Rust tokenizer serialises its whole
+    vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # On a copy: transformers' split_special_tokens=True leaves the shared backend
@@ -212,10 +215,12 @@ def _plain_ids(tokenizer: Any, text: str) -> list[int]:
 
         plain = Tokenizer.from_str(backend.to_str())
         plain.encode_special_tokens = True
-        return plain.encode(text, add_special_tokens=False).ids
+        return lambda text: plain.encode(text, add_special_tokens=False).ids
     # A tokenizer shipped as code has no common switch for it (Qwen-VL's tiktoken one
     # takes allowed_special): one character at a time, no control token can match.
-    return [i for char in text for i in tokenizer.encode(char, add_special_tokens=False)]
+    return lambda text: [
+        i for char in text for i in tokenizer.encode(char, add_special_tokens=False)
+    ]
 
 
 def _plain_turns(messages: list[dict[str, Any]]) -> bool:
