@@ -115,29 +115,28 @@ class GatewayASGIHandler(ASGIHandler):
         """Django's run_get_response (and get_response_async) for an API path."""
         # No set_urlconf(settings.ROOT_URLCONF): unset, Django resolves with that
         # setting anyway, and this request's task starts with nothing set.
-        response = await self._middleware_chain(request)
-        response._resource_closers.append(request.close)
+        response = await self._respond(request)
         response._handler_class = self.__class__
-        await self.log_error_response(response, request)
         return response
 
     async def get_response_async(self, request):
-        """Django's, with log_error_response's logging (admin and other paths)."""
+        """Django's, with _respond's error logging (admin and other paths)."""
         set_urlconf(settings.ROOT_URLCONF)
+        return await self._respond(request)
+
+    async def _respond(self, request):
+        """The middleware chain's response, its request closed with it, an error logged
+        in a thread only when the django.request logger keeps the record."""
         response = await self._middleware_chain(request)
         response._resource_closers.append(request.close)
-        await self.log_error_response(response, request)
-        return response
-
-    @staticmethod
-    async def log_error_response(response, request) -> None:
         status = response.status_code
-        if status < 400:
-            return
-        if request_logger.isEnabledFor(logging.ERROR if status >= 500 else logging.WARNING):
+        if status >= 400 and request_logger.isEnabledFor(
+            logging.ERROR if status >= 500 else logging.WARNING
+        ):
             await sync_to_async(log_response, thread_sensitive=False)(
                 "%s: %s", response.reason_phrase, request.path, response=response, request=request
             )
+        return response
 
     async def read_limited_body(self, receive) -> tuple[io.BytesIO, bool]:
         """The request body, in memory, and whether it was over GATEWAY_MAX_BODY_BYTES.
