@@ -63,9 +63,6 @@ class RowCache(Generic[V]):
         # Shielded: a request that leaves does not cancel the load others wait for.
         return await asyncio.shield(loading)
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     def _loading_here(self, key: Hashable) -> asyncio.Future[V] | None:
         """The load of `key` in flight on this thread's event loop, if any.
 
