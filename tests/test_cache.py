@@ -20,7 +20,7 @@ class Clock:
 
 
 class Rows:
-    """A loader whose loads finish when the test lets them (`release`)."""
+    """A loader whose loads finish when the test opens `gate`."""
 
     def __init__(self) -> None:
         self.version = 0
