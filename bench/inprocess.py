@@ -176,13 +176,15 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
     from llmgateway.triton import stream as triton_stream
 
     marks: dict[str, float] = {}
-    originals = {
-        (openai, "chat_validate"): "view",
-        (openai, "chat_prepare"): "prepared",
-        (openai, "stream_start"): "sent",
+    # (owner, function name) -> (mark, taken on return rather than on entry)
+    marked = {
+        (openai, "chat_validate"): ("view", False),
+        (openai, "chat_prepare"): ("prepared", True),
+        (triton_stream.TritonStream, "open"): ("call", True),
+        (openai, "stream_start"): ("sent", True),
+        (triton_stream, "parse_response"): ("message", False),
     }
-    saved = {target: getattr(*target) for target in originals}
-    open_call, parse = triton_stream.TritonStream.open, triton_stream.parse_response
+    saved = {target: getattr(*target) for target in marked}
 
     def marking(function, name: str, at_exit: bool):
         if asyncio.iscoroutinefunction(function):
@@ -205,19 +207,8 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
 
         return wrapper
 
-    for (module, attribute), name in originals.items():
-        setattr(module, attribute, marking(saved[module, attribute], name, name != "view"))
-
-    def timed_open(self) -> None:
-        open_call(self)
-        marks.setdefault("call", time.perf_counter())
-
-    def timed_parse(message, decoupled):
-        marks.setdefault("message", time.perf_counter())
-        return parse(message, decoupled)
-
-    triton_stream.TritonStream.open = timed_open
-    triton_stream.parse_response = timed_parse
+    for (owner, attribute), (name, at_exit) in marked.items():
+        setattr(owner, attribute, marking(saved[owner, attribute], name, at_exit))
     spans = [
         ("request → view (body parsed, validated)", "start", "view"),
         ("view → prompt ids ready (render, tokenize)", "view", "prepared"),
@@ -251,10 +242,8 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
         print(f"{runs} streamed chat completions, stages of the time to first token")
         print(table(rows))
     finally:
-        for (module, attribute), function in saved.items():
-            setattr(module, attribute, function)
-        triton_stream.TritonStream.open = open_call
-        triton_stream.parse_response = parse
+        for (owner, attribute), function in saved.items():
+            setattr(owner, attribute, function)
 
 
 def main() -> None:
