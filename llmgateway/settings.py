@@ -124,6 +124,13 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env_str("DATABASE_URL", "")
+# SQLite's options. IMMEDIATE: every transaction takes the write lock when it begins.
+# A deferred one that reads and then writes (an admin save, update_or_create, the
+# demo's and `serve`'s model upserts) would fail at once with "database is locked"
+# whenever another process, a gateway writing its request logs, is committing: SQLite
+# refuses to wait there, since waiting could deadlock. IMMEDIATE waits (up to `timeout`
+# seconds) instead. The test process overrides it (tests/conftest.py).
+SQLITE_OPTIONS = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 else:
@@ -131,7 +138,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
-            "OPTIONS": {"timeout": 20},
+            "OPTIONS": SQLITE_OPTIONS,
             # A file, not memory, so a gateway process started by the tests shares it.
             "TEST": {
                 "NAME": env_str("SQLITE_TEST_PATH", str(BASE_DIR / "var" / "test-db.sqlite3"))

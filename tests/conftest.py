@@ -205,6 +205,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "committed_db: no test transaction; the test commits what it writes"
     )
+    # The servers' SQLite transactions are IMMEDIATE (settings.SQLITE_OPTIONS). Here each
+    # test runs inside a transaction of its own, which would then hold the write lock
+    # for the whole test and stall the live gateway's writes; so this process begins
+    # its transactions deferred. (A copy: the servers' options stay as they are.)
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database["OPTIONS"] = {**database["OPTIONS"], "transaction_mode": "DEFERRED"}
     # pytest-django sets up the test database only for the aliases its marked tests
     # ask for; a committed_db test has no django_db mark, so ask for "default" here
     # (otherwise, run alone, it would reach the development database).

@@ -217,8 +217,10 @@ def retry_when_locked(function):
 
     A deferred SQLite transaction that asks for the write lock while another
     connection is committing gets SQLITE_BUSY at once (waiting would deadlock);
-    the transaction wrote nothing, so it is simply run again. PostgreSQL waits on
-    the row lock instead and never gets here.
+    the transaction wrote nothing, so it is simply run again. The servers begin
+    their SQLite transactions IMMEDIATE (settings.SQLITE_OPTIONS), which waits for
+    the lock instead; this covers a connection configured deferred (the test
+    process). PostgreSQL waits on the row lock and never gets here.
     """
 
     @functools.wraps(function)
