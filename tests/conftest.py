@@ -63,11 +63,22 @@ def _database_env() -> dict[str, str]:
 DEV_LIMITS = {"context_length": 4096, "max_output_tokens": 4000, "default_max_tokens": 256}
 
 
-def dev_model_upsert(name: str, devtriton, *, triton_model: str = "tensorrt_llm", **fields):
-    """Save the model config `name` for a model of the dev Triton (call with the DB open)."""
+def model_upsert_committed(**fields):
+    """llmgateway.services.model_upsert from this process, run again if SQLite refuses it.
+
+    This process begins its SQLite transactions deferred (see pytest_configure), and
+    model_upsert reads the row before writing it: when a live gateway commits a request
+    log in between, SQLite refuses the write at once ("database is locked").
+    """
+    from accounts.quota.database import retry_when_locked
     from llmgateway.services import model_upsert
 
-    return model_upsert(
+    return retry_when_locked(model_upsert)(**fields)
+
+
+def dev_model_upsert(name: str, devtriton, *, triton_model: str = "tensorrt_llm", **fields):
+    """Save the model config `name` for a model of the dev Triton (call with the DB open)."""
+    return model_upsert_committed(
         name=name,
         triton_url=devtriton.grpc_url,
         triton_model=triton_model,
@@ -78,15 +89,13 @@ def dev_model_upsert(name: str, devtriton, *, triton_model: str = "tensorrt_llm"
 @pytest.fixture(scope="session")
 def model_configs(django_db_setup, django_db_blocker, devtriton):
     """Committed model rows (visible to the gateway subprocess)."""
-    from llmgateway.services import model_upsert
-
     with django_db_blocker.unblock():
         rows = {
             CHAT_MODEL: dev_model_upsert(CHAT_MODEL, devtriton, **DEV_LIMITS),
             V08_MODEL: dev_model_upsert(
                 V08_MODEL, devtriton, triton_model="tensorrt_llm_v08", **DEV_LIMITS
             ),
-            DOWN_MODEL: model_upsert(
+            DOWN_MODEL: model_upsert_committed(
                 name=DOWN_MODEL,
                 triton_url=f"127.0.0.1:{free_port()}",
                 triton_model="tensorrt_llm",

@@ -16,7 +16,13 @@ import pytest
 from openai import OpenAI
 from tokenizers import Tokenizer
 
-from tests.conftest import CHAT_MODEL, DOWN_MODEL, TOKENIZER, V08_MODEL
+from tests.conftest import (
+    CHAT_MODEL,
+    DOWN_MODEL,
+    TOKENIZER,
+    V08_MODEL,
+    model_upsert_committed,
+)
 
 MODELS = [CHAT_MODEL, V08_MODEL]
 TOK = Tokenizer.from_file(str(Path(TOKENIZER) / "tokenizer.json"))
@@ -536,10 +542,8 @@ def test_36_unknown_or_disabled_model(client, disabled_model, name):
 
 @pytest.fixture(scope="module")
 def disabled_model(model_configs, django_db_blocker):
-    from llmgateway.services import model_upsert
-
     with django_db_blocker.unblock():
-        model_upsert(name="dev-disabled", tokenizer_path=TOKENIZER, enabled=False)
+        model_upsert_committed(name="dev-disabled", tokenizer_path=TOKENIZER, enabled=False)
 
 
 @pytest.mark.parametrize(

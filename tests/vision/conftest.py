@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from llmgateway.devtriton.server import DevTriton, free_port
-from tests.conftest import TOKENIZER, LiveGateway, start_gateway, stop_gateway
+from tests.conftest import (
+    TOKENIZER,
+    LiveGateway,
+    model_upsert_committed,
+    start_gateway,
+    stop_gateway,
+)
 from tests.vision.servers import ImageServer
 
 VL, VL_V08, TEXT = "dev-vl", "dev-vl-v08", "dev-vl-textonly"
@@ -35,7 +41,6 @@ def vision_triton(tmp_path_factory) -> Iterator[DevTriton]:
 @pytest.fixture(scope="package")
 def vision_models(django_db_setup, django_db_blocker, vision_triton) -> Iterator[None]:
     from llmgateway.models import ModelConfig
-    from llmgateway.services import model_upsert
 
     common = {
         "triton_url": vision_triton.grpc_url,
@@ -46,15 +51,17 @@ def vision_models(django_db_setup, django_db_blocker, vision_triton) -> Iterator
     }
     with django_db_blocker.unblock():
         # visual_model left blank: qwen-vl-llm → qwen-vl-visual by convention.
-        model_upsert(name=VL, triton_model="qwen-vl-llm", model_type="qwen-vl", **common)
-        model_upsert(
+        model_upsert_committed(name=VL, triton_model="qwen-vl-llm", model_type="qwen-vl", **common)
+        model_upsert_committed(
             name=VL_V08,
             triton_model="qwen-vl-v08",
             visual_model="qwen-vl-visual",
             model_type="qwen-vl",
             **common,
         )
-        model_upsert(name=TEXT, triton_model="qwen-vl-llm", model_type="qwen2-chat", **common)
+        model_upsert_committed(
+            name=TEXT, triton_model="qwen-vl-llm", model_type="qwen2-chat", **common
+        )
     yield
     with django_db_blocker.unblock():
         ModelConfig.objects.filter(name__in=[VL, VL_V08, TEXT]).delete()
