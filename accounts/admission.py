@@ -66,6 +66,17 @@ def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
             code="insufficient_quota",
             headers={**headers, "x-should-retry": "false"},
         )
+    if decision.verdict is Verdict.TOKENS and key.tpm_limit and tokens > key.tpm_limit:
+        # No wait lets it through: OpenAI's "Request too large", which clients must not retry.
+        return APIError(
+            429,
+            f"Request too large for this key on tokens per min (TPM): limit {key.tpm_limit}, "
+            f"requested {tokens}. The input or output tokens must be reduced in order to run "
+            "successfully.",
+            type="tokens",
+            code="rate_limit_exceeded",
+            headers={**headers, "x-should-retry": "false"},
+        )
     if decision.verdict is Verdict.CONCURRENCY:
         wait_ms, what = CONCURRENCY_RETRY_MS, f"concurrent requests: limit {key.max_concurrency}"
         kind = "requests"

@@ -100,3 +100,20 @@ def test_42_insufficient_quota_is_not_retried(live_gateway, make_key):
     assert wait_for_logs(lambda: key_logs(key).count(), 1) == 1
     time.sleep(1.0)  # a retry would have arrived by now (the SDK's backoff is < 1 s)
     assert key_logs(key).count() == 1
+
+
+def test_41_a_request_larger_than_the_tpm_limit_is_not_retried(live_gateway, make_key):
+    """No wait would let it through: "Request too large", no retry-after, not retried."""
+    key, secret = make_key(tpm_limit=50)
+    with client(live_gateway, secret) as c, pytest.raises(openai.RateLimitError) as info:
+        c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=100)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.type == "tokens"
+    assert info.value.body["message"].startswith("Request too large")
+    assert "limit 50, requested" in info.value.body["message"]
+    headers = info.value.response.headers
+    assert headers["x-should-retry"] == "false"
+    assert "retry-after" not in headers and "retry-after-ms" not in headers
+    assert wait_for_logs(lambda: key_logs(key).count(), 1) == 1
+    time.sleep(1.0)  # a retry would have arrived by now (the SDK's backoff is < 1 s)
+    assert key_logs(key).count() == 1
