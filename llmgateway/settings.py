@@ -174,6 +174,10 @@ GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 TRITON_CONNECT_TIMEOUT = env_float("TRITON_CONNECT_TIMEOUT", 5.0)
 # Seconds a model config row is cached per process: how long an admin change takes to apply.
 MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
+# Web pages (origins) whose scripts may call the API from a browser, as OpenAI's API allows
+# (the SDKs' dangerouslyAllowBrowser): "*" for any, a comma-separated list, or empty for
+# none. Keys travel in the Authorization header, never in cookies, so no credentials mode.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", ["*"])
 
 # The managed platform (accounts/): API keys on every inference route, per-key quotas,
 # request logs. Off only to measure the bare gateway (the bench's comparison).

@@ -1,5 +1,5 @@
-"""The API's middleware: request ids, the body-size limit, and keeping the
-per-request path free of Django's session/auth/CSRF middleware.
+"""The API's middleware: request ids, HTTP's HEAD and OPTIONS, CORS, the body-size
+limit, and keeping the per-request path free of Django's session/auth/CSRF middleware.
 
 Django's stock middleware are sync-first: under ASGI each one costs two thread
 hops per request. The API authenticates with bearer keys and needs none of
@@ -16,6 +16,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, ResolverMatch, resolve
+from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
@@ -54,7 +55,72 @@ def _too_large(request: HttpRequest) -> bool:
         return False
 
 
+# What a browser script may read of a response: what OpenAI's SDKs read.
+CORS_EXPOSED_HEADERS = ", ".join(
+    (
+        REQUEST_ID_HEADER,
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+    )
+)
+# How long a browser may reuse a preflight's answer (Chromium caps it at two hours).
+PREFLIGHT_MAX_AGE = "7200"
+
+
+def _cors_origin(request: HttpRequest) -> str | None:
+    """The Access-Control-Allow-Origin for this request, or None (no Origin, or not allowed)."""
+    origin = request.META.get("HTTP_ORIGIN")
+    if not origin:
+        return None
+    allowed = settings.CORS_ALLOWED_ORIGINS
+    if "*" in allowed:
+        return "*"
+    return origin if origin in allowed else None
+
+
+def _options_response(allow: str) -> HttpResponse:
+    """OPTIONS on an API path: 204 naming the path's methods (Ninja answered 405)."""
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    if "GET" in methods:
+        methods.append("HEAD")
+    methods.append("OPTIONS")
+    response = HttpResponse(status=204)
+    response["allow"] = ", ".join(methods)
+    return response
+
+
+def _cors(request: HttpRequest, response: HttpResponse, origin: str) -> None:
+    response["access-control-allow-origin"] = origin
+    if origin != "*":
+        patch_vary_headers(response, ("origin",))
+    if request.method != "OPTIONS":
+        response["access-control-expose-headers"] = CORS_EXPOSED_HEADERS
+        return
+    # A preflight: the browser asks whether it may send the real request.
+    response["access-control-allow-methods"] = response.get("allow", "")
+    asked = request.META.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS")
+    if asked:
+        # Any header: the SDKs send their own (x-stainless-*, openai-*), and a key is
+        # needed anyway for anything but /health.
+        response["access-control-allow-headers"] = asked
+    response["access-control-max-age"] = PREFLIGHT_MAX_AGE
+
+
 def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    if (
+        request.method == "OPTIONS"
+        and response.status_code == 405
+        and is_api_path(request.path)
+        and response.has_header("allow")
+    ):
+        response = _options_response(response["allow"])
     if (
         response.status_code in (404, 405)
         and not request.path.startswith(HTML_PREFIXES)
@@ -69,6 +135,11 @@ def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
             if allow:
                 response["allow"] = allow
     response[REQUEST_ID_HEADER] = request.request_id
+    if request.path.startswith(HTML_PREFIXES):
+        return response
+    origin = _cors_origin(request)
+    if origin is not None:
+        _cors(request, response, origin)
     return response
 
 
@@ -106,10 +177,18 @@ class _Middleware:
 
 
 class request_id_middleware(_Middleware):  # noqa: N801 - named like a function in settings
-    """Every response, errors included, carries x-request-id (the client's if given)."""
+    """Every response, errors included, carries x-request-id (the client's if given).
+
+    Also HTTP's semantics at the API's edge: HEAD is served as GET (the server sends
+    no body), OPTIONS answers 204 with the path's methods, and responses to a browser
+    from an allowed origin (settings.CORS_ALLOWED_ORIGINS) carry CORS headers, error
+    responses included, so a script can read OpenAI's error envelope.
+    """
 
     def before(self, request: HttpRequest) -> None:
         request.request_id = _request_id(request)
+        if request.method == "HEAD" and is_api_path(request.path):
+            request.method = "GET"
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return _finish(request, response)
