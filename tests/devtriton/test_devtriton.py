@@ -359,6 +359,9 @@ def test_log_probs_and_token_counts(client: grpcclient.InferenceServerClient) ->
     assert int(response["num_output_tokens"][0][0]) == len(prompt) + 4  # echoed prompt counts
     streamed = generate(client, prompt, 20, streaming=True, **args)
     assert [int(r["num_output_tokens"][0][0]) for r in streamed.responses] == [1, 1, 1, 1]
+    # A token's logprob does not depend on how it is sent.
+    one_by_one = [float(r["output_log_probs"].flat[0]) for r in streamed.responses]
+    assert one_by_one == response["output_log_probs"].flatten().tolist()
 
 
 # ---- the 0.8 interface ---------------------------------------------------------------------

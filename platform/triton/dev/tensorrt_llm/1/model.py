@@ -455,15 +455,18 @@ class Emitter:
         index: int,
         generated: np.ndarray,
         cum: np.ndarray,
+        start: int = 0,
     ) -> list[Any]:
-        """Tensors for one response: `ids` [beams, T], `lengths` [beams], `generated` [beams, G]."""
+        """Tensors for one response: `ids` [beams, T], `lengths` [beams], `generated` [beams, G]
+        whose first token is the sequence's `start`-th."""
         job = self.job
         tensors = [
             pb_utils.Tensor("output_ids", ids[np.newaxis].astype(np.int32)),
             pb_utils.Tensor("sequence_length", lengths[np.newaxis].astype(np.int32)),
         ]
         if job.return_log_probs:
-            tensors.append(pb_utils.Tensor("output_log_probs", log_probs(generated)[np.newaxis]))
+            scores = log_probs(generated, start=start)
+            tensors.append(pb_utils.Tensor("output_log_probs", scores[np.newaxis]))
             tensors.append(pb_utils.Tensor("cum_log_probs", cum[np.newaxis].astype(np.float32)))
         if job.num_sequences > 1:
             tensors.append(pb_utils.Tensor("sequence_index", np.array([[index]], dtype=np.int32)))
@@ -510,7 +513,7 @@ class Streamer(Emitter):
             cums[index] += float(log_probs(ids, start=pos)[0, 0])
             cum = np.array([cums[index]], dtype=np.float32)
             is_last = number == len(steps) - 1
-            tensors = self.outputs(ids, np.array([1]), index, ids, cum)
+            tensors = self.outputs(ids, np.array([1]), index, ids, cum, start=pos)
             final_here = is_last and not script.flags_only_final
             self.sender.send(
                 pb_utils.InferenceResponse(output_tensors=tensors),
