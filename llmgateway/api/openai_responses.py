@@ -7,6 +7,7 @@ objects, or its deltas into chunks (framed and settled by
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import secrets
@@ -65,13 +66,18 @@ class Job:
         return parser_for(self.plan, continues_thought=self.continues_thought)
 
 
-def _token_text(engine: Engine, token: int) -> str:
-    return engine.text.decode([token])
-
-
-def _chosen_tokens(engine: Engine, tokens: list[tuple[int, float | None]]) -> list[tuple[str, Any]]:
+def _chosen_tokens(
+    engine: Engine, tokens: list[tuple[int, float | None]]
+) -> list[tuple[str, bytes, float | None]]:
+    """(name, bytes, logprob) of each chosen token shown to the client (token_bytes.py)."""
     special = engine.text.special_ids
-    return [(_token_text(engine, t), lp) for t, lp in tokens if t not in special]
+    pieces = engine.text.token_pieces
+    names, raw, size = pieces.names, pieces.raw, len(pieces)
+    return [
+        (names[t], raw[t], lp) if t < size else ("", b"", lp)
+        for t, lp in tokens
+        if t not in special
+    ]
 
 
 def _call_dict(call: ToolCallDelta, legacy: bool) -> dict[str, Any]:
@@ -103,8 +109,8 @@ class ChatShaper:
             return None
         return {
             "content": [
-                {"token": text, "logprob": lp, "bytes": list(text.encode()), "top_logprobs": []}
-                for text, lp in _chosen_tokens(self.engine, tokens)
+                {"token": name, "logprob": lp, "bytes": list(raw), "top_logprobs": []}
+                for name, raw, lp in _chosen_tokens(self.engine, tokens)
             ]
         }
 
@@ -243,20 +249,26 @@ class CompletionShaper:
         self.engine = engine
         self.id = "cmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
-        self._offsets = [0] * job.generation.choice_count
+        count = job.generation.choice_count
+        # Per choice: characters of text so far, and a decoder holding a character's
+        # first bytes until the token that completes it (text_offset counts characters).
+        self._offsets = [0] * count
+        self._utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(count)]
 
     def _logprobs(self, index: int, tokens: list[tuple[int, float | None]]) -> dict | None:
         if not self.job.logprobs:
             return None
         chosen = _chosen_tokens(self.engine, tokens)
         offsets = []
-        for text, _ in chosen:
+        decoder = self._utf8[index]
+        for _, raw, _ in chosen:
+            # A token that continues a character starts at that character.
             offsets.append(self._offsets[index])
-            self._offsets[index] += len(text)
+            self._offsets[index] += len(decoder.decode(raw))
         return {
-            "tokens": [text for text, _ in chosen],
-            "token_logprobs": [lp for _, lp in chosen],
-            "top_logprobs": [{text: lp} for text, lp in chosen],
+            "tokens": [name for name, _, _ in chosen],
+            "token_logprobs": [lp for _, _, lp in chosen],
+            "top_logprobs": [{name: lp} for name, _, lp in chosen],
             "text_offset": offsets,
         }
 

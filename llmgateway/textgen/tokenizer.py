@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmgateway.textgen.token_bytes import TokenPieces, token_pieces_build
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -169,6 +171,11 @@ class TextModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @functools.cached_property
+    def token_pieces(self) -> TokenPieces:
+        """Each token's own bytes and the name logprobs give it (token_bytes.py)."""
+        return token_pieces_build(self.tokenizer)
+
 
 @dataclass(frozen=True)
 class _Quoting:
@@ -279,7 +286,9 @@ def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
         chatml_fallback=all(t in vocab for t in CHATML_TOKENS),
     )
     # Built here, in the loading thread (load_engine), not by the first request on the
-    # event loop: quoting copies the whole Rust tokenizer, megabytes for a real vocabulary.
+    # event loop: quoting copies the whole Rust tokenizer, megabytes for a real vocabulary,
+    # and the token pieces walk all of it.
     model._quoting  # noqa: B018
     model._compiled_template  # noqa: B018
+    model.token_pieces  # noqa: B018
     return model
