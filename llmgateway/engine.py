@@ -73,12 +73,18 @@ class GenerationRequest:
         return left
 
 
+# A token shown in logprobs: (token id, logprob or None, offset of its text in the
+# choice's returned text, in characters).
+TokenLogprob = tuple[int, float | None, int]
+
+
 @dataclass(slots=True)
 class Delta:
     index: int
     text: str
-    # (token id, logprob or None) for the tokens this step consumed.
-    tokens: list[tuple[int, float | None]] = field(default_factory=list)
+    # With logprobs requested: the tokens whose text starts in this delta's `text`
+    # (_Choice.feed). Special tokens (end of turn) and tokens past a stop are left out.
+    tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
 
 
@@ -100,7 +106,16 @@ class Usage:
 
 
 class _Choice:
-    """Per-sequence state: detokenizer, stop matcher, counts and finish reason."""
+    """Per-sequence state: detokenizer, stop matcher, counts and finish reason.
+
+    With logprobs, each token is placed at the character where its text starts in
+    what the detokenizer gave (a character's later bytes at that character), and is
+    shown once the text sent to the client reaches past that point. So logprobs
+    cover exactly the text returned: a token that straddles a stop string's cut is
+    kept (its text starts before the cut), the tokens of the stop string after it
+    and a character left unfinished at the output limit are not, and the
+    logprobs of held-back text go out with that text, whether it streams or not.
+    """
 
     __slots__ = (
         "index",
@@ -111,6 +126,10 @@ class _Choice:
         "transcript",
         "_end_ids",
         "_limit",
+        "_pending",
+        "_special",
+        "_decoded",
+        "_sent",
     )
 
     def __init__(
@@ -132,25 +151,37 @@ class _Choice:
         self.transcript: list[str] | None = [] if record else None
         self._end_ids = frozenset((text_model.end_id, *text_model.extra_stop_ids))
         self._limit = params.max_tokens
+        # Logprobs only: tokens not shown yet, with where their text starts; characters
+        # the detokenizer has given, and characters sent.
+        self._pending: list[TokenLogprob] | None = [] if params.logprobs else None
+        self._special = text_model.special_ids
+        self._decoded = 0
+        self._sent = 0
 
     def feed(self, ids: list[int], logprobs: list[float] | None, per_token: bool) -> Delta | None:
         """Consume generated ids; return what they add for the client, if anything."""
         if self.finish_reason is not None:
             return None
         end_ids = self._end_ids
-        consumed: list[tuple[int, float | None]] = []
+        pending = self._pending
+        # Placing each token needs the text each one adds.
+        per_token = per_token or pending is not None
         text_parts: list[str] = []
         batch: list[int] = []
         for position, token in enumerate(ids):
             if token < 0:
                 continue
             self.count += 1
-            consumed.append((token, logprobs[position] if logprobs is not None else None))
             if token in end_ids:
                 self.finish_reason = "stop"
                 break
             if per_token:
-                text_parts.append(self.stops.push(self.detok.push([token])))
+                piece = self.detok.push([token])
+                if pending is not None and token not in self._special:
+                    logprob = logprobs[position] if logprobs is not None else None
+                    pending.append((token, logprob, self._decoded))
+                    self._decoded += len(piece)
+                text_parts.append(self.stops.push(piece))
                 if self.stops.matched is not None:
                     self.finish_reason = "stop"
                     break
@@ -166,11 +197,12 @@ class _Choice:
         if self.finish_reason is not None:
             text_parts.append(self._drain())
         text = "".join(text_parts)
-        if not text and not consumed and self.finish_reason is None:
+        if not text and self.finish_reason is None:
             return None
         if self.transcript is not None:
             self.transcript.append(text)
-        return Delta(self.index, text, consumed, self.finish_reason)
+        shown = self._shown(text) if pending is not None else []
+        return Delta(self.index, text, shown, self.finish_reason)
 
     def finish(self) -> Delta | None:
         """The request ended (final response) with this sequence still open."""
@@ -180,7 +212,26 @@ class _Choice:
         text = self._drain()
         if self.transcript is not None:
             self.transcript.append(text)
-        return Delta(self.index, text, [], self.finish_reason)
+        shown = self._shown(text) if self._pending is not None else []
+        return Delta(self.index, text, shown, self.finish_reason)
+
+    def _shown(self, text: str) -> list[TokenLogprob]:
+        """The pending tokens whose text starts before the end of the text sent so far,
+        now that `text` is sent too; once finished, the others are dropped."""
+        pending = self._pending
+        self._sent += len(text)
+        sent = self._sent
+        count = 0
+        for _, _, start in pending:
+            if start >= sent:
+                break
+            count += 1
+        shown = pending[:count]
+        if self.finish_reason is not None:
+            pending.clear()
+        else:
+            del pending[:count]
+        return shown
 
     def _drain(self) -> str:
         if self.stops.matched is not None:

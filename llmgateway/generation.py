@@ -16,7 +16,7 @@ from llmgateway import background
 from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
 from llmgateway.api.sse import DONE, event
-from llmgateway.engine import Delta, Engine, Generation
+from llmgateway.engine import Delta, Engine, Generation, TokenLogprob
 from llmgateway.models import ModelConfig
 from llmgateway.services import engine_get, model_get, model_list
 from llmgateway.textgen.tokenizer import TokenizerError
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class ChoiceResult:
     index: int
     text_parts: list[str] = field(default_factory=list)
-    tokens: list[tuple[int, float | None]] = field(default_factory=list)
+    tokens: list[TokenLogprob] = field(default_factory=list)  # with logprobs: as in Delta
     finish_reason: str | None = None
 
     @property

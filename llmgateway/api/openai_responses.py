@@ -7,7 +7,6 @@ objects, or its deltas into chunks (framed and settled by
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import secrets
@@ -18,7 +17,13 @@ from typing import Any
 
 from llmgateway.accounting import Reservation
 from llmgateway.api.sse import event
-from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest
+from llmgateway.engine import (
+    BatchGeneration,
+    Engine,
+    Generation,
+    GenerationRequest,
+    TokenLogprob,
+)
 from llmgateway.generation import ChoiceResult, deltas
 from llmgateway.textgen.tools import (
     OutputParser,
@@ -67,16 +72,14 @@ class Job:
 
 
 def _chosen_tokens(
-    engine: Engine, tokens: list[tuple[int, float | None]]
-) -> list[tuple[str, bytes, float | None]]:
-    """(name, bytes, logprob) of each chosen token shown to the client (token_bytes.py)."""
-    special = engine.text.special_ids
+    engine: Engine, tokens: list[TokenLogprob]
+) -> list[tuple[str, bytes, float | None, int]]:
+    """(name, bytes, logprob, text offset) of each token shown (token_bytes.py)."""
     pieces = engine.text.token_pieces
     names, raw, size = pieces.names, pieces.raw, len(pieces)
     return [
-        (names[t], raw[t], lp) if t < size else ("", b"", lp)
-        for t, lp in tokens
-        if t not in special
+        (names[t], raw[t], lp, offset) if t < size else ("", b"", lp, offset)
+        for t, lp, offset in tokens
     ]
 
 
@@ -104,13 +107,13 @@ class ChatShaper:
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
 
-    def _logprobs(self, tokens: list[tuple[int, float | None]]) -> dict[str, Any] | None:
+    def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any] | None:
         if not self.job.logprobs:
             return None
         return {
             "content": [
                 {"token": name, "logprob": lp, "bytes": list(raw), "top_logprobs": []}
-                for name, raw, lp in _chosen_tokens(self.engine, tokens)
+                for name, raw, lp, _ in _chosen_tokens(self.engine, tokens)
             ]
         }
 
@@ -193,15 +196,18 @@ class ChatShaper:
         job = self.job
         parsers = [job.parser() for _ in range(job.generation.choice_count)]
         called = [False] * len(parsers)
+        # Tool parsing: tokens of text the parser holds back, shown with its next chunk.
+        held: list[list[TokenLogprob]] = [[] for _ in parsers]
         async with deltas(job.generation) as stream:
             async for delta in stream:
                 parser = parsers[delta.index]
-                logprobs = self._logprobs(delta.tokens) if delta.tokens else None
                 if parser is None:
-                    if delta.text or logprobs:
-                        content = {"content": delta.text} if delta.text else {}
-                        yield self._chunk(delta.index, content, logprobs=logprobs)
+                    if delta.text:  # a delta's tokens start in its text (Delta.tokens)
+                        logprobs = self._logprobs(delta.tokens)
+                        yield self._chunk(delta.index, {"content": delta.text}, logprobs=logprobs)
                 else:
+                    tokens = held[delta.index]
+                    tokens += delta.tokens
                     events = parser.feed(delta.text) if delta.text else []
                     if delta.finish_reason is not None:
                         events += parser.finish()
@@ -210,16 +216,18 @@ class ChatShaper:
                         if body is None:
                             continue
                         called[delta.index] |= not isinstance(item, str)
-                        yield self._chunk(delta.index, body, logprobs=logprobs)
-                        logprobs = None
-                    if logprobs:
-                        yield self._chunk(delta.index, {}, logprobs=logprobs)
+                        yield self._chunk(delta.index, body, logprobs=self._logprobs(tokens))
+                        tokens.clear()
                 if delta.finish_reason is not None:
                     reason = delta.finish_reason
                     if job.plan is not None:
                         reason = job.plan.finish_reason(reason, called[delta.index])
                     job.finish_reasons[delta.index] = reason
-                    yield self._chunk(delta.index, {}, reason)
+                    # What a tool parser swallowed (a call's markup) goes with the finish.
+                    rest = held[delta.index]
+                    yield self._chunk(
+                        delta.index, {}, reason, logprobs=self._logprobs(rest) if rest else None
+                    )
         if job.include_usage:
             yield event(
                 {
@@ -249,27 +257,16 @@ class CompletionShaper:
         self.engine = engine
         self.id = "cmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
-        count = job.generation.choice_count
-        # Per choice: characters of text so far, and a decoder holding a character's
-        # first bytes until the token that completes it (text_offset counts characters).
-        self._offsets = [0] * count
-        self._utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(count)]
 
-    def _logprobs(self, index: int, tokens: list[tuple[int, float | None]]) -> dict | None:
+    def _logprobs(self, tokens: list[TokenLogprob]) -> dict | None:
         if not self.job.logprobs:
             return None
         chosen = _chosen_tokens(self.engine, tokens)
-        offsets = []
-        decoder = self._utf8[index]
-        for _, raw, _ in chosen:
-            # A token that continues a character starts at that character.
-            offsets.append(self._offsets[index])
-            self._offsets[index] += len(decoder.decode(raw))
         return {
-            "tokens": [name for name, _, _ in chosen],
-            "token_logprobs": [lp for _, _, lp in chosen],
-            "top_logprobs": [{name: lp} for name, _, lp in chosen],
-            "text_offset": offsets,
+            "tokens": [name for name, _, _, _ in chosen],
+            "token_logprobs": [lp for _, _, lp, _ in chosen],
+            "top_logprobs": [{name: lp} for name, _, lp, _ in chosen],
+            "text_offset": [offset for _, _, _, offset in chosen],
         }
 
     def _body(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,7 +284,7 @@ class CompletionShaper:
                 {
                     "index": r.index,
                     "text": self.job.echo[r.index] + r.text,
-                    "logprobs": self._logprobs(r.index, r.tokens),
+                    "logprobs": self._logprobs(r.tokens),
                     "finish_reason": r.finish_reason,
                 }
                 for r in results
@@ -312,8 +309,8 @@ class CompletionShaper:
                 yield self._chunk(index, text)
         async with deltas(job.generation) as stream:
             async for delta in stream:
-                logprobs = self._logprobs(delta.index, delta.tokens) if delta.tokens else None
-                if delta.text or logprobs:
+                if delta.text:  # a delta's tokens start in its text (Delta.tokens)
+                    logprobs = self._logprobs(delta.tokens)
                     yield self._chunk(delta.index, delta.text, logprobs=logprobs)
                 if delta.finish_reason is not None:
                     job.finish_reasons[delta.index] = delta.finish_reason
