@@ -84,6 +84,7 @@ def _chosen_tokens(
 
 
 def _call_dict(call: ToolCallDelta, legacy: bool) -> dict[str, Any]:
+    """A streamed call delta: `index` on every one, `id`, `type` and the name on the first."""
     if legacy:
         if call.name is not None:
             return {"name": call.name, "arguments": call.arguments}
@@ -140,7 +141,15 @@ class ChatShaper:
             if answer.calls and plan.legacy:
                 message["function_call"] = _call_dict(answer.calls[0], True)
             elif answer.calls:
-                message["tool_calls"] = [_call_dict(c, False) for c in answer.calls]
+                # Exactly {id, type, function}: `index` belongs to stream deltas only.
+                message["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                    for c in answer.calls
+                ]
         return {
             "index": result.index,
             "message": message,

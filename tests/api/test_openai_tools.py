@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.api.test_openai_conformance import check_chat_stream, user
+from tests.api.test_openai_conformance import check_chat_stream, raw_stream, user
 from tests.api.test_openai_conformance import client as client  # the fixture
 from tests.conftest import CHAT_MODEL, V08_MODEL, dev_model_upsert
 
@@ -70,6 +70,19 @@ def test_23_non_streamed_tool_call(client, model):
     assert call.function.name == "get_weather"
     assert isinstance(call.function.arguments, str)
     assert json.loads(call.function.arguments) == ARGS
+
+
+def test_23_tool_calls_on_the_wire(http, model):
+    # Non-streamed calls are exactly {id, type, function}: `index` is only for stream deltas.
+    body = {"model": model, "messages": CALL, "tools": [WEATHER]}
+    response = http.post("/v1/chat/completions", json=body)
+    (call,) = response.json()["choices"][0]["message"]["tool_calls"]
+    assert set(call) == {"id", "type", "function"}
+    assert set(call["function"]) == {"name", "arguments"}
+    events = raw_stream(http, "/v1/chat/completions", body)
+    deltas = [d for e in events for c in e["choices"] for d in c["delta"].get("tool_calls", [])]
+    assert deltas and all(d["index"] == 0 for d in deltas)
+    assert set(deltas[0]) == {"index", "id", "type", "function"}
 
 
 def test_24_streamed_tool_call_matches_non_streamed(client, model):
