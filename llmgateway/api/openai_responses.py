@@ -8,6 +8,7 @@ objects, or its deltas into chunks (framed and settled by
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgateway.accounting import Reservation
-from llmgateway.api.sse import event
+from llmgateway.api.sse import ChunkFrame
 from llmgateway.engine import (
     BatchGeneration,
     Engine,
@@ -35,6 +36,10 @@ from llmgateway.textgen.tools import (
 from llmgateway.vision.service import VisionPrompt
 
 logger = logging.getLogger(__name__)
+
+# OpenAI's backend configuration id. The gateway has none to offer (the engine behind
+# Triton is not known here), so it sends the key with null, as OpenAI may.
+SYSTEM_FINGERPRINT = None
 
 
 @dataclass(slots=True)
@@ -115,7 +120,8 @@ class ChatShaper:
             "content": [
                 {"token": name, "logprob": lp, "bytes": list(raw), "top_logprobs": []}
                 for name, raw, lp, _ in _chosen_tokens(self.engine, tokens)
-            ]
+            ],
+            "refusal": None,
         }
 
     def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
@@ -125,12 +131,18 @@ class ChatShaper:
             "object": "chat.completion",
             "created": self.created,
             "model": self.job.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [self._choice(result) for result in results],
             "usage": generation.usage.as_dict(),
         }
 
     def _choice(self, result: ChoiceResult) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": result.text,
+            "refusal": None,
+            "annotations": [],
+        }
         finish_reason = result.finish_reason
         parser = self.job.parser()
         if parser is not None:
@@ -157,6 +169,17 @@ class ChatShaper:
             "finish_reason": finish_reason,
         }
 
+    @functools.cached_property
+    def _frame(self) -> ChunkFrame:
+        shared = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.job.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        return ChunkFrame(shared, usage_null=self.job.include_usage)
+
     def _chunk(
         self,
         index: int,
@@ -164,17 +187,8 @@ class ChatShaper:
         finish_reason: str | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> bytes:
-        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
-        if logprobs is not None:
-            choice["logprobs"] = logprobs
-        return event(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.job.model,
-                "choices": [choice],
-            }
+        return self._frame.choice(
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         )
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -185,7 +199,7 @@ class ChatShaper:
         first token that is a write and a client wake-up fewer. The bytes are the same.
         """
         head = b"".join(
-            self._chunk(index, {"role": "assistant", "content": ""})
+            self._chunk(index, {"role": "assistant", "content": "", "refusal": None})
             for index in range(self.job.generation.choice_count)
         )
         try:
@@ -238,16 +252,7 @@ class ChatShaper:
                         delta.index, {}, reason, logprobs=self._logprobs(rest) if rest else None
                     )
         if job.include_usage:
-            yield event(
-                {
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": job.model,
-                    "choices": [],
-                    "usage": job.generation.usage.as_dict(),
-                }
-            )
+            yield self._frame.usage(job.generation.usage.as_dict())
 
     def _event_delta(self, item: str | ToolCallDelta) -> dict[str, Any] | None:
         if isinstance(item, str):
@@ -284,8 +289,15 @@ class CompletionShaper:
             "object": "text_completion",
             "created": self.created,
             "model": self.job.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }
+
+    @functools.cached_property
+    def _frame(self) -> ChunkFrame:
+        shared = self._body([])
+        del shared["choices"]
+        return ChunkFrame(shared, usage_null=self.job.include_usage)
 
     def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
         body = self._body(
@@ -303,13 +315,9 @@ class CompletionShaper:
         return body
 
     def _chunk(self, index: int, text: str, finish_reason=None, logprobs=None) -> bytes:
-        choice = {
-            "index": index,
-            "text": text,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason,
-        }
-        return event(self._body([choice]))
+        return self._frame.choice(
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        )
 
     async def chunks(self) -> AsyncIterator[bytes]:
         job = self.job
@@ -325,6 +333,4 @@ class CompletionShaper:
                     job.finish_reasons[delta.index] = delta.finish_reason
                     yield self._chunk(delta.index, "", delta.finish_reason)
         if job.include_usage:
-            body = self._body([])
-            body["usage"] = job.generation.usage.as_dict()
-            yield event(body)
+            yield self._frame.usage(job.generation.usage.as_dict())

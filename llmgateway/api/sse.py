@@ -15,6 +15,29 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+class ChunkFrame:
+    """The events of one /v1 stream: `{**shared, "choices": [...], "usage": ...}`.
+
+    What every chunk repeats (id, object, created, model, ...) is serialised once per
+    stream; each chunk then serialises only its choice. With `usage_null` every chunk
+    but the usage one carries `"usage": null`, as OpenAI sends with include_usage.
+    """
+
+    __slots__ = ("_open", "_close")
+
+    def __init__(self, shared: dict[str, Any], *, usage_null: bool) -> None:
+        head = orjson.dumps(shared)  # b"{...}": reopened to append the choices
+        self._open = b"data: " + head[:-1] + b',"choices":['
+        self._close = b'],"usage":null}\n\n' if usage_null else b"]}\n\n"
+
+    def choice(self, choice: dict[str, Any]) -> bytes:
+        return self._open + orjson.dumps(choice) + self._close
+
+    def usage(self, usage: dict[str, Any]) -> bytes:
+        """The last chunk: no choices, the usage."""
+        return self._open + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+
+
 class EventStream(StreamingHttpResponse):
     """A stream of server-sent events whose body yields bytes only.
 

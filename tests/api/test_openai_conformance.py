@@ -160,6 +160,34 @@ def test_03_basic_chat(client, model):
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_03_raw_fields_openai_always_sends(http):
+    body = {"model": CHAT_MODEL, "messages": user(say("Hello"))}
+    result = http.post("/v1/chat/completions", json=body).json()
+    assert list(result) == [
+        "id",
+        "object",
+        "created",
+        "model",
+        "system_fingerprint",
+        "choices",
+        "usage",
+    ]
+    assert result["system_fingerprint"] is None  # the key is sent; the gateway has none
+    (choice,) = result["choices"]
+    assert choice["logprobs"] is None and choice["finish_reason"] == "stop"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": "Hello",
+        "refusal": None,
+        "annotations": [],
+    }
+    completion = http.post(
+        "/v1/completions", json={"model": CHAT_MODEL, "prompt": say("Hi")}
+    ).json()
+    assert "system_fingerprint" in completion and completion["system_fingerprint"] is None
+    assert set(completion["choices"][0]) == {"index", "text", "logprobs", "finish_reason"}
+
+
 @pytest.mark.parametrize("as_parts", [False, True])
 def test_control_tokens_in_content_are_encoded_as_text(client, as_parts):
     """A user cannot close their turn and open a system one by typing ChatML's tokens."""
@@ -246,7 +274,29 @@ def test_09_raw_framing(http):
     text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
     assert text == "hi 你好"
     # 15 (raw): no chunk carries usage unless asked.
-    assert all(e.get("usage") is None for e in events)
+    assert all("usage" not in e for e in events)
+    # The keys OpenAI always sends, null when there is nothing to say.
+    assert all("system_fingerprint" in e and e["system_fingerprint"] is None for e in events)
+    choices = [c for e in events for c in e["choices"]]
+    assert all("logprobs" in c and c["logprobs"] is None for c in choices)
+    assert choices[0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", {"model": CHAT_MODEL, "messages": user(say("abc"))}),
+        ("/v1/completions", {"model": CHAT_MODEL, "prompt": say("abc")}),
+    ],
+)
+def test_16_raw_usage_null_until_the_usage_chunk(http, path, body):
+    # OpenAI: with include_usage "all other chunks will also include a usage field, but
+    # with a null value".
+    events = raw_stream(http, path, {**body, "stream_options": {"include_usage": True}})
+    *chunks, last = events
+    assert chunks and all("usage" in e and e["usage"] is None for e in chunks)
+    assert last["choices"] == [] and last["usage"]["total_tokens"] > 0
+    assert all("system_fingerprint" in e for e in events)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -454,6 +504,12 @@ def test_32_completion_stream_equals_non_stream(client, model, n, prompt, stop):
 def test_32_completion_raw_framing(http):
     events = raw_stream(http, "/v1/completions", {"model": CHAT_MODEL, "prompt": say("ab")})
     assert "".join(c["text"] for e in events for c in e["choices"]) == "ab"
+    assert all("usage" not in e and e["system_fingerprint"] is None for e in events)
+    assert all(
+        set(c) == {"index", "text", "logprobs", "finish_reason"}
+        for e in events
+        for c in e["choices"]
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
