@@ -106,18 +106,123 @@ def from_triton(exc: TritonError) -> APIError:
     return APIError(500, "The server had an error processing your request.", type="server_error")
 
 
-def param_from_loc(loc: tuple | list) -> str | None:
-    """pydantic's ("body", "payload", "messages", 0, "role") → "messages[0].role"."""
+# OpenAI's answer to a body that is empty or not JSON, word for word.
+BODY_UNPARSEABLE = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON. If you have trouble figuring out how to fix this, please "
+    "contact us through our help center at help.openai.com.)"
+)
+
+# What a parameter should have been, by pydantic error type, in OpenAI's words.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a decimal",
+    "bool_type": "a boolean",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "an array",
+}
+_ABSENT = object()
+
+
+def _json_type(value: Any) -> str:
+    """What was sent, in OpenAI's words ("but got a string instead")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _request_path(loc: tuple | list) -> list:
+    """pydantic's ("body", "payload", "messages", 0, "role") → ["messages", 0, "role"]."""
     parts = list(loc)
     if parts and parts[0] in {"body", "query", "path"}:
-        parts = parts[2:] if len(parts) > 1 else []
+        return parts[2:]
+    return parts
+
+
+def param_format(path: list) -> str | None:
+    """["messages", 0, "role"] → "messages[0].role"."""
     out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not str(part).startswith(("function-", "tagged-union")):
-            out += ("." if out else "") + str(part)
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
     return out or None
+
+
+def _holds(value: Any, part: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(part, str) and part in value
+    return isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+
+
+def _locate(loc: tuple | list, body: Any, missing: bool) -> tuple[list, Any]:
+    """The request fields an error's location passes through, and the value sent there.
+
+    pydantic's locations also name union members ("str", "list[ContentPart]") and
+    validators, which are no field of the request: following the location through
+    the body tells them apart. A missing field is the last part, absent from the body.
+    """
+    path: list = []
+    value = body
+    parts = _request_path(loc)
+    for position, part in enumerate(parts):
+        if _holds(value, part):
+            value = value[part]
+        elif missing and position == len(parts) - 1:
+            value = _ABSENT
+        else:
+            continue
+        path.append(part)
+    return path, value
+
+
+def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
+    """pydantic's first error as OpenAI words it, `param` naming the request's field.
+
+    `body` is the parsed request body (_ABSENT when there is none).
+    """
+    located = [(*_locate(e["loc"], body, e["type"] == "missing"), e) for e in errors]
+    if not located:
+        return invalid("Invalid request.", None)
+    path, _, error = located[0]
+    if not path:  # the body itself
+        if body is _ABSENT:
+            return invalid(BODY_UNPARSEABLE, None)
+        if not isinstance(body, dict):
+            return invalid(
+                f"Invalid request body: expected a JSON object, but got {_json_type(body)} "
+                "instead.",
+                None,
+            )
+        return invalid(_validation_message(error, None), None)
+    # A union's members fail together. One that got further into the value is the
+    # one the client meant; if none did, the value suits none of them.
+    same = [item for item in located if item[0][: len(path)] == path]
+    path, value, error = max(same, key=lambda item: len(item[0]))
+    param = param_format(path)
+    if error["type"] == "missing":
+        return invalid(
+            f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
+        )
+    expected = list(dict.fromkeys(_EXPECTED.get(e["type"], "") for p, _, e in same if p == path))
+    if all(expected):
+        wanted = expected[0] if len(expected) == 1 else "one of " + " or ".join(expected)
+        return invalid(
+            f"Invalid type for '{param}': expected {wanted}, but got {_json_type(value)} instead.",
+            param,
+            code="invalid_type",
+        )
+    return invalid(_validation_message(error, param), param)
 
 
 def _validation_message(error: dict[str, Any], param: str | None) -> str:
@@ -126,18 +231,20 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
     return f"Invalid value for '{param}': {msg}" if param else msg
 
 
+def _body_parsed(request: HttpRequest) -> Any:
+    """The request's JSON body again (only on the error path), or _ABSENT."""
+    try:
+        return orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return _ABSENT
+
+
 def install_error_handlers(api: NinjaAPI) -> None:
     def handle_api_error(request: HttpRequest, exc: APIError) -> HttpResponse:
         return exc.response()
 
     def handle_validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-        error = exc.errors[0] if exc.errors else {}
-        param = param_from_loc(error.get("loc", ()))
-        if error.get("type") == "missing" and param:
-            message = f"Missing required parameter: '{param}'."
-        else:
-            message = _validation_message(error, param)
-        return invalid(message, param).response()
+        return validation_error(exc.errors, _body_parsed(request)).response()
 
     def handle_auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
         return APIError(
@@ -149,8 +256,10 @@ def install_error_handlers(api: NinjaAPI) -> None:
         ).response()
 
     def handle_http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        if isinstance(exc.__cause__, APIError):  # the parser's own error, which Ninja wraps
+            return exc.__cause__.response()
         if exc.status_code == 400:
-            return invalid("We could not parse the JSON body of your request.", None).response()
+            return invalid(BODY_UNPARSEABLE, None).response()
         return APIError(exc.status_code, str(exc)).response()
 
     def handle_404(request: HttpRequest, exc: Exception) -> HttpResponse:

@@ -6,7 +6,7 @@ import orjson
 from django.http import HttpRequest
 from ninja.parser import Parser
 
-from llmgateway.api.errors import invalid
+from llmgateway.api.errors import BODY_UNPARSEABLE, invalid
 
 
 class JSONParser(Parser):
@@ -27,6 +27,4 @@ class JSONParser(Parser):
         try:
             return orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
-            raise invalid(
-                f"We could not parse the JSON body of your request: {exc}.", None
-            ) from exc
+            raise invalid(BODY_UNPARSEABLE, None) from exc

@@ -1,0 +1,106 @@
+"""Request validation on /v1 answered as OpenAI answers it: status, message, param, code.
+
+Raw httpx (`http`) where the wire matters: the official client cannot send most of
+these bodies. Messages quoted from OpenAI are OpenAI's, typos included.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.test_openai_conformance import user
+from tests.conftest import CHAT_MODEL
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+PATHS = [CHAT, COMPLETIONS]
+BODY_UNPARSEABLE = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON. If you have trouble figuring out how to fix this, please "
+    "contact us through our help center at help.openai.com.)"
+)
+
+
+def chat_body(**fields) -> dict:
+    return {"model": CHAT_MODEL, "messages": user("hi"), "max_tokens": 2, **fields}
+
+
+def completion_body(**fields) -> dict:
+    return {"model": CHAT_MODEL, "prompt": "hi", "max_tokens": 2, **fields}
+
+
+def refused(response) -> dict:
+    """The error of a 400 in OpenAI's envelope."""
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    return error
+
+
+# ---- errors name the request's fields, in OpenAI's words --------------------------------
+
+
+def test_a_union_field_error_names_the_field_not_a_union_member(http):
+    error = refused(http.post(CHAT, json=chat_body(messages=user(5))))
+    assert error["param"] == "messages[0].content"
+    assert error["message"] == (
+        "Invalid type for 'messages[0].content': expected one of a string or an array, "
+        "but got an integer instead."
+    )
+    assert error["code"] == "invalid_type"
+
+
+def test_an_error_inside_a_union_member_names_the_part(http):
+    error = refused(http.post(CHAT, json=chat_body(messages=user([{"text": "a"}]))))
+    assert error["param"] == "messages[0].content[0].type"
+    assert error["message"] == "Missing required parameter: 'messages[0].content[0].type'."
+    assert error["code"] == "missing_required_parameter"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_missing_required_field_uses_openais_wording(http, path):
+    body = chat_body() if path == CHAT else completion_body()
+    del body["model"]
+    error = refused(http.post(path, json=body))
+    assert error["param"] == "model"
+    assert error["message"] == "Missing required parameter: 'model'."
+    assert error["code"] == "missing_required_parameter"
+
+
+def test_a_nested_object_of_the_wrong_type_names_no_class(http):
+    error = refused(http.post(CHAT, json=chat_body(stream=True, stream_options="yes")))
+    assert error["param"] == "stream_options"
+    assert error["message"] == (
+        "Invalid type for 'stream_options': expected an object, but got a string instead."
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("content", "got"), [(b"[]", "an array"), (b'"hi"', "a string"), (b"null", "null")]
+)
+def test_a_body_that_is_no_json_object_is_refused_in_plain_words(http, path, content, got):
+    response = http.post(path, content=content, headers={"content-type": "application/json"})
+    error = refused(response)
+    assert error["param"] is None
+    assert error["message"] == (
+        f"Invalid request body: expected a JSON object, but got {got} instead."
+    )
+
+
+@pytest.mark.parametrize("path", [*PATHS, "/generate"])
+@pytest.mark.parametrize("content", [b"", b"  ", b"{not json", b'{"model": '])
+def test_an_empty_or_malformed_body_gets_openais_parse_message(http, path, content):
+    response = http.post(path, content=content, headers={"content-type": "application/json"})
+    error = refused(response)
+    assert error["message"] == BODY_UNPARSEABLE
+    assert error["param"] is None
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_wrong_content_type_is_named(http, path):
+    response = http.post(path, content=b"{}", headers={"content-type": "text/plain"})
+    error = refused(response)
+    assert "text/plain" in error["message"] and "application/json" in error["message"]
