@@ -28,7 +28,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class OpenAISchema(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Strict: JSON types are checked, not coerced ("stream": "yes" or 1 is a 400, as at
+    # OpenAI). pydantic's strict mode still takes an int for a float (temperature: 1).
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(OpenAISchema):

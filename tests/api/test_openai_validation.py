@@ -104,3 +104,60 @@ def test_a_wrong_content_type_is_named(http, path):
     response = http.post(path, content=b"{}", headers={"content-type": "text/plain"})
     error = refused(response)
     assert "text/plain" in error["message"] and "application/json" in error["message"]
+
+
+# ---- JSON types are checked, not coerced ------------------------------------------------
+
+TYPE_CASES = [
+    (CHAT, "stream", "yes", "a boolean", "a string"),
+    (CHAT, "stream", 1, "a boolean", "an integer"),
+    (CHAT, "max_tokens", "2", "an integer", "a string"),
+    (CHAT, "max_tokens", 2.0, "an integer", "a decimal number"),
+    (CHAT, "temperature", True, "a decimal", "a boolean"),
+    (CHAT, "temperature", "0.5", "a decimal", "a string"),
+    (CHAT, "logprobs", 1, "a boolean", "an integer"),
+    (CHAT, "seed", 1.5, "an integer", "a decimal number"),
+    (CHAT, "n", "2", "an integer", "a string"),
+    (CHAT, "user", {"a": 1}, "a string", "an object"),
+    (COMPLETIONS, "echo", "true", "a boolean", "a string"),
+    (COMPLETIONS, "stream", "yes", "a boolean", "a string"),
+    (COMPLETIONS, "max_tokens", "2", "an integer", "a string"),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "value", "expected", "got"), TYPE_CASES)
+def test_a_wrong_json_type_is_refused_not_coerced(http, path, field, value, expected, got):
+    body = chat_body if path == CHAT else completion_body
+    error = refused(http.post(path, json=body(**{field: value})))
+    assert error["param"] == field
+    assert error["code"] == "invalid_type"
+    assert error["message"] == (
+        f"Invalid type for '{field}': expected {expected}, but got {got} instead."
+    )
+
+
+def test_a_wrong_type_deep_in_a_message_names_it(http):
+    messages = [{"role": "user", "content": [{"type": "text", "text": 5}]}]
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == "messages[0].content[0].text"
+    assert error["message"] == (
+        "Invalid type for 'messages[0].content[0].text': expected a string, "
+        "but got an integer instead."
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_integers_are_numbers(http, path):
+    """JSON has one number type: 1 is a valid temperature, as OpenAI takes it."""
+    body = chat_body if path == CHAT else completion_body
+    fields = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": -1}
+    response = http.post(path, json=body(**fields))
+    assert response.status_code == 200, response.text
+
+
+def test_generate_keeps_coercing_as_the_seed_did(http):
+    """/generate is the seed's own API (a FastAPI app's lenient parsing), not OpenAI's."""
+    body = {"model": CHAT_MODEL, "prompt": "[[say:ok]]", "max_output_len": "8"}
+    response = http.post("/generate", json={**body, "temperature": "0.5", "stream": "false"})
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == "ok"
