@@ -191,6 +191,9 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
 
     `body` is the parsed request body (_ABSENT when there is none).
     """
+    # A field that takes null as its default also fails as "should be None" (its null
+    # branch, openai_schemas.OpenAISchema): never what a client needs to hear.
+    errors = [e for e in errors if e["type"] != "none_required"]
     located = [(*_locate(e["loc"], body, e["type"] == "missing"), e) for e in errors]
     if not located:
         return invalid("Invalid request.", None)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from ninja import Field
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, field_validator
+from pydantic_core import CoreSchema
+from pydantic_core import core_schema as cs
 
 MAX_N = 16
 MAX_STOPS = 16
@@ -27,10 +29,61 @@ Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
+_NEVER = object()
+
+
+def _null_as(default: Any) -> CoreSchema:
+    """Takes null alone and gives `default`: no other value passes `_NEVER`'s literal, and
+    pydantic-core's on_error="default" turns that failure into the default."""
+    return cs.chain_schema(
+        [
+            cs.none_schema(),
+            cs.with_default_schema(
+                cs.literal_schema([_NEVER]), default=default, on_error="default"
+            ),
+        ]
+    )
+
+
+def _null_is_default(schema: CoreSchema) -> None:
+    """In place: each field whose default is not None takes null as that default."""
+    if schema["type"] == "definitions":
+        schema = schema["schema"]
+    if schema["type"] != "model" or schema["schema"]["type"] != "model-fields":
+        raise TypeError(f"unexpected model schema {schema['type']!r}")  # pydantic changed
+    for field in schema["schema"]["fields"].values():
+        default = field["schema"]
+        if default["type"] != "default" or default.get("default") is None:
+            continue
+        inner = default["schema"]
+        if inner["type"] == "nullable":
+            inner = inner["schema"]
+        default["schema"] = cs.union_schema(
+            [inner, _null_as(default["default"])], mode="left_to_right"
+        )
+
+
 class OpenAISchema(BaseModel):
-    # Strict: JSON types are checked, not coerced ("stream": "yes" or 1 is a 400, as at
-    # OpenAI). pydantic's strict mode still takes an int for a float (temperature: 1).
+    """Every /v1 request object.
+
+    Strict: JSON types are checked, not coerced ("stream": "yes" or 1 is a 400, as at
+    OpenAI). pydantic's strict mode still takes an int for a float (temperature: 1).
+
+    Null means the default, as OpenAI takes it: a field with a default other than
+    None (`n`, `stream`, `echo`, `include_usage`, ...) takes null as that default.
+    Done once here, in the core schema, so pydantic-core does it without a Python
+    call, and a field added later gets it too.
+    """
+
     model_config = ConfigDict(extra="allow", strict=True)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema = handler(source)
+        _null_is_default(schema)
+        return schema
 
 
 class StreamOptions(OpenAISchema):
@@ -102,7 +155,7 @@ class SamplingIn(OpenAISchema):
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    stream: bool | None = False
+    stream: bool = False
     stream_options: StreamOptions | None = None
     # Extras (vLLM's names), sent through extra_body.
     top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
@@ -124,7 +177,7 @@ class SamplingIn(OpenAISchema):
 class ChatCompletionIn(SamplingIn):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
-    logprobs: bool | None = False
+    logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: Annotated[list[Tool], Field(min_length=1)] | None = None
     tool_choice: Any = None  # "none" | "auto" | "required" | NamedToolChoice

@@ -161,3 +161,77 @@ def test_generate_keeps_coercing_as_the_seed_did(http):
     response = http.post("/generate", json={**body, "temperature": "0.5", "stream": "false"})
     assert response.status_code == 200, response.text
     assert response.json()["text"] == "ok"
+
+
+# ---- null means the default -------------------------------------------------------------
+
+
+def _schemas(base: type) -> list[type]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_schemas(sub))]
+
+
+def test_null_is_the_default_for_every_field_that_has_one():
+    from pydantic import ValidationError
+    from pydantic_core import PydanticUndefined
+
+    from llmgateway.api.openai_schemas import OpenAISchema
+
+    checked = 0
+    for schema in _schemas(OpenAISchema):
+        for name, field in schema.model_fields.items():
+            if field.default is None or field.default is PydanticUndefined:
+                continue
+            checked += 1
+            try:  # other fields may be missing: only errors about this one count
+                assert getattr(schema.model_validate({name: None}), name) == field.default
+            except ValidationError as exc:
+                assert not [e for e in exc.errors() if e["loc"][0] == name], (schema, name)
+    assert checked >= 6  # n, stream, logprobs, echo, include_usage, tool call type, ...
+
+
+def test_null_fields_validate_as_their_defaults():
+    from llmgateway.api.openai_schemas import ChatCompletionIn
+
+    payload = ChatCompletionIn.model_validate(
+        {
+            **chat_body(),
+            "n": None,
+            "stream": None,
+            "logprobs": None,
+            "stream_options": {"include_usage": None},
+        }
+    )
+    assert (payload.n, payload.stream, payload.logprobs) == (1, False, False)
+    assert payload.stream_options.include_usage is False
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_null_n_is_one_choice(http, path):
+    body = chat_body if path == CHAT else completion_body
+    response = http.post(path, json=body(n=None))
+    assert response.status_code == 200, response.text
+    assert [c["index"] for c in response.json()["choices"]] == [0]
+
+
+def test_null_echo_does_not_echo(http):
+    response = http.post(COMPLETIONS, json=completion_body(prompt="[[say:ok]]", echo=None))
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == "ok"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_null_include_usage_sends_no_usage(http, path):
+    body = chat_body if path == CHAT else completion_body
+    response = http.post(path, json=body(stream=True, stream_options={"include_usage": None}))
+    assert response.status_code == 200, response.text
+    assert '"usage"' not in response.text and response.text.endswith("data: [DONE]\n\n")
+
+
+def test_null_stays_refused_where_the_field_is_required(http):
+    error = refused(http.post(CHAT, json=chat_body(model=None)))
+    assert error["param"] == "model"
+    assert error["message"] == "Invalid type for 'model': expected a string, but got null instead."
+    error = refused(http.post(CHAT, json=chat_body(n="2")))
+    assert (
+        error["message"] == "Invalid type for 'n': expected an integer, but got a string instead."
+    )
