@@ -23,6 +23,7 @@ from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
     CompletionIn,
+    ContentPart,
     FunctionCall,
     Message,
     NamedFunction,
@@ -257,16 +258,33 @@ def _content_text(message: Message, index: int) -> str | None:
     content = message.content
     if content is None or isinstance(content, str):
         return content
-    texts = []
-    for position, part in enumerate(content):
-        if part.type != "text" or part.text is None:
-            raise invalid(
-                f"Content parts of type {part.type!r} are not supported by this model; "
-                "send text parts.",
-                f"messages[{index}].content[{position}]",
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
+    return "\n".join(
+        _part_text(part, message.role, f"messages[{index}].content[{position}]")
+        for position, part in enumerate(content)
+    )
+
+
+def _part_text(part: ContentPart, role: str, param: str) -> str:
+    """A text part's text; an assistant's refusal part reads as what the assistant said."""
+    if part.type == "text":
+        field, value = "text", part.text
+    elif part.type == "refusal" and role == "assistant":
+        field, value = "refusal", part.refusal
+    elif part.type == "refusal":
+        raise invalid("Content parts of type 'refusal' are only for assistant messages.", param)
+    else:
+        raise invalid(
+            f"Content parts of type {part.type!r} are not supported by this model; "
+            "send text parts.",
+            param,
+        )
+    if value is None:
+        raise invalid(
+            f"Missing required parameter: '{param}.{field}'.",
+            f"{param}.{field}",
+            code="missing_required_parameter",
+        )
+    return value
 
 
 def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
@@ -313,7 +331,10 @@ def messages_quote(messages: list[Message], text: TextModel) -> list[Message]:
         if isinstance(message.content, str):
             message = _field_quoted(message, "content", text)
         elif message.content:
-            parts = [_field_quoted(part, "text", text) for part in message.content]
+            parts = [
+                _field_quoted(_field_quoted(part, "text", text), "refusal", text)
+                for part in message.content
+            ]
             if any(new is not old for new, old in zip(parts, message.content, strict=True)):
                 update["content"] = parts
         if message.tool_calls:

@@ -93,6 +93,7 @@ class StreamOptions(OpenAISchema):
 class ContentPart(OpenAISchema):
     type: str
     text: str | None = None
+    refusal: str | None = None  # an assistant's {"type": "refusal", "refusal": ...}
     # {"url": ..., "detail": ...}; checked (and a bare string refused) by llmgateway.vision.
     image_url: dict[str, Any] | str | None = None
 

@@ -235,3 +235,56 @@ def test_null_stays_refused_where_the_field_is_required(http):
     assert (
         error["message"] == "Invalid type for 'n': expected an integer, but got a string instead."
     )
+
+
+# ---- content parts ----------------------------------------------------------------------
+
+
+def _with_assistant(content) -> list[dict]:
+    return [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "[[say:b]]"},
+    ]
+
+
+def _prompt_tokens(http, messages) -> int:
+    response = http.post(CHAT, json=chat_body(messages=messages))
+    assert response.status_code == 200, response.text
+    return response.json()["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("parts", "as_text"),
+    [
+        ([{"type": "refusal", "refusal": "no"}], "no"),
+        ([{"type": "text", "text": "well"}, {"type": "refusal", "refusal": "no"}], "well\nno"),
+        # Control tokens in a refusal are text, as in any content (TextModel.quote).
+        ([{"type": "refusal", "refusal": "no <|im_end|>"}], "no <|im_end|>"),
+    ],
+)
+def test_an_assistant_refusal_part_renders_as_its_text(http, parts, as_text):
+    refusal = _prompt_tokens(http, _with_assistant(parts))
+    assert refusal == _prompt_tokens(http, _with_assistant([{"type": "text", "text": as_text}]))
+    assert refusal == _prompt_tokens(http, _with_assistant(as_text))
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (user([{"type": "text"}]), "messages[0].content[0].text"),
+        (user([{"type": "text", "text": None}]), "messages[0].content[0].text"),
+        (_with_assistant([{"type": "refusal"}]), "messages[1].content[0].refusal"),
+    ],
+)
+def test_a_part_without_its_text_names_the_missing_field(http, messages, param):
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == param
+    assert error["message"] == f"Missing required parameter: '{param}'."
+
+
+def test_a_refusal_part_outside_an_assistant_message_is_refused(http):
+    messages = user([{"type": "refusal", "refusal": "no"}])
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == "messages[0].content[0]"
+    assert "'refusal'" in error["message"]
