@@ -70,6 +70,12 @@ def invalid(message: str, param: str | None, code: str | None = None) -> APIErro
     return APIError(400, message, param=param, code=code)
 
 
+def missing(param: str) -> APIError:
+    return invalid(
+        f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
+    )
+
+
 def model_not_found(name: str) -> APIError:
     return APIError(
         404,
@@ -214,9 +220,7 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
     path, value, error = max(same, key=lambda item: len(item[0]))
     param = param_format(path)
     if error["type"] == "missing":
-        return invalid(
-            f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
-        )
+        return missing(param)
     expected = list(dict.fromkeys(_EXPECTED.get(e["type"], "") for p, _, e in same if p == path))
     if all(expected):
         wanted = expected[0] if len(expected) == 1 else "one of " + " or ".join(expected)

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from llmgateway.accounting import admit, model_visible
-from llmgateway.api.errors import invalid, model_not_found
+from llmgateway.api.errors import invalid, missing, model_not_found
 from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
@@ -279,19 +279,37 @@ def _part_text(part: ContentPart, role: str, param: str) -> str:
             param,
         )
     if value is None:
-        raise invalid(
-            f"Missing required parameter: '{param}.{field}'.",
-            f"{param}.{field}",
-            code="missing_required_parameter",
-        )
+        raise missing(f"{param}.{field}")
     return value
 
 
+# OpenAI's message, its spelling kept.
+TOOL_WITHOUT_CALL = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+    "message with 'tool_calls'."
+)
+
+
 def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
-    """OpenAI messages as plain dicts with string content, legacy function turns as tools."""
+    """OpenAI messages as plain dicts with string content, legacy function turns as tools.
+
+    Checks what OpenAI checks of each role: `tool` messages carry a `tool_call_id` and
+    follow an assistant message with `tool_calls` (or another such answer); `function`
+    messages carry a `name`.
+    """
     out = []
+    answering = False  # the messages so far end in tool calls and answers to them
     for index, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
+        if role == "tool":
+            if message.tool_call_id is None:
+                raise missing(f"messages[{index}].tool_call_id")
+            if not answering:
+                raise invalid(TOOL_WITHOUT_CALL, f"messages[{index}].role")
+        else:
+            answering = role == "assistant" and bool(message.tool_calls)
+            if role == "function" and message.name is None:
+                raise missing(f"messages[{index}].name")
         content = _content_text(message, index)
         calls = message.tool_calls or message.function_call
         if content is None and (role in ("system", "user") or (role == "assistant" and not calls)):

@@ -104,7 +104,7 @@ class FunctionCall(OpenAISchema):
 
 
 class ToolCall(OpenAISchema):
-    id: str | None = None
+    id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 

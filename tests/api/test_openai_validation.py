@@ -288,3 +288,90 @@ def test_a_refusal_part_outside_an_assistant_message_is_refused(http):
     error = refused(http.post(CHAT, json=chat_body(messages=messages)))
     assert error["param"] == "messages[0].content[0]"
     assert "'refusal'" in error["message"]
+
+
+# ---- message sequences ------------------------------------------------------------------
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+ASKS = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+ANSWER = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+ORPHAN = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+    "message with 'tool_calls'."
+)
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (
+            [{"role": "user", "content": "a"}, {"role": "tool", "content": "sunny"}],
+            "messages[1].tool_call_id",
+        ),
+        (
+            [{"role": "user", "content": "a"}, ASKS, {"role": "tool", "content": "sunny"}],
+            "messages[2].tool_call_id",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": None, "function_call": CALL["function"]},
+                {"role": "function", "content": "sunny"},
+            ],
+            "messages[2].name",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"type": "function", "function": {"name": "f"}}],
+                },
+                ANSWER,
+            ],
+            "messages[1].tool_calls[0].id",
+        ),
+    ],
+)
+def test_a_message_missing_a_field_its_role_needs_is_refused(http, messages, param):
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == param
+    assert error["message"] == f"Missing required parameter: '{param}'."
+    assert error["code"] == "missing_required_parameter"
+
+
+@pytest.mark.parametrize(
+    ("messages", "index"),
+    [
+        ([{"role": "user", "content": "a"}, ANSWER], 1),
+        ([ANSWER, {"role": "user", "content": "a"}], 0),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, ANSWER], 2),
+        (
+            [
+                {"role": "user", "content": "a"},
+                ASKS,
+                ANSWER,
+                {"role": "user", "content": "c"},
+                ANSWER,
+            ],
+            4,
+        ),
+    ],
+)
+def test_a_tool_message_must_answer_tool_calls(http, messages, index):
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == f"messages[{index}].role"
+    assert error["message"] == ORPHAN
+
+
+def test_tool_messages_answering_tool_calls_are_accepted(http):
+    two = {**ASKS, "tool_calls": [CALL, {**CALL, "id": "call_2"}]}
+    messages = [
+        {"role": "user", "content": "a"},
+        two,
+        ANSWER,
+        {**ANSWER, "tool_call_id": "call_2"},
+        {"role": "user", "content": "[[say:ok]]"},
+    ]
+    response = http.post(CHAT, json=chat_body(messages=messages, max_tokens=8))
+    assert response.status_code == 200, response.text

@@ -125,7 +125,7 @@ def test_tool_definitions_and_call_arguments_render_their_control_tokens_as_text
 
 def test_a_request_quotes_tool_definitions_and_tool_call_arguments(text):
     """What the chat endpoint quotes before rendering (api/openai.py)."""
-    from llmgateway.api.openai import messages_quote, tool_plan_build
+    from llmgateway.api.openai import messages_normalize, messages_quote, tool_plan_build
     from llmgateway.api.openai_schemas import ChatCompletionIn
     from llmgateway.models import ModelConfig
 
@@ -135,11 +135,11 @@ def test_a_request_quotes_tool_definitions_and_tool_call_arguments(text):
             "model": "m",
             "messages": [
                 {"role": "user", "content": "weather?"},
+                {"role": "assistant", "function_call": call},
                 {
                     "role": "assistant",
                     "tool_calls": [{"id": "c1", "type": "function", "function": call}],
                 },
-                {"role": "assistant", "function_call": call},
                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
             ],
             "tools": [{"type": "function", "function": WEATHER}],
@@ -147,11 +147,12 @@ def test_a_request_quotes_tool_definitions_and_tool_call_arguments(text):
     )
     plan = tool_plan_build(payload, ModelConfig(tool_format="hermes"), text)
     messages = messages_quote(payload.messages, text)
-    calls = [messages[1].tool_calls[0].function, messages[2].function_call]
+    messages_normalize(messages)  # a conversation OpenAI accepts
+    calls = [messages[2].tool_calls[0].function, messages[1].function_call]
     for quoted in [*(c.arguments for c in calls), json.dumps(plan.functions)]:
         assert "<|im_" not in quoted
         assert not set(text.encode(quoted)) & set(_controls(text).values())
     for quoted in calls:
         assert text.tokenizer.decode(text.encode(quoted.arguments)) == call["arguments"]
     # The request itself is left as it was (the log and the response see what was sent).
-    assert payload.messages[1].tool_calls[0].function.arguments == call["arguments"]
+    assert payload.messages[2].tool_calls[0].function.arguments == call["arguments"]
