@@ -129,10 +129,15 @@ def params_build(
     logprobs: bool = False,
 ) -> SamplingParams:
     top_k = _or(payload.top_k, config.default_top_k)
+    top_p = _or(payload.top_p, config.default_top_p)
+    if top_p == 0:
+        # A nucleus of probability mass 0 is the single most likely token: greedy.
+        # TensorRT-LLM takes top_p in (0, 1], so it is said as top_k 1.
+        top_p, top_k = None, 1
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=_or(payload.temperature, config.default_temperature),
-        top_p=_or(payload.top_p, config.default_top_p),
+        top_p=top_p,
         top_k=max(top_k, 0) if top_k is not None else None,  # -1 (vLLM's "off") is TRT-LLM's 0
         repetition_penalty=_or(payload.repetition_penalty, config.default_repetition_penalty),
         presence_penalty=payload.presence_penalty,

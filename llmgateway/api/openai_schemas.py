@@ -23,7 +23,7 @@ INT64 = 2**63
 INT32_MAX = 2**31 - 1
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
-TopP = Annotated[float, Field(gt=0, le=1)]
+TopP = Annotated[float, Field(ge=0, le=1)]  # 0: greedy (openai.params_build)
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -375,3 +375,41 @@ def test_tool_messages_answering_tool_calls_are_accepted(http):
     ]
     response = http.post(CHAT, json=chat_body(messages=messages, max_tokens=8))
     assert response.status_code == 200, response.text
+
+
+# ---- top_p 0 ----------------------------------------------------------------------------
+
+
+def test_top_p_zero_is_greedy_decoding():
+    """A nucleus of probability mass 0 is the single most likely token: TensorRT-LLM is
+    sent top_k 1 and no top_p (it wants top_p in (0, 1]), whatever the model's defaults."""
+    from llmgateway.api.openai import params_build
+    from llmgateway.api.openai_schemas import ChatCompletionIn
+    from llmgateway.models import ModelConfig
+
+    config = ModelConfig(default_top_p=0.8, default_top_k=40, default_temperature=0.7)
+    for extra in ({}, {"top_k": 5}):
+        payload = ChatCompletionIn.model_validate(chat_body(top_p=0, **extra))
+        params = params_build(payload, config=config, max_tokens=2)
+        assert (params.top_p, params.top_k) == (None, 1)
+    kept = params_build(
+        ChatCompletionIn.model_validate(chat_body(top_p=0.5)), config=config, max_tokens=2
+    )
+    assert (kept.top_p, kept.top_k) == (0.5, 40)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_top_p_zero_is_accepted_and_answers_as_top_k_one(http, path):
+    body = chat_body if path == CHAT else completion_body
+    prompt = {"messages": user("write me a sentence")} if path == CHAT else {}
+    greedy = http.post(path, json=body(top_p=0, seed=3, max_tokens=12, **prompt))
+    assert greedy.status_code == 200, greedy.text
+    top_k_1 = http.post(path, json=body(top_k=1, seed=3, max_tokens=12, **prompt))
+    choice = "message" if path == CHAT else "text"
+    assert greedy.json()["choices"][0][choice] == top_k_1.json()["choices"][0][choice]
+
+
+@pytest.mark.parametrize("top_p", [-0.1, 1.5])
+def test_top_p_outside_zero_to_one_is_refused(http, top_p):
+    error = refused(http.post(CHAT, json=chat_body(top_p=top_p)))
+    assert error["param"] == "top_p"
