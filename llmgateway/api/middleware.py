@@ -92,6 +92,7 @@ def _options_response(allow: str) -> HttpResponse:
         methods.append("HEAD")
     methods.append("OPTIONS")
     response = HttpResponse(status=204)
+    del response["content-type"]  # no body, so no type (Django sets text/html)
     response["allow"] = ", ".join(methods)
     return response
 

@@ -31,6 +31,7 @@ def test_head_on_a_post_only_path_is_405(http):
 def test_options_names_the_paths_methods(http):
     post = http.options("/v1/chat/completions")
     assert post.status_code == 204 and post.content == b""
+    assert "content-type" not in post.headers
     assert post.headers["allow"] == "POST, OPTIONS"
     assert post.headers["x-request-id"]
     assert "access-control-allow-origin" not in post.headers  # no Origin: not CORS
