@@ -256,6 +256,7 @@ def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextMo
         ),
         choice="named" if named else (choice or "auto"),  # type: ignore[arg-type]
         named=named,
+        parallel=payload.parallel_tool_calls is not False,
     )
 
 

@@ -27,6 +27,7 @@ from llmgateway.engine import (
 )
 from llmgateway.generation import ChoiceResult, deltas
 from llmgateway.textgen.tools import (
+    FirstCallOnly,
     OutputParser,
     ToolCallDelta,
     ToolPlan,
@@ -70,7 +71,7 @@ class Job:
             stream=self.stream,
         )
 
-    def parser(self) -> OutputParser | None:
+    def parser(self) -> OutputParser | FirstCallOnly | None:
         if self.plan is None:
             return None
         return parser_for(self.plan, continues_thought=self.continues_thought)

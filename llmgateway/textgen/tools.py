@@ -67,7 +67,8 @@ class ToolPlan:
 
     `functions` are OpenAI function definitions ({name, description, parameters});
     `choice` is none, auto, required or named (then `named` is the function).
-    `legacy` answers with `function_call` instead of `tool_calls`.
+    `legacy` answers with `function_call` instead of `tool_calls`. Without `parallel`
+    (`parallel_tool_calls: false`) an answer keeps its first call only.
     """
 
     format: str
@@ -75,6 +76,7 @@ class ToolPlan:
     choice: str = "auto"
     named: str | None = None
     legacy: bool = False
+    parallel: bool = True
 
     @property
     def active(self) -> bool:
@@ -508,13 +510,36 @@ class ReactParser(OutputParser):
         return out
 
 
-def parser_for(plan: ToolPlan, *, continues_thought: bool = False) -> OutputParser | None:
+class FirstCallOnly:
+    """An answer's events without the tool calls after its first (parallel_tool_calls:
+    false); content passes as it is."""
+
+    def __init__(self, inner: OutputParser) -> None:
+        self.inner = inner
+
+    def feed(self, text: str) -> list[Event]:
+        return self._first(self.inner.feed(text))
+
+    def finish(self) -> list[Event]:
+        return self._first(self.inner.finish())
+
+    @staticmethod
+    def _first(events: list[Event]) -> list[Event]:
+        return [e for e in events if isinstance(e, str) or e.index == 0]
+
+
+def parser_for(
+    plan: ToolPlan, *, continues_thought: bool = False
+) -> OutputParser | FirstCallOnly | None:
     """The parser for one choice's answer, or None when tools are not in play."""
     if not plan.active:
         return None
+    parser: OutputParser
     if plan.format == "react":
-        return ReactParser(continues_thought=continues_thought)
-    return HermesParser()
+        parser = ReactParser(continues_thought=continues_thought)
+    else:
+        parser = HermesParser()
+    return parser if plan.parallel else FirstCallOnly(parser)
 
 
 @dataclass(slots=True)
@@ -523,7 +548,7 @@ class ParsedAnswer:
     calls: list[ToolCallDelta] = field(default_factory=list)
 
 
-def answer_parse(parser: OutputParser, text: str) -> ParsedAnswer:
+def answer_parse(parser: OutputParser | FirstCallOnly, text: str) -> ParsedAnswer:
     """A whole (non-streamed) answer: its content and complete tool calls."""
     answer = ParsedAnswer(content="")
     content: list[str] = []

@@ -266,3 +266,18 @@ def test_template_format_passes_tools_and_history_to_the_template(client, templa
         model=template_model, messages=messages, tools=[WEATHER]
     )
     assert result.choices[0].message.content == "ok"
+
+
+@pytest.mark.parametrize("parallel", [None, True, False])
+def test_parallel_tool_calls_false_keeps_the_first_call(client, hermes_model, parallel):
+    messages = user(f"[[tool:get_weather:{json.dumps(ARGS)}]] [[tool:get_time:{{}}]]")
+    args = {"model": hermes_model, "messages": messages, "tools": [WEATHER, TIME]}
+    if parallel is not None:
+        args["parallel_tool_calls"] = parallel
+    expected = ["get_weather"] if parallel is False else ["get_weather", "get_time"]
+    choice = client.chat.completions.create(**args).choices[0]
+    assert [call.function.name for call in choice.message.tool_calls] == expected
+    assert choice.finish_reason == "tool_calls"
+    streamed, _ = streamed_calls(client.chat.completions.create(**args, stream=True))
+    assert [call["name"] for call in streamed.values()] == expected
+    assert sorted(streamed) == list(range(len(expected)))
