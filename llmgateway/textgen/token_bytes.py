@@ -71,7 +71,8 @@ def token_name(raw: bytes) -> str:
 
 
 def _scheme(tokenizer: Any, vocab: dict[str, int]) -> str:
-    """ "byte_level", "byte_fallback" or "text": how the vocabulary writes bytes."""
+    """How the vocabulary writes bytes: "byte_level", "byte_fallback", "metaspace"
+    (SentencePiece without byte fallback: pieces are text, U+2581 a space) or "text"."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
     if decoder is not None:
