@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from llmgateway.accounting import admit, model_visible
-from llmgateway.api.errors import invalid, missing, model_not_found
+from llmgateway.api.errors import APIError, invalid, missing, model_not_found
 from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
@@ -289,31 +289,56 @@ def _part_text(part: ContentPart, role: str, param: str) -> str:
     return value
 
 
-# OpenAI's message, its spelling kept.
+# OpenAI's messages, spelling kept. Its checks of the message sequence name the
+# message as "messages.[i].role", unlike its schema errors' "messages[i].role".
 TOOL_WITHOUT_CALL = (
     "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
     "message with 'tool_calls'."
 )
+TOOL_CALLS_UNANSWERED = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding "
+    "to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+)
+
+
+def _unanswered(index: int, ids: dict[str, None]) -> APIError:
+    return invalid(TOOL_CALLS_UNANSWERED + ", ".join(ids), f"messages.[{index}].role")
 
 
 def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
     """OpenAI messages as plain dicts with string content, legacy function turns as tools.
 
-    Checks what OpenAI checks of each role: `tool` messages carry a `tool_call_id` and
-    follow an assistant message with `tool_calls` (or another such answer); `function`
-    messages carry a `name`.
+    Checks what OpenAI checks of each role: `tool` messages carry a `tool_call_id` of
+    the assistant message with `tool_calls` they follow (directly or after other
+    answers to it), every one of its calls is answered before the next other message,
+    and `function` messages carry a `name`.
     """
     out = []
-    answering = False  # the messages so far end in tool calls and answers to them
+    asked: dict[str, None] = {}  # the ids of the tool calls the messages so far answer
+    unanswered: dict[str, None] = {}
+    asked_at = 0
     for index, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
         if role == "tool":
-            if message.tool_call_id is None:
+            call_id = message.tool_call_id
+            if call_id is None:
                 raise missing(f"messages[{index}].tool_call_id")
-            if not answering:
-                raise invalid(TOOL_WITHOUT_CALL, f"messages[{index}].role")
+            if not asked:
+                raise invalid(TOOL_WITHOUT_CALL, f"messages.[{index}].role")
+            if call_id not in asked:
+                raise invalid(
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    f"messages.[{index}].tool_call_id",
+                )
+            unanswered.pop(call_id, None)
         else:
-            answering = role == "assistant" and bool(message.tool_calls)
+            if unanswered:
+                raise _unanswered(asked_at, unanswered)
+            asked = {}
+            if role == "assistant" and message.tool_calls:
+                asked = dict.fromkeys(call.id for call in message.tool_calls)
+            unanswered, asked_at = dict(asked), index
             if role == "function" and message.name is None:
                 raise missing(f"messages[{index}].name")
         content = _content_text(message, index)
@@ -330,6 +355,8 @@ def messages_normalize(messages: list[Message]) -> list[dict[str, Any]]:
         if message.tool_call_id is not None:
             item["tool_call_id"] = message.tool_call_id
         out.append(item)
+    if unanswered:
+        raise _unanswered(asked_at, unanswered)
     return legacy_messages_convert(out)
 
 

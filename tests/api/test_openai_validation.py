@@ -360,8 +360,77 @@ def test_a_message_missing_a_field_its_role_needs_is_refused(http, messages, par
 )
 def test_a_tool_message_must_answer_tool_calls(http, messages, index):
     error = refused(http.post(CHAT, json=chat_body(messages=messages)))
-    assert error["param"] == f"messages[{index}].role"
+    # OpenAI's sequence checks write the index as ".[i]", unlike its schema errors.
+    assert error["param"] == f"messages.[{index}].role"
     assert error["message"] == ORPHAN
+    assert error["code"] is None
+
+
+@pytest.mark.parametrize(
+    ("messages", "index"),
+    [
+        ([{"role": "user", "content": "a"}, ASKS, {**ANSWER, "tool_call_id": "call_9"}], 2),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {**ASKS, "tool_calls": [CALL, {**CALL, "id": "call_2"}]},
+                ANSWER,
+                {**ANSWER, "tool_call_id": "call_3"},
+            ],
+            3,
+        ),
+        # An answer belongs to the assistant message right before it, not an earlier one.
+        (
+            [
+                {"role": "user", "content": "a"},
+                ASKS,
+                ANSWER,
+                {"role": "assistant", "content": None, "tool_calls": [{**CALL, "id": "call_2"}]},
+                ANSWER,
+            ],
+            4,
+        ),
+    ],
+)
+def test_a_tool_message_must_answer_one_of_the_calls_it_follows(http, messages, index):
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    call_id = messages[index]["tool_call_id"]
+    assert error["param"] == f"messages.[{index}].tool_call_id"
+    assert error["message"] == (
+        f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in 'tool_calls' of "
+        "previous message."
+    )
+    assert error["code"] is None
+
+
+@pytest.mark.parametrize(
+    ("messages", "index", "ids"),
+    [
+        # Followed by another message before every call was answered.
+        (
+            [
+                {"role": "user", "content": "a"},
+                {**ASKS, "tool_calls": [CALL, {**CALL, "id": "call_2"}, {**CALL, "id": "c3"}]},
+                {**ANSWER, "tool_call_id": "call_2"},
+                {"role": "user", "content": "b"},
+            ],
+            1,
+            "call_1, c3",
+        ),
+        ([{"role": "user", "content": "a"}, ASKS, {"role": "user", "content": "b"}], 1, "call_1"),
+        # The conversation ends before the answers.
+        ([{"role": "user", "content": "a"}, ASKS], 1, "call_1"),
+    ],
+)
+def test_every_tool_call_must_be_answered(http, messages, index, ids):
+    error = refused(http.post(CHAT, json=chat_body(messages=messages)))
+    assert error["param"] == f"messages.[{index}].role"
+    assert error["message"] == (
+        "An assistant message with 'tool_calls' must be followed by tool messages responding "
+        "to each 'tool_call_id'. The following tool_call_ids did not have response "
+        f"messages: {ids}"
+    )
+    assert error["code"] is None
 
 
 def test_tool_messages_answering_tool_calls_are_accepted(http):
