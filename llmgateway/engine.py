@@ -47,6 +47,8 @@ class SamplingParams:
     beam_width: int = 1
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    # Guided decoding (TensorRT-LLM 0.19+): (guided_decoding_guide_type, guide or None).
+    guide: tuple[str, str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -284,11 +286,11 @@ class Engine:
         streaming: bool,
         seed: int | None,
         sequences: int,
-    ) -> dict[str, np.ndarray | bool | int | float]:
+    ) -> dict[str, np.ndarray | bool | int | float | str]:
         """The request's tensors; one-element inputs as Python scalars (build_request)."""
         p = request.params
         ids = np.asarray(request.prompt_ids, dtype=np.int32)
-        inputs: dict[str, np.ndarray | bool | int | float] = {
+        inputs: dict[str, np.ndarray | bool | int | float | str] = {
             "input_ids": ids,
             "input_lengths": len(ids),
             "request_output_len": p.max_tokens,
@@ -319,6 +321,10 @@ class Engine:
             inputs["num_return_sequences"] = sequences
         if p.logprobs:
             inputs["return_log_probs"] = True
+        if p.guide is not None:
+            inputs["guided_decoding_guide_type"] = p.guide[0]
+            if p.guide[1] is not None:
+                inputs["guided_decoding_guide"] = p.guide[1]
         stop_words = _stop_words_list(self.text, p.stop)
         if stop_words is not None:
             inputs["stop_words_list"] = stop_words

@@ -46,15 +46,14 @@ class ModelSource:
 
 # Model kinds a DevTriton can serve. Qwen-VL is a pair, `<name>-visual` (the encoder) and
 # `<name>-llm` (any tensorrt_llm kind: all of them read prompt_embedding_table).
+# The recent interface guides decoding, as TensorRT-LLM does with guided_decoding_backend
+# set (the dev model emulates xgrammar for json and json_schema guides).
+RECENT = (("exclude_input_in_output", "false"), ("guided_decoding_backend", "xgrammar"))
 MODEL_SOURCES: dict[str, ModelSource] = {
     "0.8": ModelSource("tensorrt_llm", "config.0.8.pbtxt", (("exclude_input_in_output", "false"),)),
-    "recent": ModelSource(
-        "tensorrt_llm", "config.recent.pbtxt", (("exclude_input_in_output", "false"),)
-    ),
+    "recent": ModelSource("tensorrt_llm", "config.recent.pbtxt", RECENT),
     "qwen_vl_visual": ModelSource("qwen_vl_visual", "config.pbtxt"),
-    "qwen_vl_llm": ModelSource(
-        "tensorrt_llm", "config.recent.pbtxt", (("exclude_input_in_output", "false"),)
-    ),
+    "qwen_vl_llm": ModelSource("tensorrt_llm", "config.recent.pbtxt", RECENT),
 }
 
 

@@ -64,6 +64,18 @@ class ModelSpec:
         return name in self.inputs
 
     @property
+    def guides_decoding(self) -> bool:
+        """Whether the model takes a guide (TensorRT-LLM 0.19+'s guided_decoding_guide_type
+        input) and has a guided-decoding backend set in its config (xgrammar), without
+        which TensorRT-LLM refuses guided requests."""
+        backend = self.parameters.get("guided_decoding_backend", "").strip()
+        return (
+            self.accepts("guided_decoding_guide_type")
+            and bool(backend)
+            and not backend.startswith("${")  # fill_template.py left it unset
+        )
+
+    @property
     def echoes_prompt(self) -> bool:
         """Whether non-streamed output_ids start with the prompt (TRT-LLM 0.8 default)."""
         if "exclude_input_in_output" in self.inputs:

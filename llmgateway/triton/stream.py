@@ -69,12 +69,18 @@ SCALAR_FORMATS = {
 _INTEGER_TYPES = frozenset({"UINT8", "UINT32", "UINT64", "INT32", "INT64"})
 
 
-def _scalar_bytes(wire_type: str, value: bool | int | float) -> bytes | None:
+def _scalar_bytes(wire_type: str, value: bool | int | float | str) -> bytes | None:
     """One element packed as `wire_type`, or None where numpy must do it.
 
     A request carries a dozen one-element inputs; packing them directly costs a
-    fraction of building a numpy array for each.
+    fraction of building a numpy array for each. A string is one BYTES element:
+    its length (uint32, little-endian), then its UTF-8 bytes.
     """
+    if isinstance(value, str):
+        if wire_type != "BYTES":
+            raise TypeError(f"a string cannot be sent as {wire_type}")
+        data = value.encode()
+        return struct.pack("<I", len(data)) + data
     fmt = SCALAR_FORMATS.get(wire_type)
     if fmt is None:
         return None
@@ -87,7 +93,7 @@ def build_request(
     spec: ModelSpec,
     *,
     request_id: str,
-    inputs: dict[str, np.ndarray | bool | int | float],
+    inputs: dict[str, np.ndarray | bool | int | float | str],
     outputs: list[str],
 ) -> service_pb2.ModelInferRequest:
     """A request carrying only the inputs `spec` declares, cast to declared dtypes.

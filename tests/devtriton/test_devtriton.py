@@ -7,6 +7,7 @@ Triton core relies on, independently of the gateway.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import statistics
 import time
@@ -79,7 +80,11 @@ def build_inputs(prompt: list[int], max_tokens: int, **extra: Any) -> list[grpcc
         tensor("request_output_len", max_tokens),
     ]
     for name, value in extra.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, str):  # TYPE_STRING [1]
+            item = grpcclient.InferInput(name, [1, 1], "BYTES")
+            item.set_data_from_numpy(np.array([[value.encode()]], dtype=np.object_))
+            inputs.append(item)
+        elif isinstance(value, np.ndarray):
             inputs.append(tensor(name, value))
         elif isinstance(value, bool):
             inputs.append(tensor(name, value, np.bool_))
@@ -562,3 +567,90 @@ def test_committed_model_metadata() -> None:
     assert generation["eos_token_id"] == [im_end, endoftext]
     assert generation["bos_token_id"] == generation["pad_token_id"] == endoftext
     assert sum(p.stat().st_size for p in TOKENIZER_DIR.iterdir()) < 1_000_000
+
+
+# ---- guided decoding (recent interface, guided_decoding_backend set) -----------------------
+
+POINT = {
+    "type": "object",
+    "properties": {"x": {"type": "integer"}, "label": {"$ref": "#/$defs/Label"}},
+    "required": ["x", "label"],
+    "additionalProperties": False,
+    "$defs": {"Label": {"enum": ["near", "far"]}},
+}
+GUIDED = {"end_id": IM_END, "exclude_input_in_output": True}
+
+
+def test_a_scripted_answer_that_fits_the_schema_is_kept(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    answer = '{"x": 3, "label": "far"}'
+    out = generate(
+        client,
+        chat(f"[[say:{answer}]]"),
+        100,
+        guided_decoding_guide_type="json_schema",
+        guided_decoding_guide=json.dumps(POINT),
+        **GUIDED,
+    )
+    assert out.error is None and text_of(out.tokens()) == answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["hello", '{"x": "3", "label": "far"}', '{"x": 3}', '{"x": 3, "label": "far", "y": 1}'],
+)
+def test_an_answer_off_the_schema_becomes_an_instance_of_it(
+    client: grpcclient.InferenceServerClient, answer: str
+) -> None:
+    out = generate(
+        client,
+        chat(f"[[say:{answer}]]"),
+        100,
+        guided_decoding_guide_type="json_schema",
+        guided_decoding_guide=json.dumps(POINT),
+        seed=3,
+        **GUIDED,
+    )
+    value = json.loads(text_of(out.tokens()))
+    assert set(value) == {"x", "label"}
+    assert isinstance(value["x"], int) and value["label"] == "near"
+
+
+def test_a_json_guide_answers_json(client: grpcclient.InferenceServerClient) -> None:
+    answer = '{"a": [1, 2]}'
+    kept = generate(
+        client, chat(f"[[say:{answer}]]"), 50, guided_decoding_guide_type="json", **GUIDED
+    )
+    assert text_of(kept.tokens()) == answer
+    made = generate(client, chat("hi"), 100, guided_decoding_guide_type="json", **GUIDED)
+    assert isinstance(json.loads(text_of(made.tokens())), dict)
+
+
+@pytest.mark.parametrize(
+    ("guide", "error"),
+    [
+        ({"guided_decoding_guide_type": "yaml"}, "unknown guided_decoding_guide_type"),
+        ({"guided_decoding_guide_type": "json_schema"}, "needs guided_decoding_guide"),
+        (
+            {"guided_decoding_guide_type": "json_schema", "guided_decoding_guide": "{"},
+            "not a JSON schema",
+        ),
+        (
+            {"guided_decoding_guide_type": "regex", "guided_decoding_guide": "[0-9]+"},
+            "json and json_schema only",
+        ),
+    ],
+)
+def test_a_bad_guide_is_an_error_response(
+    client: grpcclient.InferenceServerClient, guide: dict[str, str], error: str
+) -> None:
+    out = generate(client, chat("hi"), 10, **guide, **GUIDED)
+    assert out.error is not None and error in out.error
+
+
+def test_v08_has_no_guided_decoding_inputs(client: grpcclient.InferenceServerClient) -> None:
+    out = generate(
+        client, chat("hi"), 10, model=V08, guided_decoding_guide_type="json", end_id=IM_END
+    )
+    assert out.error is not None and "unexpected inference input" in out.error

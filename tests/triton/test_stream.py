@@ -138,3 +138,50 @@ def test_requests_from_one_template_keep_their_own_ids_shapes_and_contents():
         list(third.inputs[2].shape) == [1, 1]
         and third.raw_input_contents[2] == np.int32(9).tobytes()
     )
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 8])
+def test_a_string_is_one_bytes_element_as_tritonclient_serialises_it(max_batch_size):
+    """Guided decoding's guide type and guide are TYPE_STRING [1] inputs."""
+    from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+    from llmgateway.triton.client import ModelSpec, TensorSpec
+
+    spec = ModelSpec(
+        "m",
+        {"guide": TensorSpec("guide", "BYTES", np.object_, (1,), True)},
+        frozenset(),
+        False,
+        max_batch_size,
+    )
+    text = '{"type": "object", "title": "naïve 你好 👍"}'
+    request = build_request(spec, request_id="r", inputs={"guide": text}, outputs=[])
+    [tensor], [raw] = request.inputs, request.raw_input_contents
+    assert tensor.datatype == "BYTES"
+    assert list(tensor.shape) == ([1, 1] if max_batch_size else [1])
+    assert raw == serialize_byte_tensor(np.array([text.encode()], dtype=np.object_)).item()
+    assert deserialize_bytes_tensor(raw).tolist() == [text.encode()]
+
+
+@pytest.mark.parametrize(
+    ("declared", "backend", "guides"),
+    [
+        (True, "xgrammar", True),
+        (True, "", False),  # TensorRT-LLM refuses guides without a backend
+        (True, "${guided_decoding_backend}", False),  # the template's placeholder, left unset
+        (False, "xgrammar", False),  # TensorRT-LLM 0.8: no guided-decoding inputs
+    ],
+)
+def test_a_model_guides_decoding_with_the_input_and_a_backend(declared, backend, guides):
+    from llmgateway.triton.client import parse_model_config
+
+    inputs = [{"name": "input_ids", "data_type": "TYPE_INT32", "dims": [-1]}]
+    if declared:
+        inputs.append(
+            {"name": "guided_decoding_guide_type", "data_type": "TYPE_STRING", "dims": [1]}
+        )
+    config = {
+        "input": inputs,
+        "parameters": {"guided_decoding_backend": {"string_value": backend}},
+    }
+    assert parse_model_config("m", config).guides_decoding is guides

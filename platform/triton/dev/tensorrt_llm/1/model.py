@@ -14,6 +14,12 @@ script the behaviour tests need:
 
 Content directives concatenate in order of appearance.
 
+Guided decoding (recent config, `guided_decoding_backend` set): with a `json` or
+`json_schema` guide the answer is the scripted one if it already fits the guide (a
+[[say:{...}]]), else a deterministic JSON instance of the schema, as if the grammar had
+held every token to it. (TensorRT-LLM's xgrammar masks the logits instead; this stands in
+for it, covering the schema keywords structured outputs use.)
+
 Images (Qwen-VL): input ids >= the tokenizer config.json's vocab_size are rows of
 ``prompt_embedding_table`` (row = id - vocab_size), as in TensorRT-LLM. Each run of
 them is one picture; its rows are read as the dev visual encoder's colour features
@@ -57,6 +63,7 @@ SAMPLING_INPUTS = (
     "presence_penalty",
     "frequency_penalty",
 )
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
 USER_TURN_RE = re.compile(r"<\|im_start\|>user\n(.*?)(?:<\|im_end\|>|$)", re.DOTALL)
 
 SUBJECTS = [
@@ -128,6 +135,8 @@ class Job:
     stop_words: list[list[int]] = field(default_factory=list)
     sampling: tuple[Any, ...] = ()
     pictures: list[str] = field(default_factory=list)  # descriptions of prompt-table images
+    # (guided_decoding_guide_type, the guide as sent, the parsed JSON schema or None)
+    guide: tuple[str, str | None, Any] | None = None
 
 
 @dataclass
@@ -154,6 +163,8 @@ class TritonPythonModel:
         self.declared = {item["name"] for item in config["input"]}
         self.default_exclude = params.get("exclude_input_in_output", "false").lower() == "true"
         self.max_beam_width = int(params.get("max_beam_width", "1") or 1)
+        backend = params.get("guided_decoding_backend", "")
+        self.guided_backend = "" if backend.startswith("${") else backend
         self.tokenizer = Tokenizer.from_file(
             os.path.join(params["tokenizer_dir"], "tokenizer.json")
         )
@@ -211,6 +222,40 @@ class TritonPythonModel:
             raise RequestError(f"{name}: expected one value, got shape {array.shape}")
         return flat[0].item()
 
+    def _text(self, request: Any, name: str) -> str | None:
+        """A one-element BYTES input as text."""
+        array = self._tensor(request, name)
+        if array is None:
+            return None
+        flat = np.asarray(array).reshape(-1)
+        if flat.size != 1:
+            raise RequestError(f"{name}: expected one value, got shape {array.shape}")
+        value = flat[0]
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def _guide(self, request: Any) -> tuple[str, str | None, Any] | None:
+        kind = self._text(request, "guided_decoding_guide_type")
+        if kind is None:
+            return None
+        if not self.guided_backend:
+            raise RequestError(
+                "guided decoding is not enabled: the model config sets no guided_decoding_backend"
+            )
+        if kind not in GUIDE_TYPES:
+            raise RequestError(f"unknown guided_decoding_guide_type {kind!r}")
+        guide = self._text(request, "guided_decoding_guide")
+        if kind != "json" and guide is None:
+            raise RequestError(f"guided_decoding_guide_type {kind!r} needs guided_decoding_guide")
+        if kind not in ("json", "json_schema"):
+            raise RequestError(f"the dev model guides json and json_schema only, not {kind!r}")
+        schema = None
+        if kind == "json_schema":
+            try:
+                schema = json.loads(guide or "")
+            except json.JSONDecodeError as exc:
+                raise RequestError(f"guided_decoding_guide is not a JSON schema: {exc}") from exc
+        return kind, guide, schema
+
     def _is_stop_request(self, request: Any) -> bool:
         return "stop" in self.declared and bool(self._scalar(request, "stop", False))
 
@@ -244,6 +289,7 @@ class TritonPythonModel:
             self._scalar(request, name, None) for name in SAMPLING_INPUTS
         )
         job.pictures = self._pictures(request, prompt)
+        job.guide = self._guide(request)
         self._validate(job)
         return job
 
@@ -328,7 +374,8 @@ class TritonPythonModel:
     # ---- the worker --------------------------------------------------------------------
 
     def _run(self, job: Job, sender: Any) -> None:
-        self._event("start", job, prompt_tokens=len(job.prompt), time=time.time())
+        guide = list(job.guide[:2]) if job.guide else None
+        self._event("start", job, prompt_tokens=len(job.prompt), time=time.time(), guide=guide)
         flag = self._register(job.request_id)
         try:
             sequences = self._sequences(job)
@@ -353,7 +400,9 @@ class TritonPythonModel:
     def _tokens_for(self, job: Job, script: Script, index: int) -> list[int]:
         """The full token plan of one beam/sequence, already cut to request_output_len."""
         key = (script.turn, job.sampling, index)
-        if script.segments:
+        if job.guide is not None:
+            answer = self._guided(job.guide, script, key)
+        elif script.segments:
             answer = [tok for segment in script.segments for tok in segment]
             if index:
                 answer = self.tokenizer.encode(f"Variant {index}: ").ids + answer
@@ -368,6 +417,17 @@ class TritonPythonModel:
         if len(answer) >= job.max_tokens:
             return answer[: job.max_tokens]
         return answer + [job.end_id]
+
+    def _guided(self, guide: tuple[str, str | None, Any], script: Script, key: Any) -> list[int]:
+        """The scripted answer if it fits the guide, else an instance of the guide."""
+        if script.segments:
+            answer = [tok for segment in script.segments for tok in segment]
+            if guide_fits(guide, self.tokenizer.decode(answer)):
+                return answer
+        rng = random.Random(_digest(("guide", key)))
+        schema = guide[2] if guide[2] is not None else {"properties": {"answer": {}}}
+        instance = schema_instance(schema, schema, rng, depth=0)
+        return self.tokenizer.encode(json.dumps(instance, ensure_ascii=False)).ids
 
     def _filler(self, key: tuple[Any, ...], count: int) -> list[int]:
         """`count` tokens of readable words, deterministic in `key`."""
@@ -693,6 +753,116 @@ def tool_call(turn: str, start: int, prompt: str) -> str:
     if "<tool_call>" in prompt:
         return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
     return f"Thought: I should call {name}.\nAction: {name}\nAction Input: {arguments}"
+
+
+# ---- guided decoding: which JSON fits a schema, and one that does ------------------------
+
+
+def guide_fits(guide: tuple[str, str | None, Any], text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if guide[0] == "json":
+        return isinstance(value, (dict, list))
+    return schema_fits(guide[2], value, guide[2])
+
+
+def _resolve(schema: Any, root: Any) -> Any:
+    """Follow local $refs ("#/$defs/Name")."""
+    seen = 0
+    while isinstance(schema, dict) and "$ref" in schema and seen < 32:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#").strip("/").split("/"):
+            if part:
+                target = target[part]
+        schema, seen = target, seen + 1
+    return schema
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    return isinstance(value, types.get(kind, object))
+
+
+def schema_fits(schema: Any, value: Any, root: Any) -> bool:
+    """Whether `value` fits `schema`: type, enum, const, properties, required,
+    additionalProperties, items, anyOf/oneOf/allOf and local $refs."""
+    schema = _resolve(schema, root)
+    if schema is True or schema == {}:
+        return True
+    if not isinstance(schema, dict):
+        return False
+    if "const" in schema and value != schema["const"]:
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    for key in ("anyOf", "oneOf"):
+        if key in schema and not any(schema_fits(s, value, root) for s in schema[key]):
+            return False
+    if not all(schema_fits(s, value, root) for s in schema.get("allOf", ())):
+        return False
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is_type(value, kind) for kind in kinds):
+            return False
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        if any(name not in value for name in schema.get("required", ())):
+            return False
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            rule = properties.get(name, extra)
+            if rule is False or (isinstance(rule, dict) and not schema_fits(rule, item, root)):
+                return False
+    if isinstance(value, list) and "items" in schema:
+        return all(schema_fits(schema["items"], item, root) for item in value)
+    return True
+
+
+def schema_instance(schema: Any, root: Any, rng: random.Random, depth: int) -> Any:
+    """A deterministic value that fits `schema` (all properties, one item per array)."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return schema_instance(schema[key][0], root, rng, depth)
+    kinds = schema.get("type")
+    if isinstance(kinds, list):
+        kinds = next((kind for kind in kinds if kind != "null"), "null")
+    if kinds is None:
+        kinds = "object" if "properties" in schema else "string"
+    if kinds == "object":
+        properties = schema.get("properties", {})
+        # Deep in a recursive schema, only what is required.
+        names = properties if depth < 6 else schema.get("required", ())
+        return {name: schema_instance(properties[name], root, rng, depth + 1) for name in names}
+    if kinds == "array":
+        count = max(int(schema.get("minItems", 1 if depth < 6 else 0)), 0)
+        return [
+            schema_instance(schema.get("items", {}), root, rng, depth + 1) for _ in range(count)
+        ]
+    if kinds == "integer":
+        low = int(schema.get("minimum", 0))
+        return rng.randint(low, max(low, int(schema.get("maximum", low + 100))))
+    if kinds == "number":
+        low = float(schema.get("minimum", 0))
+        return round(rng.uniform(low, max(low, float(schema.get("maximum", low + 100)))), 2)
+    if kinds == "boolean":
+        return rng.random() < 0.5
+    if kinds == "null":
+        return None
+    return rng.choice(OBJECTS)
 
 
 def _int(arg: str | None, name: str) -> int:
