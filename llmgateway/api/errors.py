@@ -221,6 +221,8 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
     param = param_format(path)
     if error["type"] == "missing":
         return missing(param)
+    if error["type"] == "literal_error" and all(e["type"] == "literal_error" for *_, e in same):
+        return _unsupported_value(value, error["ctx"]["expected"], param)
     expected = list(dict.fromkeys(_EXPECTED.get(e["type"], "") for p, _, e in same if p == path))
     if all(expected):
         wanted = expected[0] if len(expected) == 1 else "one of " + " or ".join(expected)
@@ -230,6 +232,17 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
             code="invalid_type",
         )
     return invalid(_validation_message(error, param), param)
+
+
+def _unsupported_value(value: Any, expected: str, param: str | None) -> APIError:
+    """OpenAI's "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'." from
+    pydantic's list of a Literal's values ("'a', 'b' or 'c'")."""
+    head, _, last = expected.rpartition(" or ")
+    values = f"{head}, and {last}" if "," in head else f"{head} and {last}" if head else last
+    shown = f"'{value}'" if isinstance(value, str) else orjson.dumps(value).decode()
+    return invalid(
+        f"Invalid value: {shown}. Supported values are: {values}.", param, code="invalid_value"
+    )
 
 
 def _validation_message(error: dict[str, Any], param: str | None) -> str:

@@ -127,6 +127,7 @@ def params_build(
     max_tokens: int,
     extra_stops: tuple[str, ...] = (),
     logprobs: bool = False,
+    guide: tuple[str, str | None] | None = None,
 ) -> SamplingParams:
     top_k = _or(payload.top_k, config.default_top_k)
     top_p = _or(payload.top_p, config.default_top_p)
@@ -146,6 +147,7 @@ def params_build(
         min_tokens=payload.min_tokens,
         stop=_stops(payload.stop) + extra_stops,
         logprobs=logprobs,
+        guide=guide,
     )
 
 
@@ -206,11 +208,7 @@ def chat_validate(payload: ChatCompletionIn) -> None:
             "logprob. Use logprobs=true with top_logprobs 0 or unset.",
             "top_logprobs",
         )
-    if payload.response_format is not None and payload.response_format.type != "text":
-        raise invalid(
-            f"response_format {payload.response_format.type!r} is not supported; only 'text'.",
-            "response_format",
-        )
+    response_format_validate(payload)
     if payload.tools and payload.functions:
         raise invalid("Send either tools or functions, not both.", "functions")
     choice = payload.tool_choice
@@ -231,6 +229,72 @@ def chat_validate(payload: ChatCompletionIn) -> None:
             f"function_call names the function {legacy.name!r}, which is not in functions.",
             "function_call",
         )
+
+
+# OpenAI's message, word for word.
+JSON_WORD_MISSING = (
+    "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+    "'json_object'."
+)
+# What JSON mode guarantees: a JSON object.
+ANY_OBJECT = '{"type": "object"}'
+
+
+def _mentions_json(messages: list[Message]) -> bool:
+    for message in messages:
+        content = message.content
+        texts = [content] if isinstance(content, str) else [p.text for p in content or ()]
+        if any(text and "json" in text.lower() for text in texts):
+            return True
+    return False
+
+
+def response_format_validate(payload: ChatCompletionIn) -> None:
+    """What OpenAI checks of response_format, and what guided decoding cannot do."""
+    fmt = payload.response_format
+    if fmt is None or fmt.type == "text":
+        return
+    if fmt.type == "json_object" and not _mentions_json(payload.messages):
+        raise invalid(JSON_WORD_MISSING, "messages")
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise missing("response_format.json_schema")
+    tools = payload.tools if payload.tool_choice != "none" else None
+    if tools or (payload.functions and payload.function_call != "none"):
+        # A guide holds every token to the schema, so the model could not call a tool.
+        raise invalid(
+            f"response_format {fmt.type!r} cannot be combined with tools on this server: "
+            "guided decoding keeps the answer to the format, so the model could not call a "
+            "tool. Send tool_choice 'none', or leave response_format unset.",
+            "response_format",
+        )
+
+
+def response_guide(payload: ChatCompletionIn) -> tuple[str, str | None] | None:
+    """The TensorRT-LLM guide for the request's response_format (validated), or None.
+
+    JSON mode is the schema {"type": "object"}: OpenAI promises an object, and
+    TensorRT-LLM's plain `json` guide would also let an array through.
+    """
+    fmt = payload.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = fmt.json_schema.json_schema if fmt.json_schema is not None else None
+    if fmt.type == "json_object" or schema is None:
+        return ("json_schema", ANY_OBJECT)
+    return ("json_schema", orjson.dumps(schema).decode())
+
+
+async def guide_check(payload: ChatCompletionIn, config: ModelConfig, engine: Engine) -> None:
+    """A response_format needs a model that guides decoding (a 400 otherwise)."""
+    fmt = payload.response_format
+    if fmt is None or fmt.type == "text" or (await engine.spec()).guides_decoding:
+        return
+    raise invalid(
+        f"response_format {fmt.type!r} needs guided decoding, which model {config.name!r} "
+        "does not offer: its Triton model needs TensorRT-LLM 0.19 or later with "
+        "guided_decoding_backend set (xgrammar).",
+        "response_format",
+    )
 
 
 def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextModel) -> ToolPlan:
@@ -432,6 +496,7 @@ def chat_prepare(
         max_tokens=max_tokens,
         extra_stops=plan.stops,
         logprobs=bool(payload.logprobs),
+        guide=response_guide(payload),
     )
     gen_request = GenerationRequest(
         prompt_ids=prompt_ids,
@@ -460,6 +525,8 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn) -> H
     _log_ignored(payload, "/v1/chat/completions")
     chat_validate(payload)
     config, engine = await model_resolve(name=payload.model)
+    if payload.response_format is not None:
+        await guide_check(payload, config, engine)
     job = chat_prepare(payload, config=config, engine=engine, request_id=request.request_id)
     return await job_run(request, job, engine, ChatShaper(job, engine))
 

@@ -139,8 +139,17 @@ class NamedToolChoice(OpenAISchema):
     function: NamedFunction
 
 
+class JSONSchemaFormat(OpenAISchema):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    # `schema` would shadow a BaseModel attribute.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(OpenAISchema):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class SamplingIn(OpenAISchema):
