@@ -25,6 +25,7 @@ from llmgateway.api.openai_schemas import (
     CompletionIn,
     ContentPart,
     FunctionCall,
+    FunctionDef,
     Message,
     NamedFunction,
     NamedToolChoice,
@@ -284,21 +285,64 @@ def response_guide(payload: ChatCompletionIn) -> tuple[str, str | None] | None:
     return ("json_schema", orjson.dumps(schema).decode())
 
 
-async def guide_check(payload: ChatCompletionIn, config: ModelConfig, engine: Engine) -> None:
-    """A response_format needs a model that guides decoding (a 400 otherwise)."""
-    fmt = payload.response_format
-    if fmt is None or fmt.type == "text" or (await engine.spec()).guides_decoding:
-        return
-    raise invalid(
-        f"response_format {fmt.type!r} needs guided decoding, which model {config.name!r} "
-        "does not offer: its Triton model needs TensorRT-LLM 0.19 or later with "
-        "guided_decoding_backend set (xgrammar).",
-        "response_format",
+def _forces_call(payload: ChatCompletionIn) -> bool:
+    """tool_choice required or a named function (or the legacy function_call's name)."""
+    if payload.functions:
+        return isinstance(payload.function_call, NamedFunction)
+    return bool(payload.tools) and (
+        payload.tool_choice == "required" or isinstance(payload.tool_choice, NamedToolChoice)
     )
 
 
-def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextModel) -> ToolPlan:
-    """The request's tools, their definitions' control tokens quoted (TextModel.quote)."""
+async def guide_check(payload: ChatCompletionIn, config: ModelConfig, engine: Engine) -> bool:
+    """Whether the request's decoding is guided. A response_format needs a model that
+    guides decoding (a 400 otherwise); a forced tool call is guided where the model can."""
+    kind = payload.response_format.type if payload.response_format else "text"
+    if kind == "text" and not _forces_call(payload):
+        return False
+    guides = (await engine.spec()).guides_decoding
+    if kind != "text" and not guides:
+        raise invalid(
+            f"response_format {kind!r} needs guided decoding, which model {config.name!r} "
+            "does not offer: its Triton model needs TensorRT-LLM 0.19 or later with "
+            "guided_decoding_backend set (xgrammar).",
+            "response_format",
+        )
+    return guides
+
+
+def _parameters(function: FunctionDef) -> dict[str, Any]:
+    return function.parameters or {"type": "object"}
+
+
+def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str]:
+    """The guide for a forced call: the named function's parameters, or the calls as
+    {"name", "arguments"} objects (an array of them when calls may be parallel)."""
+    functions = [t.function for t in payload.tools] if payload.tools else payload.functions or []
+    if plan.named is not None:
+        schema = _parameters(next(f for f in functions if f.name == plan.named))
+    else:
+        calls = [
+            {
+                "type": "object",
+                "properties": {"name": {"enum": [f.name]}, "arguments": _parameters(f)},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for f in functions
+        ]
+        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        if plan.parallel:
+            schema = {"type": "array", "items": schema, "minItems": 1}
+    return ("json_schema", orjson.dumps(schema).decode())
+
+
+def tool_plan_build(
+    payload: ChatCompletionIn, config: ModelConfig, text: TextModel, *, guided: bool = False
+) -> ToolPlan:
+    """The request's tools, their definitions' control tokens quoted (TextModel.quote).
+    With `guided`, a forced call is written under guided decoding (ToolPlan.guided)."""
+    guided = guided and _forces_call(payload)
     if payload.functions:
         choice = payload.function_call
         return ToolPlan(
@@ -309,6 +353,7 @@ def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextMo
             choice="named" if isinstance(choice, NamedFunction) else (choice or "auto"),
             named=choice.name if isinstance(choice, NamedFunction) else None,
             legacy=True,
+            guided=guided,
         )
     choice = payload.tool_choice
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
@@ -321,6 +366,7 @@ def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextMo
         choice="named" if named else (choice or "auto"),  # type: ignore[arg-type]
         named=named,
         parallel=payload.parallel_tool_calls is not False,
+        guided=guided,
     )
 
 
@@ -470,9 +516,15 @@ def messages_quote(messages: list[Message], text: TextModel) -> list[Message]:
 
 
 def chat_prepare(
-    payload: ChatCompletionIn, *, config: ModelConfig, engine: Engine, request_id: str
+    payload: ChatCompletionIn,
+    *,
+    config: ModelConfig,
+    engine: Engine,
+    request_id: str,
+    guided: bool = False,
 ) -> Job:
-    plan = tool_plan_build(payload, config, engine.text)
+    """`guided`: the model guides decoding and the request wants it (guide_check)."""
+    plan = tool_plan_build(payload, config, engine.text, guided=guided)
     quoted = messages_quote(payload.messages, engine.text)
     vision = vision_chat_plan(config=config, engine=engine, messages=quoted)
     messages = messages_normalize(vision.messages if vision else quoted)
@@ -496,7 +548,7 @@ def chat_prepare(
         max_tokens=max_tokens,
         extra_stops=plan.stops,
         logprobs=bool(payload.logprobs),
-        guide=response_guide(payload),
+        guide=call_guide(payload, plan) if plan.guided else response_guide(payload),
     )
     gen_request = GenerationRequest(
         prompt_ids=prompt_ids,
@@ -525,9 +577,10 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn) -> H
     _log_ignored(payload, "/v1/chat/completions")
     chat_validate(payload)
     config, engine = await model_resolve(name=payload.model)
-    if payload.response_format is not None:
-        await guide_check(payload, config, engine)
-    job = chat_prepare(payload, config=config, engine=engine, request_id=request.request_id)
+    guided = await guide_check(payload, config, engine)
+    job = chat_prepare(
+        payload, config=config, engine=engine, request_id=request.request_id, guided=guided
+    )
     return await job_run(request, job, engine, ChatShaper(job, engine))
 
 

@@ -27,8 +27,7 @@ from llmgateway.engine import (
 )
 from llmgateway.generation import ChoiceResult, deltas
 from llmgateway.textgen.tools import (
-    FirstCallOnly,
-    OutputParser,
+    Parser,
     ToolCallDelta,
     ToolPlan,
     answer_parse,
@@ -71,7 +70,7 @@ class Job:
             stream=self.stream,
         )
 
-    def parser(self) -> OutputParser | FirstCallOnly | None:
+    def parser(self) -> Parser | None:
         if self.plan is None:
             return None
         return parser_for(self.plan, continues_thought=self.continues_thought)

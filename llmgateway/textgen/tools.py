@@ -68,7 +68,10 @@ class ToolPlan:
     `functions` are OpenAI function definitions ({name, description, parameters});
     `choice` is none, auto, required or named (then `named` is the function).
     `legacy` answers with `function_call` instead of `tool_calls`. Without `parallel`
-    (`parallel_tool_calls: false`) an answer keeps its first call only.
+    (`parallel_tool_calls: false`) an answer keeps its first call only. `guided`: a
+    required or named call that guided decoding writes as JSON (the named function's
+    arguments; for required, the calls as {"name", "arguments"} objects, an array of
+    them when parallel), read by the guided parsers instead of the format's.
     """
 
     format: str
@@ -77,6 +80,7 @@ class ToolPlan:
     named: str | None = None
     legacy: bool = False
     parallel: bool = True
+    guided: bool = False
 
     @property
     def active(self) -> bool:
@@ -91,7 +95,8 @@ class ToolPlan:
 
     @property
     def stops(self) -> tuple[str, ...]:
-        return (REACT_STOP,) if self.active and self.format == "react" else ()
+        react = self.active and self.format == "react" and not self.guided
+        return (REACT_STOP,) if react else ()
 
     def finish_reason(self, engine_reason: str | None, called: bool) -> str | None:
         """OpenAI's reason: tool_calls (function_call) for auto/required, stop when named."""
@@ -510,11 +515,92 @@ class ReactParser(OutputParser):
         return out
 
 
+class GuidedArgumentsParser:
+    """A named call whose arguments are the whole answer (guided decoding held it to
+    the function's parameters): the call opens with the first text, which streams on
+    as its arguments."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    def feed(self, text: str) -> list[Event]:
+        out: list[Event] = []
+        if text and not self.calls:
+            out.append(ToolCallDelta(0, id=new_call_id(), name=self.name))
+            self.calls = 1
+        if text:
+            out.append(ToolCallDelta(0, arguments=text))
+        return out
+
+    def finish(self) -> list[Event]:
+        if self.calls:
+            return []
+        self.calls = 1
+        return [ToolCallDelta(0, id=new_call_id(), name=self.name)]
+
+
+class GuidedCallsParser:
+    """Calls guided decoding wrote as {"name", "arguments"} objects, one or an array of
+    them. Each call goes out, whole, once its object is complete; one that `max_tokens`
+    cut short is dropped."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._buffer = ""
+        self._array: bool | None = None
+        self._scanner: _JSONValueScanner | None = None
+        self._item = ""
+
+    def feed(self, text: str) -> list[Event]:
+        out: list[Event] = []
+        self._buffer += text
+        while self._buffer:
+            if self._array is None:
+                self._buffer = self._buffer.lstrip()
+                if not self._buffer:
+                    break
+                self._array = self._buffer[0] == "["
+                if self._array:
+                    self._buffer = self._buffer[1:]
+            if self._scanner is None:
+                self._buffer = self._buffer.lstrip(" \t\r\n,")
+                if not self._buffer or self._buffer[0] == "]":
+                    self._buffer = ""
+                    break
+                self._scanner, self._item = _JSONValueScanner(), ""
+            used = self._scanner.feed(self._buffer)
+            self._item += self._buffer[:used]
+            self._buffer = self._buffer[used:]
+            if not self._scanner.done:
+                break
+            self._scanner = None
+            self._emit(self._item, out)
+            if not self._array:
+                self._buffer = ""
+        return out
+
+    def finish(self) -> list[Event]:
+        return []
+
+    def _emit(self, item: str, out: list[Event]) -> None:
+        try:
+            call = json.loads(item)
+        except ValueError:
+            return
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return
+        arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False)
+        out.append(ToolCallDelta(self.calls, id=new_call_id(), name=call["name"]))
+        out.append(ToolCallDelta(self.calls, arguments=arguments))
+        self.calls += 1
+
+
 class FirstCallOnly:
     """An answer's events without the tool calls after its first (parallel_tool_calls:
     false); content passes as it is."""
 
-    def __init__(self, inner: OutputParser) -> None:
+    def __init__(self, inner: OutputParser | GuidedCallsParser) -> None:
         self.inner = inner
 
     def feed(self, text: str) -> list[Event]:
@@ -528,14 +614,19 @@ class FirstCallOnly:
         return [e for e in events if isinstance(e, str) or e.index == 0]
 
 
-def parser_for(
-    plan: ToolPlan, *, continues_thought: bool = False
-) -> OutputParser | FirstCallOnly | None:
+Parser = OutputParser | GuidedArgumentsParser | GuidedCallsParser | FirstCallOnly
+
+
+def parser_for(plan: ToolPlan, *, continues_thought: bool = False) -> Parser | None:
     """The parser for one choice's answer, or None when tools are not in play."""
     if not plan.active:
         return None
-    parser: OutputParser
-    if plan.format == "react":
+    if plan.guided and plan.named is not None:
+        return GuidedArgumentsParser(plan.named)
+    parser: OutputParser | GuidedCallsParser
+    if plan.guided:
+        parser = GuidedCallsParser()
+    elif plan.format == "react":
         parser = ReactParser(continues_thought=continues_thought)
     else:
         parser = HermesParser()
@@ -548,7 +639,7 @@ class ParsedAnswer:
     calls: list[ToolCallDelta] = field(default_factory=list)
 
 
-def answer_parse(parser: OutputParser | FirstCallOnly, text: str) -> ParsedAnswer:
+def answer_parse(parser: Parser, text: str) -> ParsedAnswer:
     """A whole (non-streamed) answer: its content and complete tool calls."""
     answer = ParsedAnswer(content="")
     content: list[str] = []

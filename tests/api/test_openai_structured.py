@@ -249,3 +249,144 @@ def test_the_sdk_surfaces_a_refusal_as_bad_request(client):
             model=V08_MODEL, messages=user("json"), response_format=Weather
         )
     assert caught.value.body["param"] == "response_format"
+
+
+# ---- forced tool calls: tool_choice required or named, held to the tools' schemas ------
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+FORECAST_TOOL = {"type": "function", "function": {"name": "forecast", "parameters": CITY}}
+CLOCK_TOOL = {"type": "function", "function": {"name": "clock"}}  # no parameters
+NAMED = {"type": "function", "function": {"name": "forecast"}}
+
+
+def forced(client, devtriton, **fields):
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, tools=[FORECAST_TOOL, CLOCK_TOOL], max_tokens=300, **fields
+    )
+    return raw.parse(), sent_guides(devtriton, raw.headers["x-request-id"])
+
+
+def test_a_named_call_is_its_functions_arguments_held_to_their_schema(client, devtriton):
+    answer = '{"city": "Zürich", "days": 3}'
+    completion, guides = forced(
+        client, devtriton, messages=user(f"[[say:{answer}]]"), tool_choice=NAMED
+    )
+    assert guides == [["json_schema", json.dumps(CITY, separators=(",", ":"))]]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"  # OpenAI's reason for a named tool_choice
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("forecast", answer)
+    # Free text cannot come out: the arguments fit the schema whatever the model says.
+    completion, _ = forced(client, devtriton, messages=user("hello"), tool_choice=NAMED)
+    arguments = json.loads(completion.choices[0].message.tool_calls[0].function.arguments)
+    assert set(arguments) <= {"city", "days"} and isinstance(arguments["city"], str)
+
+
+def test_a_streamed_named_call_joins_to_the_non_streamed_one(client):
+    from tests.api.test_openai_tools import streamed_calls
+
+    body = dict(
+        model=CHAT_MODEL,
+        messages=user('[[say:{"city": "東京", "days": 2}]]'),
+        tools=[FORECAST_TOOL],
+        tool_choice=NAMED,
+    )
+    whole = client.chat.completions.create(**body).choices[0].message.tool_calls[0]
+    calls, content = streamed_calls(client.chat.completions.create(**body, stream=True))
+    assert content == ""
+    assert [(c["name"], c["args"]) for c in calls.values()] == [
+        (whole.function.name, whole.function.arguments)
+    ]
+
+
+def test_required_calls_are_an_array_of_calls_of_the_offered_functions(client, devtriton):
+    calls = [
+        {"name": "clock", "arguments": {}},
+        {"name": "forecast", "arguments": {"city": "Oslo"}},
+    ]
+    completion, [(kind, guide)] = forced(
+        client, devtriton, messages=user(f"[[say:{json.dumps(calls)} ]]"), tool_choice="required"
+    )
+    schema = json.loads(guide)
+    assert kind == "json_schema" and schema["type"] == "array" and schema["minItems"] == 1
+    assert [item["properties"]["name"] for item in schema["items"]["anyOf"]] == [
+        {"enum": ["forecast"]},
+        {"enum": ["clock"]},
+    ]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    got = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert got == [(c["name"], c["arguments"]) for c in calls]
+    assert len({c.id for c in choice.message.tool_calls}) == 2
+
+
+def test_required_without_parallel_calls_is_one_call(client, devtriton):
+    completion, [(_, guide)] = forced(
+        client,
+        devtriton,
+        messages=user("anything"),
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    schema = json.loads(guide)
+    assert "anyOf" in schema and "items" not in schema  # one call object, not an array
+    [call] = completion.choices[0].message.tool_calls
+    assert call.function.name == "forecast"  # the dev model's instance: the first function
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_streamed_required_calls_join_to_the_non_streamed_ones(client):
+    from tests.api.test_openai_tools import streamed_calls
+
+    body = dict(
+        model=CHAT_MODEL,
+        messages=user("call both"),
+        tools=[FORECAST_TOOL, CLOCK_TOOL],
+        tool_choice="required",
+        seed=4,
+    )
+    whole = client.chat.completions.create(**body).choices[0].message.tool_calls
+    calls, content = streamed_calls(client.chat.completions.create(**body, stream=True))
+    assert content == ""
+    assert [(c["name"], c["args"]) for c in calls.values()] == [
+        (c.function.name, c.function.arguments) for c in whole
+    ]
+
+
+def test_a_named_legacy_function_call_is_guided_too(client, devtriton):
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL,
+        messages=user('[[say:{"city": "Lima"}]]'),
+        functions=[FORECAST_TOOL["function"]],
+        function_call={"name": "forecast"},
+    )
+    message = raw.parse().choices[0].message
+    assert (message.function_call.name, message.function_call.arguments) == (
+        "forecast",
+        '{"city": "Lima"}',
+    )
+    assert sent_guides(devtriton, raw.headers["x-request-id"])[0][0] == "json_schema"
+
+
+def test_auto_tool_choice_and_models_without_guides_are_not_guided(client, devtriton):
+    """auto leaves the choice to the model, so nothing is forced; TensorRT-LLM 0.8 has
+    no guided decoding, so a forced call is asked for in the prompt alone."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, messages=user("hi"), tools=[FORECAST_TOOL], max_tokens=5
+    )
+    assert sent_guides(devtriton, raw.headers["x-request-id"]) == [None]
+    raw = client.chat.completions.with_raw_response.create(
+        model=V08_MODEL,
+        messages=user('[[tool:forecast:{"city": "Rome"}]]'),
+        tools=[FORECAST_TOOL],
+        tool_choice=NAMED,
+    )
+    assert sent_guides(devtriton, raw.headers["x-request-id"]) == [None]
+    call = raw.parse().choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"city": "Rome"}

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from llmgateway.textgen.tools import HermesParser, ReactParser, ToolCallDelta, answer_parse
+from llmgateway.textgen.tools import (
+    GuidedArgumentsParser,
+    GuidedCallsParser,
+    HermesParser,
+    ReactParser,
+    ToolCallDelta,
+    answer_parse,
+)
 
 HERMES_CALL = (
     '<tool_call>\n{"name": "get_weather", "arguments": '
@@ -41,6 +48,15 @@ CASES = [
     (ReactParser, "Thought: I now know the final answer\nFinal Answer: Sunny, 18."),
     (ReactParser, "Plain answer with Action: inside."),
     (ReactParser, "Thou"),
+    # Forced calls under guided decoding: arguments alone, or {"name", "arguments"} objects.
+    (lambda: GuidedArgumentsParser("get_weather"), '{"city": "Par]}is", "n": [1, 2]}'),
+    (lambda: GuidedArgumentsParser("get_weather"), ""),
+    (GuidedCallsParser, '{"name": "f", "arguments": {"a": "}]"}}'),
+    (
+        GuidedCallsParser,
+        ' [ {"name": "f", "arguments": {"a": 1}} ,\n{"name": "g", "arguments": {}}]',
+    ),
+    (GuidedCallsParser, '[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "argu'),  # cut short
 ]
 
 
@@ -70,3 +86,33 @@ def test_parsed_calls():
     assert final.content == "Sunny." and not final.calls
     cont = answer_parse(ReactParser(continues_thought=True), " I now know\nFinal Answer: 18")
     assert cont.content == "18"
+
+
+def test_guided_calls():
+    named = answer_parse(GuidedArgumentsParser("get_weather"), '{"city": "Paris"}')
+    assert named.content == ""
+    assert [(c.index, c.name, c.arguments) for c in named.calls] == [
+        (0, "get_weather", '{"city": "Paris"}')
+    ]
+    # Nothing generated (max_tokens reached at once) is still the named call, empty.
+    assert [(c.name, c.arguments) for c in answer_parse(GuidedArgumentsParser("f"), "").calls] == [
+        ("f", "")
+    ]
+    text = '[{"name": "f", "arguments": {"a": "你好"}}, {"name": "g", "arguments": {}}]'
+    calls = answer_parse(GuidedCallsParser(), text).calls
+    assert [(c.index, c.name, json.loads(c.arguments)) for c in calls] == [
+        (0, "f", {"a": "你好"}),
+        (1, "g", {}),
+    ]
+    one = answer_parse(GuidedCallsParser(), '{"name": "g", "arguments": {"b": [true]}}').calls
+    assert [(c.name, json.loads(c.arguments)) for c in one] == [("g", {"b": [True]})]
+    # A call that max_tokens cut short is dropped; the complete ones before it stay.
+    cut = answer_parse(GuidedCallsParser(), '[{"name": "f", "arguments": {}}, {"name": "g", "ar')
+    assert [c.name for c in cut.calls] == ["f"]
+
+
+def test_a_guided_call_goes_out_as_soon_as_its_object_closes():
+    parser = GuidedCallsParser()
+    assert parser.feed('[{"name": "f", "arguments": {"a": 1}') == []
+    events = parser.feed("}, {")
+    assert [(e.index, e.name) for e in events if e.id] == [(0, "f")]
