@@ -503,6 +503,10 @@ class BatchGeneration:
         self.generations = generations
 
     @property
+    def engine(self) -> Engine:
+        return self.generations[0].engine
+
+    @property
     def choice_count(self) -> int:
         return sum(g.choice_count for g in self.generations)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from llmgateway import background
+from llmgateway import background, metrics
 from llmgateway.accounting import Admission, Outcome
 from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
 from llmgateway.api.sse import DONE, event
@@ -161,15 +161,26 @@ async def settle(
     so a client's next request never meets its previous reservation still held.
 
     An admission that records nothing (the platform off) is not settled at all:
-    spawning and awaiting its no-op cost a non-streamed response ~0.09 ms.
+    spawning and awaiting its no-op cost a non-streamed response ~0.09 ms. The
+    metrics count every generation either way.
     """
+    first = generation.first_token_at
+    usage = generation.usage
+    metrics.generation_settled(
+        model=generation.engine.name,
+        streamed=streamed,
+        status=status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        time_to_first_token=(first - started) if first is not None else None,
+        duration=time.monotonic() - started,
+    )
     if not admission.records:
         return
-    first = generation.first_token_at
     reasons = set(finish_reasons)
     outcome = Outcome(
         status=status,
-        usage=generation.usage,
+        usage=usage,
         finish_reason=reasons.pop() if len(reasons) == 1 else None,
         error_type=error_type,
         streamed=streamed,

@@ -178,6 +178,8 @@ MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
 # (the SDKs' dangerouslyAllowBrowser): "*" for any, a comma-separated list, or empty for
 # none. Keys travel in the Authorization header, never in cookies, so no credentials mode.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", ["*"])
+# GET /metrics, Prometheus's format, open without a key like /health (llmgateway/metrics.py).
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
 
 # The managed platform (accounts/): API keys on every inference route, per-key quotas,
 # request logs. Off only to measure the bare gateway (the bench's comparison).

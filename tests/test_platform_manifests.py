@@ -294,6 +294,20 @@ def test_k8s_gateway_probes_and_port():
         assert named.get(p["targetPort"], p["targetPort"]) == port
 
 
+def test_k8s_gateway_is_scraped_where_it_serves_metrics():
+    from django.urls import resolve
+
+    template = _gateway_deployment()["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == _served_port()
+    path = annotations["prometheus.io/path"]
+    assert resolve(path).route == path.lstrip("/")  # a route the gateway serves
+    # The multiprocess directory of several workers goes under /tmp: writable there.
+    (container,) = template["spec"]["containers"]
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
 def test_k8s_gateway_runs_as_the_image_user_read_only():
     pod = _gateway_deployment()["spec"]["template"]["spec"]
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -1,13 +1,16 @@
-"""Liveness and readiness, open without a key."""
+"""Liveness, readiness and metrics, open without a key."""
 
 from __future__ import annotations
 
 import asyncio
 
+from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
+from llmgateway import metrics
+from llmgateway.api.errors import not_found_response
 from llmgateway.db import orm
 from llmgateway.services import model_list
 from llmgateway.triton.client import get_backend
@@ -56,3 +59,11 @@ async def ready(request: HttpRequest) -> JsonResponse:
     if not ok:
         response["retry-after"] = "1"
     return response
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus's text format (llmgateway/metrics.py); 404 with METRICS_ENABLED off."""
+    if not settings.METRICS_ENABLED:
+        return not_found_response(request)
+    return metrics.exposition(request)

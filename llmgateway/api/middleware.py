@@ -19,9 +19,10 @@ from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
+from llmgateway import metrics
 from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
 
-API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health")
+API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health", "/metrics")
 # Paths whose errors stay Django's HTML pages (the admin console).
 HTML_PREFIXES = ("/admin", "/static")
 REQUEST_ID_HEADER = "x-request-id"
@@ -187,12 +188,15 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
     """
 
     def before(self, request: HttpRequest) -> None:
+        metrics.http_started(request)
         request.request_id = _request_id(request)
         if request.method == "HEAD" and is_api_path(request.path):
             request.method = "GET"
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        return _finish(request, response)
+        response = _finish(request, response)
+        metrics.http_answered(request, response)
+        return response
 
 
 class body_limit_middleware(_Middleware):  # noqa: N801

@@ -22,6 +22,10 @@ def run_uvicorn(
     import uvicorn
     from django.conf import settings
 
+    from llmgateway import metrics
+
+    metrics.multiprocess_prepare(workers)
+
     # uvicorn's reload imports the app by name in each new process, hence the string.
     packages = [str(settings.BASE_DIR / name) for name in ("llmgateway", "accounts")]
     reloading = {"reload": True, "reload_dirs": packages} if reload else {}

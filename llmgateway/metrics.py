@@ -1,0 +1,152 @@
+"""Prometheus metrics, served at GET /metrics (settings.METRICS_ENABLED).
+
+Two layers:
+- HTTP: every response, by method, route and status (429s and other refusals
+  included), and the time until the response starts (its headers: for a stream,
+  before the first token);
+- generations: each one that reached Triton, by model, settled however it ended
+  (status 499 when the client left), with its tokens, time to first token and
+  duration. Recorded in `generation.settle`, so a stream counts when it ends.
+
+Under several uvicorn workers (`serve --workers N`) each worker is a process of its
+own: `serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before they start,
+prometheus_client's multiprocess mode keeps each worker's values there, and a scrape
+of any worker reads them all. Without it (one worker, runserver, tests) the values
+live in the process.
+
+Label values are bounded: routes are the URLconf's patterns (unknown paths are
+"unmatched"), models are the configured ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds. Time to first token and responses starting: 5 ms to 30 s.
+FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Whole generations: up to GATEWAY_REQUEST_TIMEOUT (600 s).
+SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+HTTP_REQUESTS = Counter(
+    "llmgateway_http_requests",
+    "HTTP responses, by method, route and status.",
+    ["method", "route", "status"],
+)
+HTTP_STARTED = Histogram(
+    "llmgateway_http_response_start_seconds",
+    "Time from the request to its response starting (headers; for a stream, before "
+    "its first token).",
+    ["route"],
+    buckets=FAST_BUCKETS,
+)
+GENERATIONS = Counter(
+    "llmgateway_generations",
+    "Generations sent to Triton, by model, stream or not, and the status they ended "
+    "with (499: the client went away; Triton's work was cancelled).",
+    ["model", "stream", "status"],
+)
+PROMPT_TOKENS = Counter("llmgateway_prompt_tokens", "Prompt tokens, by model.", ["model"])
+COMPLETION_TOKENS = Counter(
+    "llmgateway_completion_tokens",
+    "Generated tokens, by model (those of cancelled generations included).",
+    ["model"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "llmgateway_time_to_first_token_seconds",
+    "Time from the request to its first generated token, by model.",
+    ["model"],
+    buckets=FAST_BUCKETS,
+)
+GENERATION_SECONDS = Histogram(
+    "llmgateway_generation_duration_seconds",
+    "Time from the request to its generation's end, by model.",
+    ["model"],
+    buckets=SLOW_BUCKETS,
+)
+
+# Labelled children, looked up once: labels() takes a lock and builds a key each call.
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def route_of(path: str) -> str:
+    """The URLconf pattern serving `path` ("/v1/models/<model_id>"), or "unmatched"."""
+    from llmgateway.api.middleware import route_match  # noqa: PLC0415 - a cycle
+
+    match = route_match(path)
+    return "/" + match.route if match is not None else "unmatched"
+
+
+def http_started(request: HttpRequest) -> None:
+    request.metrics_started = time.monotonic()
+
+
+def http_answered(request: HttpRequest, response: HttpResponse) -> None:
+    started = getattr(request, "metrics_started", None)
+    route = route_of(request.path)
+    _child(HTTP_REQUESTS, request.method or "", route, str(response.status_code)).inc()
+    if started is not None:
+        _child(HTTP_STARTED, route).observe(time.monotonic() - started)
+
+
+def generation_settled(
+    *,
+    model: str,
+    streamed: bool,
+    status: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    time_to_first_token: float | None,
+    duration: float,
+) -> None:
+    _child(GENERATIONS, model, "true" if streamed else "false", str(status)).inc()
+    _child(PROMPT_TOKENS, model).inc(prompt_tokens)
+    _child(COMPLETION_TOKENS, model).inc(completion_tokens)
+    if time_to_first_token is not None:
+        _child(TIME_TO_FIRST_TOKEN, model).observe(time_to_first_token)
+    _child(GENERATION_SECONDS, model).observe(duration)
+
+
+def exposition(request: HttpRequest) -> HttpResponse:
+    """Every metric, all workers' under multiprocess mode, in the format the scraper's
+    Accept asks for (Prometheus's text format, or OpenMetrics)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
+    return HttpResponse(encoder(registry), content_type=content_type)
+
+
+def multiprocess_prepare(workers: int) -> None:
+    """Before `workers` (> 1) uvicorn workers start: a fresh directory for their values.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is used, emptied of the last run's files
+    (prometheus_client requires it); otherwise a new temporary one.
+    """
+    if workers <= 1:
+        return
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+    else:
+        import tempfile  # noqa: PLC0415
+
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmgateway-metrics-")
