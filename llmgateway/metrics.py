@@ -1,4 +1,5 @@
-"""Prometheus metrics, served at GET /metrics (settings.METRICS_ENABLED).
+"""Prometheus metrics, served at GET /metrics (settings.METRICS_ENABLED; off, nothing
+is counted either).
 
 Two layers:
 - HTTP: every response, by method, route and status (429s and other refusals
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
@@ -91,10 +93,13 @@ def route_of(path: str) -> str:
 
 
 def http_started(request: HttpRequest) -> None:
-    request.metrics_started = time.monotonic()
+    if settings.METRICS_ENABLED:
+        request.metrics_started = time.monotonic()
 
 
 def http_answered(request: HttpRequest, response: HttpResponse) -> None:
+    if not settings.METRICS_ENABLED:
+        return
     started = getattr(request, "metrics_started", None)
     route = route_of(request.path)
     _child(HTTP_REQUESTS, request.method or "", route, str(response.status_code)).inc()
@@ -112,6 +117,8 @@ def generation_settled(
     time_to_first_token: float | None,
     duration: float,
 ) -> None:
+    if not settings.METRICS_ENABLED:
+        return
     _child(GENERATIONS, model, "true" if streamed else "false", str(status)).inc()
     _child(PROMPT_TOKENS, model).inc(prompt_tokens)
     _child(COMPLETION_TOKENS, model).inc(completion_tokens)

@@ -150,3 +150,29 @@ def test_serve_gives_several_workers_a_fresh_directory(monkeypatch):
     assert metrics.MULTIPROC_ENV not in os.environ
     metrics.multiprocess_prepare(3)
     assert Path(os.environ[metrics.MULTIPROC_ENV]).is_dir()
+
+
+def test_nothing_is_counted_with_metrics_off(settings):
+    from prometheus_client import REGISTRY
+
+    from llmgateway import metrics
+
+    def count() -> float:
+        labels = {"model": "off-test", "stream": "false", "status": "200"}
+        return REGISTRY.get_sample_value("llmgateway_generations_total", labels) or 0.0
+
+    settled = dict(
+        model="off-test",
+        streamed=False,
+        status=200,
+        prompt_tokens=3,
+        completion_tokens=2,
+        time_to_first_token=0.01,
+        duration=0.02,
+    )
+    settings.METRICS_ENABLED = False
+    metrics.generation_settled(**settled)
+    assert count() == 0
+    settings.METRICS_ENABLED = True
+    metrics.generation_settled(**settled)
+    assert count() == 1
