@@ -34,6 +34,11 @@ class Forecast(BaseModel):
     source: str | None
 
 
+def chat(http, model: str, content: str, **fields):
+    """A raw chat completion request of one user message."""
+    return http.post(CHAT, json={"model": model, "messages": user(content), **fields})
+
+
 def sent_guides(devtriton, request_id: str) -> list[list]:
     """The guides Triton received for a request: [guide type, guide] per Triton request."""
     return [
@@ -79,14 +84,12 @@ def test_an_answer_off_the_schema_is_held_to_it(client):
 
 
 def test_json_mode_answers_an_object_and_sends_an_object_schema(http, devtriton):
-    response = http.post(
-        CHAT,
-        json={
-            "model": CHAT_MODEL,
-            "messages": user("Answer in JSON, please."),
-            "response_format": {"type": "json_object"},
-            "max_tokens": 200,
-        },
+    response = chat(
+        http,
+        CHAT_MODEL,
+        "Answer in JSON, please.",
+        response_format={"type": "json_object"},
+        max_tokens=200,
     )
     assert response.status_code == 200, response.text
     content = response.json()["choices"][0]["message"]["content"]
@@ -130,44 +133,20 @@ def test_streamed_structured_answer_equals_the_non_streamed_one(client, http, n)
 def test_a_model_without_guided_decoding_refuses_response_format(http):
     """TensorRT-LLM 0.8 has no guided-decoding inputs: the request is refused before it
     reaches Triton, naming the parameter."""
-    error = refused(
-        http.post(
-            CHAT,
-            json={
-                "model": V08_MODEL,
-                "messages": user("json please"),
-                "response_format": {"type": "json_object"},
-            },
-        )
-    )
+    error = refused(chat(http, V08_MODEL, "json please", response_format={"type": "json_object"}))
     assert error["param"] == "response_format"
     assert "guided decoding" in error["message"] and V08_MODEL in error["message"]
 
 
 def test_text_response_format_is_accepted_everywhere(http):
-    response = http.post(
-        CHAT,
-        json={
-            "model": V08_MODEL,
-            "messages": user("[[say:ok]]"),
-            "response_format": {"type": "text"},
-            "max_tokens": 5,
-        },
-    )
+    response = chat(http, V08_MODEL, "[[say:ok]]", response_format={"type": "text"}, max_tokens=5)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "ok"
 
 
 def test_json_mode_needs_the_word_json_in_the_messages(http):
     error = refused(
-        http.post(
-            CHAT,
-            json={
-                "model": CHAT_MODEL,
-                "messages": user("Give me an object."),
-                "response_format": {"type": "json_object"},
-            },
-        )
+        chat(http, CHAT_MODEL, "Give me an object.", response_format={"type": "json_object"})
     )
     assert error == {
         "message": "'messages' must contain the word 'json' in some form, to use "

@@ -581,19 +581,26 @@ POINT = {
 GUIDED = {"end_id": IM_END, "exclude_input_in_output": True}
 
 
+def held_to_point(client: grpcclient.InferenceServerClient, text: str) -> str:
+    """The answer to `text` under the POINT schema's guide."""
+    out = generate(
+        client,
+        chat(text),
+        100,
+        guided_decoding_guide_type="json_schema",
+        guided_decoding_guide=json.dumps(POINT),
+        seed=3,
+        **GUIDED,
+    )
+    assert out.error is None, out.error
+    return text_of(out.tokens())
+
+
 def test_a_scripted_answer_that_fits_the_schema_is_kept(
     client: grpcclient.InferenceServerClient,
 ) -> None:
     answer = '{"x": 3, "label": "far"}'
-    out = generate(
-        client,
-        chat(f"[[say:{answer}]]"),
-        100,
-        guided_decoding_guide_type="json_schema",
-        guided_decoding_guide=json.dumps(POINT),
-        **GUIDED,
-    )
-    assert out.error is None and text_of(out.tokens()) == answer
+    assert held_to_point(client, f"[[say:{answer}]]") == answer
 
 
 @pytest.mark.parametrize(
@@ -603,16 +610,7 @@ def test_a_scripted_answer_that_fits_the_schema_is_kept(
 def test_an_answer_off_the_schema_becomes_an_instance_of_it(
     client: grpcclient.InferenceServerClient, answer: str
 ) -> None:
-    out = generate(
-        client,
-        chat(f"[[say:{answer}]]"),
-        100,
-        guided_decoding_guide_type="json_schema",
-        guided_decoding_guide=json.dumps(POINT),
-        seed=3,
-        **GUIDED,
-    )
-    value = json.loads(text_of(out.tokens()))
+    value = json.loads(held_to_point(client, f"[[say:{answer}]]"))
     assert set(value) == {"x", "label"}
     assert isinstance(value["x"], int) and value["label"] == "near"
 

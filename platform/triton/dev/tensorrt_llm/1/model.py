@@ -213,24 +213,25 @@ class TritonPythonModel:
             )
         return array[0]
 
-    def _scalar(self, request: Any, name: str, default: Any) -> Any:
-        array = self._tensor(request, name)
-        if array is None:
-            return default
-        flat = np.asarray(array).reshape(-1)
-        if flat.size != 1:
-            raise RequestError(f"{name}: expected one value, got shape {array.shape}")
-        return flat[0].item()
-
-    def _text(self, request: Any, name: str) -> str | None:
-        """A one-element BYTES input as text."""
+    def _one(self, request: Any, name: str) -> Any:
+        """A one-element input's element (numpy's), or None when it was not sent."""
         array = self._tensor(request, name)
         if array is None:
             return None
         flat = np.asarray(array).reshape(-1)
         if flat.size != 1:
             raise RequestError(f"{name}: expected one value, got shape {array.shape}")
-        value = flat[0]
+        return flat[0]
+
+    def _scalar(self, request: Any, name: str, default: Any) -> Any:
+        value = self._one(request, name)
+        return default if value is None else value.item()
+
+    def _text(self, request: Any, name: str) -> str | None:
+        """A one-element BYTES input as text."""
+        value = self._one(request, name)
+        if value is None:
+            return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def _guide(self, request: Any) -> tuple[str, str | None, Any] | None:
