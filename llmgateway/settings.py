@@ -168,6 +168,9 @@ WHITENOISE_USE_FINDERS = True
 # Largest request body accepted by the API, in bytes (images arrive inline as data: URLs).
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# Largest guide (JSON schema) sent to TensorRT-LLM's guided decoding, in bytes: Triton
+# compiles each request's grammar, and a huge schema would hold up its other requests.
+GUIDED_DECODING_MAX_SCHEMA_BYTES = env_int("GUIDED_DECODING_MAX_SCHEMA_BYTES", 128 * 1024)
 # Default and ceiling for a request's deadline in seconds (clients may ask for less).
 GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 # How long to wait for Triton to answer a health/config call before calling it unreachable.

@@ -8,12 +8,14 @@ ending in `data: [DONE]`, with an error event before it if generation fails.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import orjson
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -282,7 +284,14 @@ def response_guide(payload: ChatCompletionIn) -> tuple[str, str | None] | None:
     schema = fmt.json_schema.json_schema if fmt.json_schema is not None else None
     if fmt.type == "json_object" or schema is None:
         return ("json_schema", ANY_OBJECT)
-    return ("json_schema", orjson.dumps(schema).decode())
+    guide = orjson.dumps(schema).decode()
+    limit = settings.GUIDED_DECODING_MAX_SCHEMA_BYTES
+    if len(guide) > limit:
+        raise invalid(
+            f"The schema is {len(guide)} bytes as JSON; this server takes at most {limit}.",
+            "response_format.json_schema.schema",
+        )
+    return ("json_schema", guide)
 
 
 def _forces_call(payload: ChatCompletionIn) -> bool:
@@ -315,9 +324,11 @@ def _parameters(function: FunctionDef) -> dict[str, Any]:
     return function.parameters or {"type": "object"}
 
 
-def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str]:
+def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str] | None:
     """The guide for a forced call: the named function's parameters, or the calls as
-    {"name", "arguments"} objects (an array of them when calls may be parallel)."""
+    {"name", "arguments"} objects (an array of them when calls may be parallel).
+    None when it is over GUIDED_DECODING_MAX_SCHEMA_BYTES: the call is then asked for
+    in the prompt alone, as on a model without guided decoding."""
     functions = [t.function for t in payload.tools] if payload.tools else payload.functions or []
     if plan.named is not None:
         schema = _parameters(next(f for f in functions if f.name == plan.named))
@@ -334,7 +345,10 @@ def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str]:
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
         if plan.parallel:
             schema = {"type": "array", "items": schema, "minItems": 1}
-    return ("json_schema", orjson.dumps(schema).decode())
+    guide = orjson.dumps(schema).decode()
+    return (
+        ("json_schema", guide) if len(guide) <= settings.GUIDED_DECODING_MAX_SCHEMA_BYTES else None
+    )
 
 
 def tool_plan_build(
@@ -525,6 +539,11 @@ def chat_prepare(
 ) -> Job:
     """`guided`: the model guides decoding and the request wants it (guide_check)."""
     plan = tool_plan_build(payload, config, engine.text, guided=guided)
+    guide = response_guide(payload)
+    if plan.guided:
+        guide = call_guide(payload, plan)
+        if guide is None:
+            plan = dataclasses.replace(plan, guided=False)
     quoted = messages_quote(payload.messages, engine.text)
     vision = vision_chat_plan(config=config, engine=engine, messages=quoted)
     messages = messages_normalize(vision.messages if vision else quoted)
@@ -548,7 +567,7 @@ def chat_prepare(
         max_tokens=max_tokens,
         extra_stops=plan.stops,
         logprobs=bool(payload.logprobs),
-        guide=call_guide(payload, plan) if plan.guided else response_guide(payload),
+        guide=guide,
     )
     gen_request = GenerationRequest(
         prompt_ids=prompt_ids,

@@ -369,3 +369,53 @@ def test_auto_tool_choice_and_models_without_guides_are_not_guided(client, devtr
     assert sent_guides(devtriton, raw.headers["x-request-id"]) == [None]
     call = raw.parse().choices[0].message.tool_calls[0]
     assert json.loads(call.function.arguments) == {"city": "Rome"}
+
+
+def test_a_schema_over_the_size_limit_is_refused(http, settings):
+    schema = {"type": "object", "description": "x" * settings.GUIDED_DECODING_MAX_SCHEMA_BYTES}
+    error = refused(
+        chat(
+            http,
+            CHAT_MODEL,
+            "json",
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "big", "schema": schema},
+            },
+        )
+    )
+    assert error["param"] == "response_format.json_schema.schema"
+    assert str(settings.GUIDED_DECODING_MAX_SCHEMA_BYTES) in error["message"]
+
+
+def test_tools_over_the_size_limit_are_called_unguided(tmp_path, devtriton, owner_key):
+    """Too large a guide for a forced call: the call is asked for in the prompt alone, and
+    read back in the model's format, as on a model without guided decoding."""
+    from tests.conftest import start_gateway, stop_gateway
+
+    gateway = start_gateway(
+        tmp_path, {"GUIDED_DECODING_MAX_SCHEMA_BYTES": "400"}, api_key=owner_key
+    )
+    try:
+        with gateway.client() as http:
+            for parameters, guided in ((CITY, True), ({**CITY, "description": "z" * 400}, False)):
+                tool = {
+                    "type": "function",
+                    "function": {"name": "forecast", "parameters": parameters},
+                }
+                body = {
+                    "model": CHAT_MODEL,
+                    "messages": user('[[tool:forecast:{"city": "Rome"}]]'),
+                    "tools": [tool],
+                    "tool_choice": NAMED,
+                }
+                response = http.post(CHAT, json=body)
+                assert response.status_code == 200, response.text
+                guides = sent_guides(devtriton, response.headers["x-request-id"])
+                assert (guides != [None]) is guided
+                [call] = response.json()["choices"][0]["message"]["tool_calls"]
+                assert call["function"]["name"] == "forecast"
+                if not guided:  # the dev model's scripted call, read in its ReAct format
+                    assert json.loads(call["function"]["arguments"]) == {"city": "Rome"}
+    finally:
+        stop_gateway(gateway)
