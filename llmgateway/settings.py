@@ -183,6 +183,8 @@ MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", ["*"])
 # GET /metrics, Prometheus's format, open without a key like /health (llmgateway/metrics.py).
 METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+# When set, /metrics asks for it as a bearer token (Prometheus's `authorization` setting).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 # The managed platform (accounts/): API keys on every inference route, per-key quotas,
 # request logs. Off only to measure the bare gateway (the bench's comparison).

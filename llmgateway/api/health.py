@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from django.conf import settings
 from django.db import connection
@@ -10,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from llmgateway import metrics
-from llmgateway.api.errors import not_found_response
+from llmgateway.api.errors import APIError, not_found_response
 from llmgateway.db import orm
 from llmgateway.services import model_list
 from llmgateway.triton.client import get_backend
@@ -63,7 +64,15 @@ async def ready(request: HttpRequest) -> JsonResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus's text format (llmgateway/metrics.py); 404 with METRICS_ENABLED off."""
+    """Prometheus's text format (llmgateway/metrics.py); 404 with METRICS_ENABLED off,
+    401 without METRICS_TOKEN as the bearer token when one is set."""
     if not settings.METRICS_ENABLED:
         return not_found_response(request)
+    token = settings.METRICS_TOKEN
+    if token:
+        sent = request.META.get("HTTP_AUTHORIZATION", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return APIError(
+                401, "/metrics needs the metrics token as a bearer token.", code="invalid_api_key"
+            ).response()
     return metrics.exposition(request)

@@ -176,3 +176,17 @@ def test_nothing_is_counted_with_metrics_off(settings):
     settings.METRICS_ENABLED = True
     metrics.generation_settled(**settled)
     assert count() == 1
+
+
+def test_a_metrics_token_is_asked_for_when_set(tmp_path, model_configs):
+    gateway = start_gateway(tmp_path, {"METRICS_TOKEN": "s3cret"})
+    try:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            response = httpx.get(gateway.url + "/metrics", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        response = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer s3cret"})
+        assert response.status_code == 200
+        assert "llmgateway_http_requests_total" in response.text
+    finally:
+        stop_gateway(gateway)
