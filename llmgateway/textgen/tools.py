@@ -551,9 +551,12 @@ class GuidedCallsParser:
         self._array: bool | None = None
         self._scanner: _JSONValueScanner | None = None
         self._item = ""
+        self._closed = False  # the array (or the one object) has ended
 
     def feed(self, text: str) -> list[Event]:
         out: list[Event] = []
+        if self._closed:
+            return out
         self._buffer += text
         while self._buffer:
             if self._array is None:
@@ -565,8 +568,10 @@ class GuidedCallsParser:
                     self._buffer = self._buffer[1:]
             if self._scanner is None:
                 self._buffer = self._buffer.lstrip(" \t\r\n,")
-                if not self._buffer or self._buffer[0] == "]":
-                    self._buffer = ""
+                if not self._buffer:
+                    break
+                if self._buffer[0] == "]":
+                    self._buffer, self._closed = "", True
                     break
                 self._scanner, self._item = _JSONValueScanner(), ""
             used = self._scanner.feed(self._buffer)
@@ -577,7 +582,7 @@ class GuidedCallsParser:
             self._scanner = None
             self._emit(self._item, out)
             if not self._array:
-                self._buffer = ""
+                self._buffer, self._closed = "", True
         return out
 
     def finish(self) -> list[Event]:

@@ -57,6 +57,8 @@ CASES = [
         ' [ {"name": "f", "arguments": {"a": 1}} ,\n{"name": "g", "arguments": {}}]',
     ),
     (GuidedCallsParser, '[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "argu'),  # cut short
+    (GuidedCallsParser, '[{"name": "f", "arguments": {}}] {"name": "g", "arguments": {}}'),
+    (GuidedCallsParser, '{"name": "f", "arguments": {}} {"name": "g", "arguments": {}}'),
 ]
 
 
@@ -109,6 +111,11 @@ def test_guided_calls():
     # A call that max_tokens cut short is dropped; the complete ones before it stay.
     cut = answer_parse(GuidedCallsParser(), '[{"name": "f", "arguments": {}}, {"name": "g", "ar')
     assert [c.name for c in cut.calls] == ["f"]
+    # Nothing after the array (or the one object) is read as a call.
+    after = '[{"name": "f", "arguments": {}}] {"name": "g", "arguments": {}}'
+    assert [c.name for c in answer_parse(GuidedCallsParser(), after).calls] == ["f"]
+    after = '{"name": "f", "arguments": {}} {"name": "g", "arguments": {}}'
+    assert [c.name for c in answer_parse(GuidedCallsParser(), after).calls] == ["f"]
 
 
 def test_a_guided_call_goes_out_as_soon_as_its_object_closes():
