@@ -16,7 +16,7 @@ of any worker reads them all. Without it (one worker, runserver, tests) the valu
 live in the process.
 
 Label values are bounded: routes are the URLconf's patterns (unknown paths are
-"unmatched"), models are the configured ones.
+"unmatched"), methods HTTP's own (any other is "other"), models the configured ones.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.exposition import choose_encoder
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A client may send any method name; the rest are one label value.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds. Time to first token and responses starting: 5 ms to 30 s.
 FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Whole generations: up to GATEWAY_REQUEST_TIMEOUT (600 s).
@@ -102,7 +104,8 @@ def http_answered(request: HttpRequest, response: HttpResponse) -> None:
         return
     started = getattr(request, "metrics_started", None)
     route = route_of(request.path)
-    _child(HTTP_REQUESTS, request.method or "", route, str(response.status_code)).inc()
+    method = request.method if request.method in METHODS else "other"
+    _child(HTTP_REQUESTS, method, route, str(response.status_code)).inc()
     if started is not None:
         _child(HTTP_STARTED, route).observe(time.monotonic() - started)
 

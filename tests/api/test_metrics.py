@@ -88,13 +88,21 @@ def test_a_client_that_leaves_is_a_499_generation(live_gateway, http):
     assert value(after, "llmgateway_generations_total", **labels) == before + 1
 
 
-def test_unknown_paths_are_one_label(live_gateway):
+def test_unknown_paths_and_methods_are_one_label_each(live_gateway):
+    """What a client makes up cannot grow the label values without bound."""
     before = scrape(live_gateway.url)
     for path in ("/nope/1", "/nope/2", "/v1/nope"):
         assert httpx.get(live_gateway.url + path).status_code == 404
-    labels = {"method": "GET", "route": "unmatched", "status": "404"}
-    grew = value(scrape(live_gateway.url), "llmgateway_http_requests_total", **labels)
-    assert grew - value(before, "llmgateway_http_requests_total", **labels) == 3
+    for method in ("PROPFIND", "TRACE"):  # the server lets through the methods it knows
+        assert httpx.request(method, live_gateway.url + "/v1/models").status_code == 405
+    after = scrape(live_gateway.url)
+    for labels, count in (
+        ({"method": "GET", "route": "unmatched", "status": "404"}, 3),
+        ({"method": "other", "route": "/v1/models", "status": "405"}, 2),
+    ):
+        grew = value(after, "llmgateway_http_requests_total", **labels)
+        assert grew - value(before, "llmgateway_http_requests_total", **labels) == count
+    assert not [key for key in after if ("method", "PROPFIND") in key[1]]
 
 
 def test_metrics_can_be_turned_off(tmp_path, model_configs):
