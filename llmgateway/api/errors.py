@@ -292,6 +292,10 @@ def install_error_handlers(api: NinjaAPI) -> None:
         return from_triton(exc).response()
 
     def handle_other(request: HttpRequest, exc: Exception) -> HttpResponse:
+        if isinstance(exc, RecursionError):
+            # Only a request's own nesting goes this deep: its free-form JSON values
+            # (schemas, tool parameters) are the only unbounded structures it walks.
+            return invalid("The request nests too deeply.", None).response()
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return APIError(
             500, "The server had an error processing your request.", type="server_error"

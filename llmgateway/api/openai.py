@@ -272,6 +272,13 @@ def response_format_validate(payload: ChatCompletionIn) -> None:
         )
 
 
+def _guide_json(schema: dict[str, Any], param: str) -> str:
+    try:
+        return orjson.dumps(schema).decode()
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson goes (254 levels)
+        raise invalid(f"The schema nests too deeply: {exc}.", param) from exc
+
+
 def response_guide(payload: ChatCompletionIn) -> tuple[str, str | None] | None:
     """The TensorRT-LLM guide for the request's response_format (validated), or None.
 
@@ -284,7 +291,7 @@ def response_guide(payload: ChatCompletionIn) -> tuple[str, str | None] | None:
     schema = fmt.json_schema.json_schema if fmt.json_schema is not None else None
     if fmt.type == "json_object" or schema is None:
         return ("json_schema", ANY_OBJECT)
-    guide = orjson.dumps(schema).decode()
+    guide = _guide_json(schema, "response_format.json_schema.schema")
     limit = settings.GUIDED_DECODING_MAX_SCHEMA_BYTES
     if len(guide) > limit:
         raise invalid(
@@ -345,7 +352,7 @@ def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str] | N
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
         if plan.parallel:
             schema = {"type": "array", "items": schema, "minItems": 1}
-    guide = orjson.dumps(schema).decode()
+    guide = _guide_json(schema, "tools")
     return (
         ("json_schema", guide) if len(guide) <= settings.GUIDED_DECODING_MAX_SCHEMA_BYTES else None
     )

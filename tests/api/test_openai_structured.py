@@ -419,3 +419,36 @@ def test_tools_over_the_size_limit_are_called_unguided(tmp_path, devtriton, owne
                     assert json.loads(call["function"]["arguments"]) == {"city": "Rome"}
     finally:
         stop_gateway(gateway)
+
+
+def nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "object"}
+    inner = schema
+    for _ in range(levels):
+        inner["properties"] = {"a": {"type": "object"}}
+        inner = inner["properties"]["a"]
+    return schema
+
+
+@pytest.mark.parametrize("levels", [130, 300])
+@pytest.mark.parametrize("where", ["response_format", "required tools", "auto tools"])
+def test_a_schema_nested_too_deeply_is_a_400_not_a_500(http, levels, where):
+    """JSON nests up to 1,024 levels before the body parser refuses it; serialising a
+    guide or rendering tools gives up far sooner. That is the request's fault: a 400."""
+    schema = nested_schema(levels)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    fields = {
+        "response_format": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": schema},
+            }
+        },
+        "required tools": {"tools": tools, "tool_choice": "required"},
+        "auto tools": {"tools": tools},
+    }[where]
+    response = chat(http, CHAT_MODEL, "json", max_tokens=5, **fields)
+    if where == "auto tools" and levels == 130:
+        assert response.status_code == 200, response.text  # not guided, rendered fine
+    else:
+        assert "nests too deeply" in refused(response)["message"]
