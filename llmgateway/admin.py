@@ -9,14 +9,28 @@ from llmgateway.triton.errors import TritonError
 
 
 async def triton_check(config: ModelConfig) -> str:
-    """One line on the model's readiness in its Triton and the inputs it declares."""
+    """One line on the model's readiness in its Triton, what the gateway makes of its
+    interface, and the inputs it declares."""
     backend = get_backend(config.triton_url)
     if not await backend.is_ready(config.triton_model):
         raise TritonError(f"{config.triton_model} is not ready at {config.triton_url}")
     backend.forget(config.triton_model)  # read the interface afresh
     spec = await backend.model_spec(config.triton_model)
     kind = "decoupled (streams)" if spec.decoupled else "not decoupled"
-    return f"ready, {kind}; declared inputs: {', '.join(sorted(spec.inputs))}"
+    n = (
+        "one request (num_return_sequences)"
+        if spec.accepts("num_return_sequences")
+        else "one request per choice"
+    )
+    guided = (
+        f"yes ({spec.parameters['guided_decoding_backend']})"
+        if spec.guides_decoding
+        else "no (response_format json refused)"
+    )
+    return (
+        f"ready, {kind}; n>1: {n}; guided decoding: {guided}; "
+        f"declared inputs: {', '.join(sorted(spec.inputs))}"
+    )
 
 
 @admin.register(ModelConfig)
@@ -26,7 +40,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
     search_fields = ("name", "triton_model", "triton_url")
     actions = ["check_triton"]
 
-    @admin.action(description="Check Triton: readiness and declared inputs")
+    @admin.action(description="Check Triton: readiness, capabilities and declared inputs")
     def check_triton(self, request, queryset) -> None:
         for config in queryset:
             try:

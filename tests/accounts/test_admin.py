@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, RequestLog
 from accounts.services import key_create
-from tests.conftest import CHAT_MODEL
+from tests.conftest import CHAT_MODEL, V08_MODEL
 
 ADD_URL = "/admin/accounts/apikey/add/"
 SECRET_INPUT = 'id="api-key-secret" type="text" readonly size="80" value="'
@@ -213,7 +213,7 @@ def test_usage_page_draws_charts_offline(admin_client):
 
 
 def test_check_triton_action_reports_readiness_and_inputs(admin_client, model_configs):
-    rows = [model_configs[CHAT_MODEL], model_configs["dev-down"]]
+    rows = [model_configs[CHAT_MODEL], model_configs[V08_MODEL], model_configs["dev-down"]]
     response = admin_client.post(
         "/admin/llmgateway/modelconfig/",
         {"action": "check_triton", "_selected_action": [r.pk for r in rows]},
@@ -221,4 +221,7 @@ def test_check_triton_action_reports_readiness_and_inputs(admin_client, model_co
     )
     page = response.content.decode().lower()  # the admin capitalises messages
     assert f"{CHAT_MODEL}: ready, decoupled" in page and "input_ids, input_lengths" in page
+    # What the gateway makes of each interface: recent TensorRT-LLM with xgrammar, and 0.8.
+    assert "n&gt;1: one request (num_return_sequences); guided decoding: yes (xgrammar)" in page
+    assert "n&gt;1: one request per choice; guided decoding: no (response_format json" in page
     assert "dev-down: not ready" in page
