@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _pytest.runner import runtestprotocol
 from django.db import connection
 
+from llmgateway.devtriton import server as devtriton_server
 from llmgateway.devtriton.server import DevTriton, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +139,10 @@ class LiveGateway:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+# Gateways started by start_gateway and not stopped yet.
+RUNNING_GATEWAYS: set[LiveGateway] = set()
+
+
 def start_gateway(
     tmp_dir: Path, extra_env: dict[str, str] | None = None, *, api_key: str | None = None
 ) -> LiveGateway:
@@ -166,10 +172,12 @@ def start_gateway(
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
     try:
-        return gateway_wait(gateway, 30, "gateway")
+        gateway_wait(gateway, 30, "gateway")
     except RuntimeError:
         process.kill()
         raise
+    RUNNING_GATEWAYS.add(gateway)
+    return gateway
 
 
 def gateway_wait(gateway: LiveGateway, seconds: float, what: str) -> LiveGateway:
@@ -188,6 +196,7 @@ def gateway_wait(gateway: LiveGateway, seconds: float, what: str) -> LiveGateway
 
 
 def stop_gateway(gateway: LiveGateway) -> None:
+    RUNNING_GATEWAYS.discard(gateway)
     gateway.process.terminate()
     try:
         gateway.process.wait(10)
@@ -246,3 +255,57 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue  # commits its own rows for the gateway to see (tests/accounts)
         if {"model_configs", "live_gateway", "http"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.django_db)
+
+
+# ---- a dev Triton that crashes ------------------------------------------------------------
+
+
+def _recover(config: pytest.Config, crashed: list[DevTriton], during: str) -> None:
+    """Restart crashed dev Tritons, then wait until every running gateway reaches one again
+    (a gRPC channel whose server went away reconnects after a backoff)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for server in crashed:
+        tail = server.log_path.read_text(errors="replace").splitlines()[-12:]
+        if reporter is not None:
+            reporter.write_line(
+                f"\ndev Triton at {server.grpc_url} crashed during {during}; restarting it. "
+                "Log tail:\n  " + "\n  ".join(tail),
+                yellow=True,
+            )
+        server.restart()
+    deadline = time.monotonic() + 30
+    for gateway in list(RUNNING_GATEWAYS):
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(gateway.url + "/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Run each test, and once more if a dev Triton crashed while it ran.
+
+    tritonserver 2.51, the newest that nvidia-pytriton ships (0.7.0), can die with SIGSEGV
+    when a request is cancelled just as it completes: a race in Triton's gRPC handling
+    (triton-inference-server/server #7840, #8034; fixed in later releases). The gateway
+    cancels requests by design (stop strings, n fan-out, clients that leave), so a long
+    run can meet it. Then the server is restarted and the test that was running gets a
+    second run; the crash and its log tail are printed, and a test failing for its own
+    reasons still fails: only a crash earns the rerun.
+    """
+    crashed = [server for server in list(devtriton_server.RUNNING) if server.crashed]
+    if crashed:  # it died between tests
+        _recover(item.config, crashed, f"the test before {item.nodeid}")
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    crashed = [server for server in list(devtriton_server.RUNNING) if server.crashed]
+    if crashed and any(report.failed for report in reports) and not reports[0].failed:
+        _recover(item.config, crashed, item.nodeid)
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True

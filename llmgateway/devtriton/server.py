@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -91,6 +92,10 @@ def _die_with_parent() -> None:
 
 class DevTritonError(RuntimeError):
     """tritonserver did not come up (the message carries the log tail)."""
+
+
+# Every DevTriton started and not stopped, for whoever must watch them (the tests do).
+RUNNING: weakref.WeakSet[DevTriton] = weakref.WeakSet()
 
 
 class DevTriton:
@@ -165,9 +170,24 @@ class DevTriton:
         except BaseException:
             self.stop()
             raise
+        RUNNING.add(self)
         return self
 
+    @property
+    def crashed(self) -> bool:
+        """Started, not stopped, and its tritonserver has exited."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self, timeout: float = STARTUP_TIMEOUT_S) -> DevTriton:
+        """Start again on the same ports, state directory and log (after a crash)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        return self.start(timeout)
+
     def stop(self) -> None:
+        RUNNING.discard(self)
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
