@@ -358,12 +358,8 @@ def call_guide(payload: ChatCompletionIn, plan: ToolPlan) -> tuple[str, str] | N
     )
 
 
-def tool_plan_build(
-    payload: ChatCompletionIn, config: ModelConfig, text: TextModel, *, guided: bool = False
-) -> ToolPlan:
-    """The request's tools, their definitions' control tokens quoted (TextModel.quote).
-    With `guided`, a forced call is written under guided decoding (ToolPlan.guided)."""
-    guided = guided and _forces_call(payload)
+def tool_plan_build(payload: ChatCompletionIn, config: ModelConfig, text: TextModel) -> ToolPlan:
+    """The request's tools, their definitions' control tokens quoted (TextModel.quote)."""
     if payload.functions:
         choice = payload.function_call
         return ToolPlan(
@@ -374,7 +370,6 @@ def tool_plan_build(
             choice="named" if isinstance(choice, NamedFunction) else (choice or "auto"),
             named=choice.name if isinstance(choice, NamedFunction) else None,
             legacy=True,
-            guided=guided,
         )
     choice = payload.tool_choice
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
@@ -387,7 +382,6 @@ def tool_plan_build(
         choice="named" if named else (choice or "auto"),  # type: ignore[arg-type]
         named=named,
         parallel=payload.parallel_tool_calls is not False,
-        guided=guided,
     )
 
 
@@ -545,12 +539,12 @@ def chat_prepare(
     guided: bool = False,
 ) -> Job:
     """`guided`: the model guides decoding and the request wants it (guide_check)."""
-    plan = tool_plan_build(payload, config, engine.text, guided=guided)
+    plan = tool_plan_build(payload, config, engine.text)
     guide = response_guide(payload)
-    if plan.guided:
-        guide = call_guide(payload, plan)
-        if guide is None:
-            plan = dataclasses.replace(plan, guided=False)
+    if guided and plan.forced:
+        call = call_guide(payload, plan)
+        if call is not None:
+            plan, guide = dataclasses.replace(plan, guided=True), call
     quoted = messages_quote(payload.messages, engine.text)
     vision = vision_chat_plan(config=config, engine=engine, messages=quoted)
     messages = messages_normalize(vision.messages if vision else quoted)

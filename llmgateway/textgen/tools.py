@@ -87,6 +87,11 @@ class ToolPlan:
         return bool(self.functions) and self.choice != "none"
 
     @property
+    def forced(self) -> bool:
+        """The answer must be a call: tool_choice required or a named function."""
+        return self.active and self.choice in ("required", "named")
+
+    @property
     def offered(self) -> tuple[dict[str, Any], ...]:
         """The functions shown to the model: only the named one when one is forced."""
         if self.named is not None:
