@@ -18,9 +18,8 @@ from accounts.logs import log_record
 from accounts.quota import Decision, Verdict, quota_store
 from accounts.services import KeyRecord, key_allows
 from llmgateway import background
-from llmgateway.accounting import Outcome, Reservation, Startable
-from llmgateway.api.errors import APIError, model_not_found
-from llmgateway.engine import Usage
+from llmgateway.accounting import Outcome, Reservation, Startable, Usage
+from llmgateway.errors import APIError, model_not_found
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from ninja.security import HttpBearer
 
 from accounts.services import KeyRecord, key_lookup, key_touch
-from llmgateway.api.errors import APIError
+from llmgateway.errors import APIError
 
 # Azure OpenAI's `api-key` header, as Django names it in request.META.
 AZURE_META = "HTTP_API_KEY"

@@ -20,9 +20,8 @@ from accounts.admission import KeyAdmission
 from accounts.logs import body_model, log_record, request_started
 from accounts.quota import quota_store
 from llmgateway import background
-from llmgateway.accounting import Outcome
-from llmgateway.api.middleware import is_api_path
-from llmgateway.engine import Usage
+from llmgateway.accounting import Outcome, Usage
+from llmgateway.paths import is_api_path
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from django.conf import settings
 
 from llmgateway import background, metrics
 from llmgateway.accounting import Admission, Outcome
-from llmgateway.api.errors import APIError, from_triton, invalid, model_not_found
 from llmgateway.api.sse import DONE, event
 from llmgateway.engine import Delta, Engine, Generation, TokenLogprob
+from llmgateway.errors import APIError, from_triton, invalid, model_misconfigured, model_not_found
 from llmgateway.models import ModelConfig
 from llmgateway.services import engine_get, model_get, model_list
 from llmgateway.textgen.tokenizer import TokenizerError
@@ -59,12 +59,7 @@ async def model_resolve(*, name: str | None, param: str = "model") -> tuple[Mode
     try:
         engine = await engine_get(config=config)
     except TokenizerError as exc:
-        raise APIError(
-            503,
-            "The model is misconfigured on the server.",
-            type="server_error",
-            code="model_misconfigured",
-        ) from exc
+        raise model_misconfigured() from exc
     return config, engine
 
 

@@ -48,8 +48,8 @@ from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
 from llmgateway import background
-from llmgateway.api.middleware import is_api_path, is_unknown_path, route_match
 from llmgateway.api.sse import EventStream
+from llmgateway.paths import is_api_path, is_unknown_path, route_match
 
 logger = logging.getLogger(__name__)
 

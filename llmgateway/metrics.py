@@ -29,6 +29,8 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from llmgateway.paths import route_match
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client may send any method name; the rest are one label value.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -88,8 +90,6 @@ def _child(metric, *labels: str):
 
 def route_of(path: str) -> str:
     """The URLconf pattern serving `path` ("/v1/models/<model_id>"), or "unmatched"."""
-    from llmgateway.api.middleware import route_match  # noqa: PLC0415 - a cycle
-
     match = route_match(path)
     return "/" + match.route if match is not None else "unmatched"
 

@@ -24,10 +24,10 @@ from ninja import Field, Router
 from pydantic import AfterValidator, BaseModel
 
 from llmgateway.accounting import Reservation, admit
-from llmgateway.api.errors import invalid
 from llmgateway.api.openai_schemas import INT32_MAX
 from llmgateway.api.sse import event, sse_response
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, SamplingParams
+from llmgateway.errors import invalid
 from llmgateway.generation import (
     cancel_on_close,
     collect_settled,

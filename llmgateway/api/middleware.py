@@ -9,29 +9,22 @@ them, so they wrap only the admin (and other non-API) paths, via
 
 from __future__ import annotations
 
-import functools
 import secrets
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from llmgateway import metrics
-from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
+from llmgateway.api.errors import method_not_allowed_response, not_found_response
+from llmgateway.errors import too_large
+from llmgateway.paths import HTML_PREFIXES, is_api_path, is_unknown_path
 
-API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health", "/metrics")
-# Paths whose errors stay Django's HTML pages (the admin console).
-HTML_PREFIXES = ("/admin", "/static")
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_META = "HTTP_X_REQUEST_ID"
 MAX_CLIENT_REQUEST_ID = 200
-
-
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES)
 
 
 def new_request_id() -> str:
@@ -208,25 +201,6 @@ class body_limit_middleware(_Middleware):  # noqa: N801
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         return too_large().response() if _too_large(request) else None
-
-
-@functools.lru_cache(maxsize=4096)
-def route_match(path: str) -> ResolverMatch | None:
-    """The root URLconf's match for `path`, or None: cached, as the URLconf is fixed.
-
-    Django resolves every request's path through the nested patterns again; the
-    API's handler (llmgateway/handler.py) and the unknown-path check use this instead.
-    """
-    try:
-        return resolve(path)
-    except Resolver404:
-        return None
-
-
-def is_unknown_path(path: str) -> bool:
-    """A path no route serves, outside the admin's HTML pages: answered with the
-    404 envelope directly (see admin_middleware)."""
-    return not path.startswith(HTML_PREFIXES) and route_match(path) is None
 
 
 class admin_middleware:  # noqa: N801

@@ -20,7 +20,6 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from llmgateway.accounting import admit, model_visible
-from llmgateway.api.errors import APIError, invalid, missing, model_not_found
 from llmgateway.api.openai_responses import ChatShaper, CompletionShaper, Job
 from llmgateway.api.openai_schemas import (
     ChatCompletionIn,
@@ -41,6 +40,7 @@ from llmgateway.engine import (
     GenerationRequest,
     SamplingParams,
 )
+from llmgateway.errors import APIError, invalid, missing, model_not_found
 from llmgateway.generation import (
     ChoiceResult,
     cancel_on_close,

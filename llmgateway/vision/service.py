@@ -26,9 +26,9 @@ import numpy as np
 from django.conf import settings
 
 from llmgateway import background
-from llmgateway.accounting import Admission, Outcome
-from llmgateway.api.errors import APIError, from_triton, invalid
-from llmgateway.engine import Engine, GenerationRequest, Usage
+from llmgateway.accounting import Admission, Outcome, Usage
+from llmgateway.engine import Engine, GenerationRequest
+from llmgateway.errors import APIError, from_triton, invalid, model_misconfigured
 from llmgateway.models import ModelConfig
 from llmgateway.triton.errors import DeadlineExceeded, TritonError
 from llmgateway.vision.encoder import features_encode
@@ -90,7 +90,7 @@ class VisionChat:
                 image_tokens=self.config.image_tokens,
             )
         except VisionConfigError as exc:
-            raise _misconfigured() from exc
+            raise model_misconfigured() from exc
         return VisionPrompt(
             config=self.config, engine=self.engine, prompt_ids=ids, sources=self.sources
         )
@@ -138,7 +138,7 @@ def vision_prompt_generate(
             else chat.messages[0]["content"]
         )
     except Exception as exc:  # jinja's TemplateError and friends
-        raise _misconfigured() from exc
+        raise model_misconfigured() from exc
     return chat.finish(rendered)
 
 
@@ -252,7 +252,7 @@ async def _inputs(vision: VisionPrompt, *, request: GenerationRequest) -> dict[s
     spec = await engine.spec()
     table = spec.inputs.get(TABLE_INPUT)
     if table is None:
-        raise _misconfigured()
+        raise model_misconfigured()
     blobs = await _fetch_all(vision.sources)
     try:
         pixels = await images_preprocess(
@@ -297,12 +297,3 @@ async def _settle_unused(
     """Settle a request that ended before reaching the model: nothing was used."""
     outcome = Outcome(status=status, usage=Usage(), error_type=error_type, cancelled=cancelled)
     await asyncio.shield(background.spawn(admission.settle(outcome)))
-
-
-def _misconfigured() -> APIError:
-    return APIError(
-        503,
-        "The model is misconfigured on the server.",
-        type="server_error",
-        code="model_misconfigured",
-    )

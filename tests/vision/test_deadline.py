@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from llmgateway.accounting import NullAdmission, Outcome
-from llmgateway.api.errors import APIError
 from llmgateway.engine import Engine, GenerationRequest, SamplingParams, load_engine
+from llmgateway.errors import APIError
 from llmgateway.generation import deadline_resolve, generation_collect
 from llmgateway.models import ModelConfig
 from llmgateway.triton.errors import DeadlineExceeded
