@@ -54,11 +54,9 @@ from llmgateway.generation import (
 from llmgateway.models import ModelConfig
 from llmgateway.services import model_get, model_list
 from llmgateway.textgen.tokenizer import TextModel
-from llmgateway.textgen.tools import (
-    ToolPlan,
-    legacy_messages_convert,
-    prompt_render,
-)
+from llmgateway.textgen.tools import prompt_render, tool_stops
+from llmgateway.textgen.tools.messages import legacy_messages_convert
+from llmgateway.textgen.tools.plan import ToolPlan
 from llmgateway.vision.service import vision_chat_plan, vision_inputs_load
 
 logger = logging.getLogger(__name__)
@@ -566,7 +564,7 @@ def chat_prepare(
         payload,
         config=config,
         max_tokens=max_tokens,
-        extra_stops=plan.stops,
+        extra_stops=tool_stops(plan),
         logprobs=bool(payload.logprobs),
         guide=guide,
     )

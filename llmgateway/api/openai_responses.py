@@ -26,13 +26,9 @@ from llmgateway.engine import (
     TokenLogprob,
 )
 from llmgateway.generation import ChoiceResult, deltas
-from llmgateway.textgen.tools import (
-    Parser,
-    ToolCallDelta,
-    ToolPlan,
-    answer_parse,
-    parser_for,
-)
+from llmgateway.textgen.tools import parser_for
+from llmgateway.textgen.tools.parsing import Parser, ToolCallDelta, answer_parse
+from llmgateway.textgen.tools.plan import ToolPlan
 from llmgateway.vision.service import VisionPrompt
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from llmgateway.textgen.tokenizer import load_text_model
-from llmgateway.textgen.tools import ToolPlan, legacy_messages_convert, prompt_render
+from llmgateway.textgen.tools import prompt_render
+from llmgateway.textgen.tools.messages import legacy_messages_convert
+from llmgateway.textgen.tools.plan import ToolPlan
 from tests.conftest import TOKENIZER
 from tests.textgen.test_remote_code import remote_tokenizer_dir
 
