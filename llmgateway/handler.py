@@ -48,6 +48,7 @@ from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
 from llmgateway import background
+from llmgateway.api.middleware import context_begin
 from llmgateway.api.sse import EventStream
 from llmgateway.compat import response_close_quietly, response_on_close
 from llmgateway.paths import is_api_path, is_unknown_path, route_match
@@ -86,7 +87,7 @@ class GatewayASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
         # body_limit_middleware answers 413 (and the request is logged) before any view.
-        request.body_too_large = too_large
+        context_begin(request, body_too_large=too_large)
 
         # The response is made in this task; a second one only listens for the client
         # leaving, and then cancels this one. (Django runs both as new tasks and waits

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from llmgateway.context import request_context
 from llmgateway.paths import route_match
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -94,20 +95,13 @@ def route_of(path: str) -> str:
     return "/" + match.route if match is not None else "unmatched"
 
 
-def http_started(request: HttpRequest) -> None:
-    if settings.METRICS_ENABLED:
-        request.metrics_started = time.monotonic()
-
-
 def http_answered(request: HttpRequest, response: HttpResponse) -> None:
     if not settings.METRICS_ENABLED:
         return
-    started = getattr(request, "metrics_started", None)
     route = route_of(request.path)
     method = request.method if request.method in METHODS else "other"
     _child(HTTP_REQUESTS, method, route, str(response.status_code)).inc()
-    if started is not None:
-        _child(HTTP_STARTED, route).observe(time.monotonic() - started)
+    _child(HTTP_STARTED, route).observe(time.monotonic() - request_context(request).started)
 
 
 def generation_settled(

@@ -189,7 +189,6 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # The managed platform (accounts/): API keys on every inference route, per-key quotas,
 # request logs. Off only to measure the bare gateway (the bench's comparison).
 GATEWAY_PLATFORM = env_bool("GATEWAY_PLATFORM", True)
-GATEWAY_ACCOUNTING = "accounts.admission.admit" if GATEWAY_PLATFORM else ""
 # Keyed hash for API-key secrets. Unset: derived from SECRET_KEY (rotating that then
 # invalidates every key; set this to rotate SECRET_KEY independently).
 API_KEY_PEPPER = env_str("API_KEY_PEPPER", "")

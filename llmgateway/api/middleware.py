@@ -19,6 +19,7 @@ from django.utils.module_loading import import_string
 
 from llmgateway import metrics
 from llmgateway.api.errors import method_not_allowed_response, not_found_response
+from llmgateway.context import RequestContext, request_context
 from llmgateway.errors import too_large
 from llmgateway.paths import HTML_PREFIXES, is_api_path, is_unknown_path
 
@@ -39,9 +40,16 @@ def _request_id(request: HttpRequest) -> str:
     return new_request_id()
 
 
+def context_begin(request: HttpRequest, *, body_too_large: bool = False) -> RequestContext:
+    """Give `request` its context (`request.gateway`): its id (the client's x-request-id
+    when usable), when it started, and whether its body was over the limit."""
+    context = RequestContext(_request_id(request), body_too_large=body_too_large)
+    request.gateway = context
+    return context
+
+
 def _too_large(request: HttpRequest) -> bool:
-    # Set by the ASGI handler for a body it received over the limit (a chunked one).
-    if getattr(request, "body_too_large", False):
+    if request_context(request).body_too_large:
         return True
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0) > settings.GATEWAY_MAX_BODY_BYTES
@@ -129,7 +137,7 @@ def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
             response = method_not_allowed_response(request)
             if allow:
                 response["allow"] = allow
-    response[REQUEST_ID_HEADER] = request.request_id
+    response[REQUEST_ID_HEADER] = request_context(request).request_id
     if request.path.startswith(HTML_PREFIXES):
         return response
     origin = _cors_origin(request)
@@ -181,8 +189,8 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
     """
 
     def before(self, request: HttpRequest) -> None:
-        metrics.http_started(request)
-        request.request_id = _request_id(request)
+        if not hasattr(request, "gateway"):  # the ASGI handler makes it on the API's paths
+            context_begin(request)
         if request.method == "HEAD" and is_api_path(request.path):
             request.method = "GET"
 

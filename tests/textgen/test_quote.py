@@ -126,8 +126,9 @@ def test_tool_definitions_and_call_arguments_render_their_control_tokens_as_text
 
 
 def test_a_request_quotes_tool_definitions_and_tool_call_arguments(text):
-    """What the chat endpoint quotes before rendering (api/openai.py)."""
-    from llmgateway.api.openai import messages_normalize, messages_quote, tool_plan_build
+    """What the chat endpoint quotes before rendering (api/chat_messages.py)."""
+    from llmgateway.api.chat_messages import messages_normalize, messages_quote
+    from llmgateway.api.chat_tools import tool_plan_build
     from llmgateway.api.openai_schemas import ChatCompletionIn
     from llmgateway.models import ModelConfig
 

@@ -13,12 +13,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from django.test import RequestFactory
 
 from llmgateway.accounting import NullAdmission, Outcome
 from llmgateway.engine import Engine, GenerationRequest, SamplingParams, load_engine
 from llmgateway.errors import APIError
-from llmgateway.generation import deadline_resolve, generation_collect
+from llmgateway.limits import deadline_resolve
 from llmgateway.models import ModelConfig
+from llmgateway.runner import Endpoint, Prepared, Run, Target, generation_collect
 from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
 from tests.conftest import TOKENIZER, LiveGateway, start_gateway, stop_gateway
@@ -117,6 +119,18 @@ class RecordingAdmission(NullAdmission):
         self.outcomes.append(outcome)
 
 
+class ImagesOnly(Endpoint):
+    """An endpoint whose request is admitted with its images still to load."""
+
+    route, model, stream = "/generate", VL, False
+
+    def prepare(self, target: Target, request_id: str) -> Prepared:
+        raise AssertionError("prepared by the test")
+
+    def shaper(self, target: Target, prepared: Prepared) -> None:
+        return None
+
+
 async def vl_engine(vision_triton) -> tuple[ModelConfig, Engine]:
     config = ModelConfig(
         name=VL,
@@ -168,7 +182,7 @@ async def test_triton_calls_get_the_time_left_after_the_images(
         request_id=f"time-left-{uuid.uuid4().hex}",
         deadline=deadline_resolve(None),
     )
-    await vision_inputs_load(vision, request=request, admission=RecordingAdmission())
+    await vision_inputs_load(vision, request=request)
     (result,) = await generation_collect(engine.generate(request))
     assert result.text == "ok"
     assert set(timeouts) == {"encoder", "llm"}
@@ -193,11 +207,19 @@ async def test_no_time_left_fails_before_any_triton_call(
         request_id=f"expired-{uuid.uuid4().hex}",
         deadline=time.monotonic(),
     )
-    admission = RecordingAdmission()
+    with pytest.raises(DeadlineExceeded):
+        await vision_inputs_load(vision, request=request)
+    # Admitted, the runner answers it 504 and settles it as having used nothing.
+    run = Run(RequestFactory().post("/generate"), caller=None, endpoint=ImagesOnly())
+    run.admission = admission = RecordingAdmission()
+    prepared = Prepared(engine.generate(request), [request], vision)
+    run.generation = prepared.generation
     with pytest.raises(APIError) as caught:
-        await vision_inputs_load(vision, request=request, admission=admission)
+        await run.admitted(Target(config, engine), prepared)
     assert (caught.value.status, caught.value.code) == (504, "timeout")
-    assert [(o.status, o.error_type) for o in admission.outcomes] == [(504, "timeout")]
+    assert [(o.status, o.error_type, o.usage.total_tokens) for o in admission.outcomes] == [
+        (504, "timeout", 0)
+    ]
     with pytest.raises(DeadlineExceeded):
         await engine.generate(request).start()
     assert timeouts == {}
