@@ -125,14 +125,18 @@ class Shaper(Protocol):
 class Endpoint(ABC):
     """What a generating endpoint gives the runner: its request, parsed, and its format.
 
-    Made per request. `model` is the model asked for (None: the one configured);
+    Made per request from the parsed body, whose `model` is the model asked for (None:
+    the one configured) and whose `stream`, if it has one, asks for a stream.
     `on_settle`, when set, is called once with the Outcome of an admitted request.
     """
 
     route: ClassVar[str]  # "/v1/chat/completions": the request log's endpoint
-    model: str | None
-    stream: bool
     on_settle: SettleHook | None = None
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+        self.model: str | None = payload.model
+        self.stream = bool(getattr(payload, "stream", False))
 
     async def check(self, target: Target) -> None:  # noqa: B027 - optional for endpoints
         """Checks of the request against its model (its config, its Triton interface),

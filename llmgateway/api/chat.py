@@ -71,14 +71,11 @@ def chat_validate(payload: ChatCompletionIn) -> None:
 class ChatEndpoint(Endpoint):
     route = "/v1/chat/completions"
 
-    def __init__(self, payload: ChatCompletionIn) -> None:
-        self.payload = payload
-        self.model = payload.model
-        self.stream = bool(payload.stream)
-        # Whether decoding is guided (check), and the tools' plan (prepare).
-        self.guided = False
-        self.plan: ToolPlan | None = None
-        self.continues_thought = False
+    payload: ChatCompletionIn
+    # Whether decoding is guided (check), and the tools' plan (prepare).
+    guided = False
+    plan: ToolPlan | None = None
+    continues_thought = False
 
     async def check(self, target: Target) -> None:
         self.guided = await guide_check(self.payload, target.config, target.engine)

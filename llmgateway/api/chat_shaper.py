@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, chosen_tokens
-from llmgateway.api.sse import DONE, ChunkFrame, failure
-from llmgateway.engine import Engine, Generation, TokenLogprob
-from llmgateway.errors import APIError
+from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, V1Shaper, chosen_tokens
+from llmgateway.api.sse import DONE, ChunkFrame
+from llmgateway.engine import TokenLogprob
 from llmgateway.runner import ChoiceResult, deltas
 from llmgateway.textgen.tools import parser_for
 from llmgateway.textgen.tools.parsing import Parser, ToolCallDelta, answer_parse
@@ -36,32 +33,17 @@ def _call_dict(call: ToolCallDelta, legacy: bool) -> dict[str, Any]:
     return {"index": call.index, "function": {"arguments": call.arguments}}
 
 
-class ChatShaper:
+class ChatShaper(V1Shaper):
     """Shapes one chat request's answer: the `chat.completion`, or the stream of
     `chat.completion.chunk`s. With tools in play (`plan`), each choice's text goes
     through the format's parser (textgen/tools/) into content and tool calls."""
 
-    def __init__(
-        self,
-        *,
-        generation: Generation,
-        model: str,
-        engine: Engine,
-        include_usage: bool,
-        logprobs: bool,
-        plan: ToolPlan | None,
-        continues_thought: bool,
-    ) -> None:
-        self.generation = generation
-        self.model = model
-        self.engine = engine
-        self.include_usage = include_usage
-        self.logprobs = logprobs
+    id_prefix = "chatcmpl-"
+
+    def __init__(self, *, plan: ToolPlan | None, continues_thought: bool, **common: Any) -> None:
+        super().__init__(**common)
         self.plan = plan
         self.continues_thought = continues_thought
-        self.finish_reasons: dict[int, str] = {}
-        self.id = "chatcmpl-" + secrets.token_hex(12)
-        self.created = int(time.time())
 
     def parser(self) -> Parser | None:
         if self.plan is None:
@@ -168,9 +150,6 @@ class ChatShaper:
                 yield head
             raise
         yield head + DONE
-
-    def failed(self, error: APIError) -> bytes:
-        return failure(error)
 
     async def _content_chunks(self) -> AsyncIterator[bytes]:
         plan = self.plan

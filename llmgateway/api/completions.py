@@ -4,8 +4,6 @@ for the runner, and the answer shaped as OpenAI's `text_completion`."""
 from __future__ import annotations
 
 import functools
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +12,7 @@ from ninja import Router
 
 from llmgateway.api.openai_common import (
     SYSTEM_FINGERPRINT,
+    V1Shaper,
     chosen_tokens,
     log_ignored,
     params_build,
@@ -21,9 +20,9 @@ from llmgateway.api.openai_common import (
 )
 from llmgateway.api.openai_schemas import CompletionIn
 from llmgateway.api.respond import respond
-from llmgateway.api.sse import DONE, ChunkFrame, failure
-from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest, TokenLogprob
-from llmgateway.errors import APIError, invalid
+from llmgateway.api.sse import DONE, ChunkFrame
+from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, TokenLogprob
+from llmgateway.errors import invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve
 from llmgateway.runner import ChoiceResult, Endpoint, Prepared, Target, deltas
 
@@ -66,31 +65,11 @@ def _prompts(payload: CompletionIn, engine: Engine) -> list[tuple[str, list[int]
     return out
 
 
-def _prompts(payload: CompletionIn, engine: Engine) -> list[tuple[str, list[int]]]:
-    """(text, ids) per prompt; token-id prompts are checked against the vocabulary."""
-    prompt = payload.prompt
-    if isinstance(prompt, str):
-        return [(prompt, engine.text.encode(prompt))]
-    if isinstance(prompt[0], str):
-        return [(p, engine.text.encode(p)) for p in prompt]  # type: ignore[arg-type]
-    lists = [prompt] if isinstance(prompt[0], int) else prompt
-    vocab = len(engine.text.tokenizer)
-    out = []
-    for ids in lists:
-        if any(i >= vocab for i in ids):  # type: ignore[union-attr]
-            raise invalid(f"Token ids in the prompt must be below {vocab}.", "prompt")
-        out.append((engine.text.tokenizer.decode(ids), list(ids)))  # type: ignore[arg-type]
-    return out
-
-
 class CompletionEndpoint(Endpoint):
     route = "/v1/completions"
 
-    def __init__(self, payload: CompletionIn) -> None:
-        self.payload = payload
-        self.model = payload.model
-        self.stream = bool(payload.stream)
-        self.prompts: list[str] = []
+    payload: CompletionIn
+    prompts: tuple[str, ...] = ()  # the prompts' texts (prepare)
 
     def prepare(self, target: Target, request_id: str) -> Prepared:
         payload, config, engine = self.payload, target.config, target.engine
@@ -118,7 +97,7 @@ class CompletionEndpoint(Endpoint):
                     stream=self.stream,
                 )
             )
-        self.prompts = [text for text, _ in prompts]
+        self.prompts = tuple(text for text, _ in prompts)
         generations = [engine.generate(r) for r in requests]
         generation = generations[0] if len(generations) == 1 else BatchGeneration(generations)
         return Prepared(generation, requests)
@@ -136,29 +115,15 @@ class CompletionEndpoint(Endpoint):
         )
 
 
-class CompletionShaper:
+class CompletionShaper(V1Shaper):
     """Shapes one completions request's answer: the `text_completion` object, or its
     stream of chunks. `echo` is the text before each choice (the prompt, or "")."""
 
-    def __init__(
-        self,
-        *,
-        generation: Generation | BatchGeneration,
-        model: str,
-        engine: Engine,
-        include_usage: bool,
-        logprobs: bool,
-        echo: list[str],
-    ) -> None:
-        self.generation = generation
-        self.model = model
-        self.engine = engine
-        self.include_usage = include_usage
-        self.logprobs = logprobs
+    id_prefix = "cmpl-"
+
+    def __init__(self, *, echo: list[str], **common: Any) -> None:
+        super().__init__(**common)
         self.echo = echo
-        self.finish_reasons: dict[int, str] = {}
-        self.id = "cmpl-" + secrets.token_hex(12)
-        self.created = int(time.time())
 
     def _logprobs(self, tokens: list[TokenLogprob]) -> dict | None:
         if not self.logprobs:
@@ -222,9 +187,6 @@ class CompletionShaper:
         if self.include_usage:
             yield self._frame.usage(self.generation.usage.as_dict())
         yield DONE
-
-    def failed(self, error: APIError) -> bytes:
-        return failure(error)
 
 
 @router.post("/completions")

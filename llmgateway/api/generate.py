@@ -130,11 +130,8 @@ def _prefix(payload: SamplingFields, prompt: str) -> str:
 class GenerateEndpoint(Endpoint):
     route = "/generate"
 
-    def __init__(self, payload: GenerateIn) -> None:
-        self.payload = payload
-        self.model = payload.model
-        self.stream = payload.stream
-        self.request_id = ""
+    payload: GenerateIn
+    request_id = ""
 
     def prepare(self, target: Target, request_id: str) -> Prepared:
         payload, config, engine = self.payload, target.config, target.engine
@@ -161,12 +158,8 @@ class GenerateEndpoint(Endpoint):
 
 class BatchGenerateEndpoint(Endpoint):
     route = "/batch_generate"
-    stream = False
-
-    def __init__(self, payload: BatchGenerateIn) -> None:
-        self.payload = payload
-        self.model = payload.model
-        self.request_id = ""
+    payload: BatchGenerateIn
+    request_id = ""
 
     async def check(self, target: Target) -> None:
         if self.payload.images:

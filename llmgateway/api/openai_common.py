@@ -1,14 +1,18 @@
 """What /v1/chat/completions and /v1/completions share: their sampling fields as
-SamplingParams, unknown fields logged, and the tokens shown in logprobs."""
+SamplingParams, unknown fields logged, the tokens shown in logprobs, and the base of
+their shapers."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import secrets
+import time
+from typing import Any, ClassVar
 
 from llmgateway.api.openai_schemas import OpenAISchema, SamplingIn
-from llmgateway.engine import Engine, SamplingParams, TokenLogprob
-from llmgateway.errors import invalid
+from llmgateway.api.sse import failure
+from llmgateway.engine import BatchGeneration, Engine, Generation, SamplingParams, TokenLogprob
+from llmgateway.errors import APIError, invalid
 from llmgateway.models import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -70,6 +74,34 @@ def params_build(
         logprobs=logprobs,
         guide=guide,
     )
+
+
+class V1Shaper:
+    """What the shapers of chat and completions share: the generation they shape, its
+    model, whether usage and logprobs are asked for, and the answer's id and time."""
+
+    id_prefix: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        generation: Generation | BatchGeneration,
+        model: str,
+        engine: Engine,
+        include_usage: bool,
+        logprobs: bool,
+    ) -> None:
+        self.generation = generation
+        self.model = model
+        self.engine = engine
+        self.include_usage = include_usage
+        self.logprobs = logprobs
+        self.finish_reasons: dict[int, str] = {}
+        self.id = self.id_prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def failed(self, error: APIError) -> bytes:
+        return failure(error)
 
 
 def chosen_tokens(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -122,7 +123,7 @@ class RecordingAdmission(NullAdmission):
 class ImagesOnly(Endpoint):
     """An endpoint whose request is admitted with its images still to load."""
 
-    route, model, stream = "/generate", VL, False
+    route = "/generate"
 
     def prepare(self, target: Target, request_id: str) -> Prepared:
         raise AssertionError("prepared by the test")
@@ -210,7 +211,8 @@ async def test_no_time_left_fails_before_any_triton_call(
     with pytest.raises(DeadlineExceeded):
         await vision_inputs_load(vision, request=request)
     # Admitted, the runner answers it 504 and settles it as having used nothing.
-    run = Run(RequestFactory().post("/generate"), caller=None, endpoint=ImagesOnly())
+    endpoint = ImagesOnly(SimpleNamespace(model=VL))
+    run = Run(RequestFactory().post("/generate"), caller=None, endpoint=endpoint)
     run.admission = admission = RecordingAdmission()
     prepared = Prepared(engine.generate(request), [request], vision)
     run.generation = prepared.generation

@@ -109,6 +109,15 @@ class OutputParser:
         raise NotImplementedError
 
     def finish(self) -> list[Event]:
+        """The answer ended: what is left of it, as events."""
+        out: list[Event] = []
+        self._rest(out)
+        self._buffer = ""
+        self._flush_space(out)
+        return out
+
+    def _rest(self, out: list[Event]) -> None:
+        """Emit what the buffer holds when the answer ends, as the state reads it."""
         raise NotImplementedError
 
     def _content(self, text: str, out: list[Event]) -> None:

@@ -127,15 +127,11 @@ class HermesParser(OutputParser):
         self._start_call(call["name"], out)
         out.append(ToolCallDelta(self.calls - 1, arguments=arguments))
 
-    def finish(self) -> list[Event]:
-        out: list[Event] = []
+    def _rest(self, out: list[Event]) -> None:
         if self._state == "content":
             self._content(self._buffer, out)
         elif self._state == "head":
             self._whole_call(self._buffer, out, closed=False)
-        self._buffer = ""
-        self._flush_space(out)
-        return out
 
 
 class HermesFormat(InstructedFormat):

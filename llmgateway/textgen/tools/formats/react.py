@@ -143,15 +143,11 @@ class ReactParser(OutputParser):
         self._buffer = ""
         return False
 
-    def finish(self) -> list[Event]:
-        out: list[Event] = []
+    def _rest(self, out: list[Event]) -> None:
         if self._state in ("start", "content"):
             self._content(self._buffer, out)
         elif self._state == "thought":
             self._content(self._buffer.strip(), out)
-        self._buffer = ""
-        self._flush_space(out)
-        return out
 
 
 class ReactFormat(InstructedFormat):
