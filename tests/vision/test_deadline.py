@@ -24,7 +24,7 @@ from llmgateway.models import ModelConfig
 from llmgateway.runner import Endpoint, Prepared, Run, Target, generation_collect
 from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
-from tests.conftest import TOKENIZER, LiveGateway, start_gateway, stop_gateway
+from tests.conftest import TOKENIZER, LiveGateway, gateway_running
 from tests.vision.conftest import VL
 
 pytestmark = pytest.mark.django_db
@@ -38,19 +38,14 @@ SLOW_ANSWER = "[[say:abcdefghijklmno]][[delay:100]]"
 def short_gateway(
     vision_models, owner_key, image_server, tmp_path_factory
 ) -> Iterator[LiveGateway]:
-    live = start_gateway(
-        tmp_path_factory.mktemp("deadline-gateway"),
-        {
-            "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
-            "VISION_FETCH_TIMEOUT": "60",
-            "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
-        },
-        api_key=owner_key,
-    )
-    try:
+    env = {
+        "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
+        "VISION_FETCH_TIMEOUT": "60",
+        "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
+    }
+    tmp = tmp_path_factory.mktemp("deadline-gateway")
+    with gateway_running(tmp, env, api_key=owner_key) as live:
         yield live
-    finally:
-        stop_gateway(live)
 
 
 @pytest.fixture
