@@ -83,8 +83,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "llmgateway.api.middleware.request_id_middleware",
-    # One request-log row for every inference request, including those refused before
-    # admission (400/401/404/429); a no-op when GATEWAY_PLATFORM is off.
+    # The request-log row of every inference request refused before admission
+    # (400/401/404/429; an admitted one's row comes with its settlement): one row per
+    # request. A no-op when GATEWAY_PLATFORM is off.
     "accounts.middleware.request_log_middleware",
     "llmgateway.api.middleware.body_limit_middleware",
     "llmgateway.api.middleware.admin_middleware",
@@ -226,7 +227,8 @@ LOGGING = {
 }
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
-# these checks cannot see. tests/api/test_admin.py proves the admin still works.
+# these checks cannot see. tests/accounts/test_admin.py and test_admin_browser.py prove
+# the admin still works.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
 
 # ---- Vision (Qwen-VL images; llmgateway/vision/) ------------------------------------------
