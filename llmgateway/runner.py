@@ -276,13 +276,13 @@ class Run:
     # ---- admitted: settled exactly once from here on ---------------------------------------
 
     async def admitted(self, target: Target, prepared: Prepared) -> Answer:
-        results = None
+        stream = self.endpoint.stream
         try:
             shaper = self.endpoint.shaper(target, prepared)
             if prepared.vision is not None:
                 await self.load(prepared)
             self.used = True
-            if self.endpoint.stream:
+            if stream:
                 await self.start(prepared)
             else:
                 results = await self.collect(prepared)
@@ -292,7 +292,7 @@ class Run:
                 raise error from exc
             raise
         headers = self.admission.headers
-        if results is None:
+        if stream:
             return Answer(headers, events=self.stream(shaper), on_close=self.closer())
         await self.settle(200, finish_reasons=[r.finish_reason for r in results])
         return Answer(headers, body=shaper.response(results))
