@@ -1,6 +1,6 @@
 """The platform's admission: quota admission, settlement, and the log row it writes.
 
-The runner (llmgateway/runner.py) calls `admit` with the request's Caller; see
+The runner (llmgateway/runner/lifecycle.py) calls `admit` with the request's Caller; see
 llmgateway/accounting.py for the contract between them.
 """
 

@@ -172,17 +172,17 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
     """
     import statistics
 
-    from llmgateway import runner
     from llmgateway.api import chat
+    from llmgateway.runner import lifecycle
     from llmgateway.triton import stream as triton_stream
 
     marks: dict[str, float] = {}
     # (owner, function name) -> (mark, taken on return rather than on entry)
     marked = {
         (chat, "chat_validate"): ("view", False),
-        (runner.Run, "prepare"): ("prepared", True),
+        (lifecycle.Run, "prepare"): ("prepared", True),
         (triton_stream.TritonStream, "open"): ("call", True),
-        (runner.Run, "start"): ("sent", True),
+        (lifecycle.Run, "start"): ("sent", True),
         (triton_stream, "parse_response"): ("message", False),
     }
     saved = {target: getattr(*target) for target in marked}

@@ -1,5 +1,5 @@
 """What a request reserves, what it used and how it ended: the vocabulary between the
-runner (llmgateway/runner.py) and the platform that admits and settles it (accounts/).
+runner (llmgateway/runner/) and the platform that admits and settles it (accounts/).
 
 The runner admits a request once it knows the model and the token reservation
 (prompt tokens plus the most it may generate), before anything reaches Triton,

@@ -7,7 +7,7 @@ Two layers:
   before the first token);
 - generations: each one that reached Triton, by model, settled however it ended
   (status 499 when the client left), with its tokens, time to first token and
-  duration. Recorded in `runner.Run.settle`, so a stream counts when it ends.
+  duration. Recorded in `Run.settle` (runner/lifecycle.py), so a stream counts when it ends.
 
 Under several uvicorn workers (`serve --workers N`) each worker is a process of its
 own: `serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before they start,

@@ -15,7 +15,8 @@ from llmgateway.api.generate import GenerateEndpoint, GenerateIn
 from llmgateway.context import RequestContext
 from llmgateway.engine import load_engine
 from llmgateway.models import ModelConfig
-from llmgateway.runner import Answer, Run, Target
+from llmgateway.runner.endpoint import Target
+from llmgateway.runner.lifecycle import Answer, Run
 from tests.conftest import CHAT_MODEL, DEV_LIMITS, TOKENIZER
 
 

@@ -27,7 +27,7 @@ from llmgateway.api.respond import respond
 from llmgateway.engine import GenerationRequest
 from llmgateway.errors import invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve
-from llmgateway.runner import Endpoint, Prepared, Target
+from llmgateway.runner.endpoint import Endpoint, Prepared, Target
 from llmgateway.textgen.tools import prompt_render, tool_stops
 from llmgateway.textgen.tools.plan import ToolPlan
 from llmgateway.vision.service import vision_chat_plan

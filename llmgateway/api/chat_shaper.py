@@ -11,7 +11,7 @@ from typing import Any
 from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, V1Shaper, chosen_tokens
 from llmgateway.api.sse import DONE, ChunkFrame
 from llmgateway.engine import TokenLogprob
-from llmgateway.runner import ChoiceResult, deltas
+from llmgateway.runner.endpoint import ChoiceResult, deltas
 from llmgateway.textgen.tools import parser_for
 from llmgateway.textgen.tools.parsing import Parser, ToolCallDelta, answer_parse
 from llmgateway.textgen.tools.plan import ToolPlan

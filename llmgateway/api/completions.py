@@ -24,7 +24,7 @@ from llmgateway.api.sse import DONE, ChunkFrame
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, TokenLogprob
 from llmgateway.errors import invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve
-from llmgateway.runner import ChoiceResult, Endpoint, Prepared, Target, deltas
+from llmgateway.runner.endpoint import ChoiceResult, Endpoint, Prepared, Target, deltas
 
 router = Router(tags=["openai"])
 

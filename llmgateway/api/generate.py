@@ -29,7 +29,7 @@ from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationReq
 from llmgateway.errors import APIError, invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve
 from llmgateway.models import ModelConfig
-from llmgateway.runner import ChoiceResult, Endpoint, Prepared, Target, deltas
+from llmgateway.runner.endpoint import ChoiceResult, Endpoint, Prepared, Target, deltas
 from llmgateway.vision.service import vision_prompt_generate
 
 router = Router(tags=["generate"])

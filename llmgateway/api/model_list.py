@@ -10,7 +10,7 @@ from ninja import Router
 from llmgateway.api.respond import json_response
 from llmgateway.errors import model_not_found
 from llmgateway.models import ModelConfig
-from llmgateway.runner import model_visible
+from llmgateway.runner.lifecycle import model_visible
 from llmgateway.services import model_get, model_list
 
 router = Router(tags=["openai"])

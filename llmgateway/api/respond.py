@@ -8,7 +8,8 @@ from django.http import HttpRequest, HttpResponse
 
 from llmgateway.api.sse import sse_response
 from llmgateway.compat import response_on_close
-from llmgateway.runner import Endpoint, run
+from llmgateway.runner.endpoint import Endpoint
+from llmgateway.runner.lifecycle import run
 
 
 async def respond(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:

@@ -21,7 +21,8 @@ from llmgateway.engine import Engine, GenerationRequest, SamplingParams, load_en
 from llmgateway.errors import APIError
 from llmgateway.limits import deadline_resolve
 from llmgateway.models import ModelConfig
-from llmgateway.runner import Endpoint, Prepared, Run, Target, generation_collect
+from llmgateway.runner.endpoint import Endpoint, Prepared, Target, generation_collect
+from llmgateway.runner.lifecycle import Run
 from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
 from tests.conftest import TOKENIZER, LiveGateway, gateway_running
