@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,13 +84,16 @@ class Answer:
     on_close: Callable[[], None] | None = None
 
 
-async def run(request: HttpRequest, *, caller: Caller | None, endpoint: Endpoint) -> Answer:
-    """Serve one generating request from its model to its settlement.
+def run(request: HttpRequest, *, caller: Caller | None, endpoint: Endpoint) -> Awaitable[Answer]:
+    """Serve one generating request from its model to its settlement (await it).
 
     `caller` is authentication's (None with the platform off). Raises APIError for a
     request refused or failed before its answer starts.
+
+    Not a coroutine of its own: each await level is a frame every resumption of the
+    request's task passes through.
     """
-    return await Run(request, caller=caller, endpoint=endpoint).answer()
+    return Run(request, caller=caller, endpoint=endpoint).answer()
 
 
 class Run:
@@ -236,8 +239,9 @@ class Run:
         await prepared.generation.start()
         await asyncio.sleep(0)  # let grpc.aio's task send the request now
 
-    async def collect(self, prepared: Prepared) -> list[ChoiceResult]:
-        return await generation_collect(prepared.generation)
+    def collect(self, prepared: Prepared) -> Awaitable[list[ChoiceResult]]:
+        """The generation's choices, collected (await it; see `run` for why not async)."""
+        return generation_collect(prepared.generation)
 
     async def stream(self, shaper: Shaper) -> AsyncIterator[bytes]:
         """The shaper's chunks, ended by its error event if generation fails; settled
