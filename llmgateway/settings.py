@@ -7,6 +7,7 @@ A malformed value fails loudly at start-up rather than silently falling back.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from pathlib import Path
 
@@ -131,8 +132,28 @@ DATABASE_URL = env_str("DATABASE_URL", "")
 # refuses to wait there, since waiting could deadlock. IMMEDIATE waits (up to `timeout`
 # seconds) instead. The test process overrides it (tests/conftest.py).
 SQLITE_OPTIONS = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+# PostgreSQL's time limits, in seconds. A request meets a database that refuses or stops
+# answering with a 503 within connect + statement timeout (llmgateway/db.py). The
+# statement and idle limits apply to the web server's sessions (llmgateway/asgi.py), not
+# to management commands such as migrate, whose statements may rightly run long.
+# Connect: libpq counts whole seconds, at least 2.
+DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_float("DATABASE_CONNECT_TIMEOUT", 3.0)))
+DATABASE_STATEMENT_TIMEOUT = env_float("DATABASE_STATEMENT_TIMEOUT", 5.0)
+# A session idle inside a transaction this long is ended by the server, releasing its
+# locks (a quota row locked by a stalled process would hold up every request of its key).
+DATABASE_IDLE_TIMEOUT = env_float("DATABASE_IDLE_TIMEOUT", 30.0)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            connect_timeout=DATABASE_CONNECT_TIMEOUT,
+            # A peer that vanished (host down, network cut) is noticed on an idle
+            # connection within about a minute, not after the kernel's two hours.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
 else:
     DATABASES = {
         "default": {
@@ -209,6 +230,10 @@ REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
 # With Redis: how long the request-log outbox collects records before a gateway writes
 # them to the database in one INSERT (rows appear up to this late in the admin).
 REQUEST_LOG_DRAIN_SECONDS = env_float("REQUEST_LOG_DRAIN_SECONDS", 1.0)
+# Where a gateway keeps settlements and request logs it could not write while the
+# database (or Redis) was out, until it can (accounts/quota/spool.py). Must survive a
+# restart of the gateway (a volume in a container) and be local to it.
+GATEWAY_SPOOL_DIR = env_str("GATEWAY_SPOOL_DIR", str(BASE_DIR / "var" / "spool"))
 # On a graceful stop, how long to wait for settlements and request-log writes still
 # running after their responses were sent (llmgateway/background.py).
 GATEWAY_SHUTDOWN_SECONDS = env_float("GATEWAY_SHUTDOWN_SECONDS", 10.0)
