@@ -11,13 +11,16 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from accounts.models import RequestLog
+from accounts.models import RefusedRequests, RequestLog
 
 BATCH = 10_000
 
 
 class Command(BaseCommand):
-    help = "Delete request logs older than --days (default REQUEST_LOG_RETENTION_DAYS)."
+    help = (
+        "Delete request logs and refused-request counts older than --days "
+        "(default REQUEST_LOG_RETENTION_DAYS)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=float, default=None)
@@ -36,4 +39,5 @@ class Command(BaseCommand):
             if not ids:
                 break
             deleted += RequestLog.objects.filter(pk__in=ids).delete()[0]
+        RefusedRequests.objects.filter(minute__lt=cutoff).delete()
         self.stdout.write(f"Deleted {deleted} request logs older than {days:g} days.")
