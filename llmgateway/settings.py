@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -80,6 +81,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "llmgateway.devtriton",
     "accounts",
+    # Admin login throttling (see AXES_* below).
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -101,6 +104,8 @@ ADMIN_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "llmgateway.urls"
@@ -170,6 +175,48 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Optional: shared counters for quotas across replicas. Unset means the database.
 REDIS_URL = env_str("REDIS_URL", "")
+
+# The admin's login: django-axes counts failed logins per username and client address
+# (REMOTE_ADDR: behind a proxy, the proxy's) and refuses that pair for the cool-off
+# period once ADMIN_LOGIN_FAILURE_LIMIT logins failed, the right password included.
+# `manage.py axes_reset` lifts lockouts. Its backend runs before Django's own.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address axes counts by: the connection's, never a header a client could forge.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
+# HTTPS for the admin's cookies and pages, on whenever DEBUG is off (TLS terminates at
+# the ingress or a proxy in front of the gateway; docs/deploy.md "TLS and ingress").
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Redirects plain-HTTP admin pages to HTTPS (the API and probes are never redirected:
+# SecurityMiddleware wraps only the admin's paths).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# The header a TLS-terminating proxy sets, as "HEADER,value" (e.g.
+# "X-Forwarded-Proto,https"). Only behind such a proxy: a client could send it itself.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_ssl_header:
+    _header, _, _value = _proxy_ssl_header.partition(",")
+    if not _header.strip() or not _value.strip():
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r}: use HEADER,value "
+            "(e.g. X-Forwarded-Proto,https)"
+        )
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _header.strip().upper().replace("-", "_"),
+        _value.strip(),
+    )
+# Origins (https://admin.example.com) whose admin form posts pass the CSRF check.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -253,7 +300,17 @@ LOGGING = {
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
 # these checks cannot see. tests/api/test_admin.py proves the admin still works.
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# security.W001-W003 and axes.W002 likewise: llmgateway/checks.py asks the same of
+# ADMIN_MIDDLEWARE under `check --deploy`.
+SILENCED_SYSTEM_CHECKS = [
+    "admin.E408",
+    "admin.E409",
+    "admin.E410",
+    "security.W001",
+    "security.W002",
+    "security.W003",
+    "axes.W002",
+]
 
 # ---- Vision (Qwen-VL images; llmgateway/vision/) ------------------------------------------
 # Most images one request may carry (each costs image_tokens prompt positions).
