@@ -236,6 +236,13 @@ WHITENOISE_USE_FINDERS = True
 # Largest request body accepted by the API, in bytes (images arrive inline as data: URLs).
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# HTTP limits of `serve` and `runserver` (llmgateway/http_limits.py; uvicorn sets none):
+# the request line and all headers in bytes (414 / 431 beyond), and the seconds a client
+# may take to send a request's head, and then its body (408 and closed beyond).
+HTTP_MAX_REQUEST_LINE_BYTES = env_int("HTTP_MAX_REQUEST_LINE_BYTES", 16 * 1024)
+HTTP_MAX_HEADER_BYTES = env_int("HTTP_MAX_HEADER_BYTES", 64 * 1024)
+HTTP_HEADER_TIMEOUT = env_float("HTTP_HEADER_TIMEOUT", 10.0)
+HTTP_BODY_TIMEOUT = env_float("HTTP_BODY_TIMEOUT", 60.0)
 # Largest guide (JSON schema) sent to TensorRT-LLM's guided decoding, in bytes: Triton
 # compiles each request's grammar, and a huge schema would hold up its other requests.
 GUIDED_DECODING_MAX_SCHEMA_BYTES = env_int("GUIDED_DECODING_MAX_SCHEMA_BYTES", 128 * 1024)
