@@ -139,7 +139,7 @@ class Spool:
         if self._current is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"spool-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
-            handle = path.open("ab")
+            handle = path.open("a+b")  # appended to, and read back when replayed
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._current = (path, handle)
         return self._current[1]
