@@ -31,7 +31,14 @@ every request. Commands go through `resp.RespClient` (one pipelined
 connection per event loop; see there for why not redis-py's client).
 
 If Redis is unreachable admissions fail closed (503 from the caller); the
-limits never silently fall back to per-process counting (LiteLLM #35533).
+limits never silently fall back to per-process counting (LiteLLM #35533). A
+settlement or record Redis cannot take writes its log row to the database
+directly and spools the settlement (spool.py), replayed once Redis is back: the
+settle script charges a lease only while it is held, or once after an
+admission released it on expiry (recorded in the key's `expired` hash for a
+day), so a replay of a settlement already applied charges nothing. While the
+database is out the outbox keeps every record and the drain retries; a record
+the database refuses for good moves to DEAD_LETTERS, never dropped.
 All of a key's Redis keys share the hash tag {<key id>}, so the scripts are
 valid on Redis Cluster. The clock is the gateway's (replicas must run NTP;
 skew only shifts bucket boundaries). requests and tokens per minute are sliding
