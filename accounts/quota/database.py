@@ -328,6 +328,10 @@ def settle(
             logs_write([log])
 
 
+# An entry that cannot even be turned into its rows (a record from another version).
+MALFORMED = (ValueError, TypeError, KeyError)
+
+
 def _logged(log: dict) -> bool:
     return RequestLog.objects.filter(log_id=uuid.UUID(log["log_id"])).exists()
 
@@ -361,6 +365,8 @@ def replay(entries: list[Entry]) -> list[Entry]:
             if database_unreachable(exc):
                 raise
             refused.append(entry)
+        except MALFORMED:
+            refused.append(entry)
     return refused
 
 
@@ -372,6 +378,8 @@ def _write_records(entries: list[Entry]) -> list[Entry]:
     except DatabaseError as exc:
         if database_unreachable(exc):
             raise
+    except MALFORMED:
+        pass
     if len(entries) == 1:
         return entries
     return [entry for entry in entries if _write_records([entry])]

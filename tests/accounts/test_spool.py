@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 
 from accounts.models import RequestLog
 from accounts.quota.spool import Spool, log_entry, settle_entry, spool_replay
@@ -61,15 +62,19 @@ async def test_records_refused_for_good_go_to_dead_letters(settings, committed, 
 
     settings.REDIS_URL = ""
     store = _store_for("")
-    good, bad = log(1), log(2)
-    bad["status"] = -5  # a PositiveSmallIntegerField: refused by the database
+    good, bad, malformed = log(1), log(2), log(3)
+    bad["status"] = -5  # a PositiveSmallIntegerField: PostgreSQL refuses it
+    malformed["no_such_column"] = 1  # e.g. a record from another version
     spool = Spool(tmp_path)
-    spool.append([log_entry("database", good), log_entry("database", bad)])
+    entries = [log_entry("database", record) for record in (good, bad, malformed)]
+    spool.append(entries)
     assert await spool_replay(spool, store.replayer.apply)
     assert await sync_to_async(RequestLog.objects.filter(log_id=good["log_id"]).exists)()
     assert not list(tmp_path.glob("spool-*.jsonl"))
     (dead,) = tmp_path.glob("dead-*.jsonl")
-    assert bad["log_id"] in dead.read_text()
+    assert malformed["log_id"] in dead.read_text()
+    if connection.vendor == "postgresql":  # SQLite's INSERT OR IGNORE skips CHECK failures
+        assert bad["log_id"] in dead.read_text()
 
 
 def test_a_dead_process_file_is_replayed_and_a_live_one_is_not(tmp_path):
