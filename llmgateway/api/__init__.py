@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Swagger
+from ninja.openapi.schema import OpenAPISchema
 
 from llmgateway.api.errors import install_error_handlers
 from llmgateway.api.openapi import document_responses
@@ -57,7 +60,7 @@ class GatewayAPI(NinjaAPI):
     def create_temporal_response(self, request: HttpRequest) -> HttpResponse:
         return TemporalResponse(self.get_content_type())
 
-    def get_openapi_schema(self, **kwargs):
+    def get_openapi_schema(self, **kwargs: Any) -> OpenAPISchema:
         # The routes return hand-built responses, so Ninja documents only a bare 200:
         # bodies and error envelopes come from one table (llmgateway/api/openapi.py).
         return document_responses(super().get_openapi_schema(**kwargs))

@@ -13,12 +13,13 @@ tests/api/test_openapi.py checks real responses against them, so the document st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 REF_PREFIX = "#/components/schemas/"
+S = TypeVar("S", bound=dict[str, Any])
 
 
 class ErrorDetail(BaseModel):
@@ -272,7 +273,7 @@ def _document(operation: dict[str, Any], doc: RouteDoc | None) -> None:
         responses[status] = _error(status)
 
 
-def document_responses(schema: dict[str, Any]) -> dict[str, Any]:
+def document_responses(schema: S) -> S:
     """Add every operation's response bodies and error envelopes to `schema` (in place)."""
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {}).update(_schemas())
