@@ -308,6 +308,8 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # runserver's reloader: uvicorn already says which file changed.
         "watchfiles": {"level": "WARNING"},
+        # Login failures and lockouts are warnings; its start-up banner is not news.
+        "axes": {"level": "WARNING"},
     },
 }
 
