@@ -1,8 +1,16 @@
-"""The request log's guard: exactly one request-log row per API request.
+"""The request log's guard: exactly one request-log row per API request with a key.
 
 A request the runner admitted has its row written by its settlement
-(accounts/admission.py). This middleware writes the row of every request that never
-got that far (bad JSON, no key, unknown model, 429, ...). Health checks are not logged.
+(accounts/admission.py). This middleware writes the row of every request that
+never got that far (bad JSON, unknown model, 429, ...). Health checks and /metrics
+are not logged.
+
+A request refused without a valid key (none sent, or one the auth refused) gets
+no row: it is counted per minute and client address (accounts/refusals.py), its
+content never kept. A request refused before its key was checked (413, an
+unknown path) has the key it sent looked up first, off the response's path: a
+valid key gets the row, an invalid one the count, and a key that cannot be
+checked (the database out) the row, without the key.
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from accounts.auth import ApiKeyAuth
 from accounts.logs import body_model, log_record
 from accounts.quota import quota_store
+from accounts.refusals import refusals
+from accounts.services import caller_lookup
 from llmgateway import background
 from llmgateway.context import request_context
 from llmgateway.paths import is_api_path
@@ -25,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def is_logged_path(path: str) -> bool:
-    return is_api_path(path) and not path.startswith("/health")
+    return is_api_path(path) and not path.startswith(("/health", "/metrics"))
 
 
 def _error_code(response: HttpResponse) -> str | None:
@@ -45,21 +56,34 @@ def _log_unadmitted(request: HttpRequest, status: int, error_type: str | None) -
     REQUEST_LOG_CONTENT, the prompt) is closed once the response is sent. The caller
     is authentication's, when it got that far (Ninja keeps it as `request.auth`).
     """
+    caller = getattr(request, "auth", None)
+    presented = "" if caller is not None else ApiKeyAuth._presented(request)
+    if caller is None and (not presented or status == 401):
+        refusals.count(request.META.get("REMOTE_ADDR"), status)
+        return
     try:
         record = log_record(
-            request,
-            caller=getattr(request, "auth", None),
-            model=body_model(request),
-            status=status,
-            error_type=error_type,
+            request, caller=caller, model=body_model(request), status=status, error_type=error_type
         )
     except Exception:
         logger.exception("could not log request %s", request_context(request).request_id)
         return
-    background.spawn(_write(record))
+    background.spawn(_write(record, presented, status))
 
 
-async def _write(record: dict) -> None:
+async def _write(record: dict, presented: str, status: int) -> None:
+    """Write `record`; when its key was never checked (`presented`), check it first."""
+    if presented:
+        try:
+            caller = await caller_lookup(presented)
+        except Exception:
+            caller = None  # the database is out: log the request, key unknown
+        else:
+            if caller is None or not caller.key.is_active():
+                refusals.count(record["client_ip"], status)
+                return
+        if caller is not None:
+            record["api_key_id"], record["key_public_id"] = caller.key.id, caller.key.public_id
     try:
         await quota_store().log(record)
     except Exception:

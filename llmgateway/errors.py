@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from django.http import HttpResponse
 
+from llmgateway import db
 from llmgateway.triton.errors import (
     DeadlineExceeded,
     TritonError,
@@ -97,6 +98,17 @@ def model_misconfigured() -> APIError:
 
 def server_error() -> APIError:
     return APIError(500, "The server had an error processing your request.", type="server_error")
+
+
+def database_unavailable() -> APIError:
+    """What a request gets while the database is out of reach (llmgateway/db.py)."""
+    return APIError(
+        503,
+        "The service is temporarily unavailable. Please retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"retry-after": str(db.RETRY_AFTER)},
+    )
 
 
 def too_large() -> APIError:

@@ -146,7 +146,13 @@ def start_gateway(
 ) -> LiveGateway:
     port = free_port()
     log_path = tmp_dir / f"gateway-{port}.log"
-    env = {**_database_env(), "MODEL_CACHE_SECONDS": "0", **(extra_env or {})}
+    env = {
+        **_database_env(),
+        "MODEL_CACHE_SECONDS": "0",
+        # Gateways of one test share a spool directory, as replicas on one host would.
+        "GATEWAY_SPOOL_DIR": str(tmp_dir / "spool"),
+        **(extra_env or {}),
+    }
     process = gateway_spawn(port, env, output=log_path.open("wb"))
     gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
     try:
@@ -205,6 +211,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "committed_db: no test transaction; the test commits what it writes"
     )
+    # Spool files (accounts/quota/spool.py) of this test process: never the worktree's.
+    import tempfile
+
+    from django.conf import settings as django_settings
+
+    django_settings.GATEWAY_SPOOL_DIR = tempfile.mkdtemp(prefix="gateway-spool-")
     # The servers' SQLite transactions are IMMEDIATE (settings.SQLITE_OPTIONS). Here each
     # test runs inside a transaction of its own, which would then hold the write lock
     # for the whole test and stall the live gateway's writes; so this process begins

@@ -12,11 +12,21 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from llmgateway.errors import APIError, from_triton, invalid, missing, server_error, too_large
+from llmgateway import db
+from llmgateway.errors import (
+    APIError,
+    database_unavailable,
+    from_triton,
+    invalid,
+    missing,
+    server_error,
+    too_large,
+)
 from llmgateway.triton.errors import TritonError
 
 logger = logging.getLogger(__name__)
@@ -201,6 +211,11 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def handle_triton(request: HttpRequest, exc: TritonError) -> HttpResponse:
         return from_triton(exc).response()
 
+    def handle_database(request: HttpRequest, exc: Exception) -> HttpResponse:
+        if not isinstance(exc, db.DatabaseUnavailable):  # those are logged once per outage
+            logger.warning("database error on %s %s: %s", request.method, request.path, exc)
+        return database_unavailable().response()
+
     def handle_other(request: HttpRequest, exc: Exception) -> HttpResponse:
         if isinstance(exc, RecursionError):
             # Only a request's own nesting goes this deep: its free-form JSON values
@@ -217,6 +232,9 @@ def install_error_handlers(api: NinjaAPI) -> None:
     api.add_exception_handler(Http404, handle_404)
     api.add_exception_handler(RequestDataTooBig, handle_too_big)
     api.add_exception_handler(TritonError, handle_triton)
+    # The database out of reach or not answering in time; other database errors are 500s.
+    api.add_exception_handler(OperationalError, handle_database)
+    api.add_exception_handler(InterfaceError, handle_database)
 
 
 def not_found_response(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -11,16 +11,27 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from accounts.models import RequestLog
+from accounts.models import RefusedRequests, RequestLog
+from llmgateway.management.cli import OneLineErrors, positive_number
 
 BATCH = 10_000
+MAX_DAYS = 36_525  # a century: more keeps everything (timedelta would overflow)
 
 
-class Command(BaseCommand):
-    help = "Delete request logs older than --days (default REQUEST_LOG_RETENTION_DAYS)."
+class Command(OneLineErrors, BaseCommand):
+    help = (
+        "Delete request logs and refused-request counts older than --days "
+        "(default REQUEST_LOG_RETENTION_DAYS)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--days", type=float, default=None)
+        parser.add_argument(
+            "--days",
+            type=positive_number(MAX_DAYS),
+            default=None,
+            help="Keep this many days of logs (fractions allowed; default "
+            "REQUEST_LOG_RETENTION_DAYS). 0 or less would delete every log: refused.",
+        )
 
     def handle(self, *args, **options) -> None:
         days = options["days"]
@@ -36,4 +47,5 @@ class Command(BaseCommand):
             if not ids:
                 break
             deleted += RequestLog.objects.filter(pk__in=ids).delete()[0]
+        RefusedRequests.objects.filter(minute__lt=cutoff).delete()
         self.stdout.write(f"Deleted {deleted} request logs older than {days:g} days.")

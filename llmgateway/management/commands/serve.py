@@ -35,6 +35,8 @@ def run_uvicorn(
         port=port,
         workers=workers,
         lifespan="on",  # handler.py: waits for settlements and log writes on shutdown
+        # httptools with header size limits and head/body timeouts (HTTP_* settings).
+        http="llmgateway.http_limits:LimitedHttpToolsProtocol",
         access_log=access_log,
         timeout_keep_alive=60,
         **reloading,
@@ -45,32 +47,67 @@ class Command(BaseCommand):
     help = "Apply migrations, upsert the model config, and serve the gateway under uvicorn."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=9900)
-        parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="Address to listen on (default: %(default)s; 0.0.0.0 for every interface).",
+        )
+        parser.add_argument(
+            "--port", type=int, default=9900, help="Port to listen on (default: %(default)s)."
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="uvicorn worker processes (default: %(default)s).",
+        )
         parser.add_argument("--model-name", dest="model_name", help="Model name inside Triton.")
         parser.add_argument(
             "--served-model-name",
             help="Public name clients send as `model` (default: --model-name).",
         )
-        parser.add_argument("--tokenizer-path", dest="tokenizer_path")
-        parser.add_argument("--server-url", dest="server_url", default="127.0.0.1:8001")
+        parser.add_argument(
+            "--tokenizer-path",
+            dest="tokenizer_path",
+            help="The model's tokenizer directory (needed with --model-name).",
+        )
+        parser.add_argument(
+            "--server-url",
+            dest="server_url",
+            default="127.0.0.1:8001",
+            help="Triton's gRPC address, host:port (default: %(default)s).",
+        )
         parser.add_argument(
             "--model_type",
             "--model-type",
             dest="model_type",
             default=ModelType.QWEN2_CHAT,
             choices=list(ModelType.values),
+            help="How prompts are built: qwen2-chat (ChatML), qwen-vl (images too) or "
+            "chat-template (the tokenizer's own); default %(default)s.",
         )
-        parser.add_argument("--context-length", type=int, default=None)
+        parser.add_argument(
+            "--context-length",
+            type=int,
+            default=None,
+            help="Prompt plus output tokens the engine accepts (default: the model config's, 4096 when new).",
+        )
         parser.add_argument(
             "--trust-remote-code",
             action="store_true",
             help="Let the tokenizer directory's own code run (Qwen-VL's tokenizer needs it). "
             "Without the flag the model config keeps its stored setting (off when new).",
         )
-        parser.add_argument("--access-log", action="store_true")
-        parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument(
+            "--access-log",
+            action="store_true",
+            help="Log a line per request (uvicorn's access log).",
+        )
+        parser.add_argument(
+            "--no-migrate",
+            action="store_true",
+            help="Skip `migrate` at start-up (when a separate job migrates).",
+        )
 
     def handle(self, *args, **options) -> None:
         if not options["no_migrate"]:

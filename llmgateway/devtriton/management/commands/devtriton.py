@@ -18,16 +18,35 @@ class Command(BaseCommand):
     help = "Run a real tritonserver with the scripted TensorRT-LLM model (CPU only, for dev and demos)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--grpc-port", type=int, default=8001)
-        parser.add_argument("--http-port", type=int, default=8000)
-        parser.add_argument("--metrics-port", type=int, default=8002)
+        parser.add_argument(
+            "--grpc-port",
+            type=int,
+            default=8001,
+            help="Triton's gRPC port, what the gateway calls (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--http-port",
+            type=int,
+            default=8000,
+            help="Triton's HTTP port: health and model config (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=8002,
+            help="Triton's Prometheus metrics port (default: %(default)s).",
+        )
         parser.add_argument(
             "--trtllm-version",
             choices=TRTLLM_VERSIONS,
             default="recent",
             help="Which tensorrt_llm interface the model declares (default: recent).",
         )
-        parser.add_argument("--model-name", default="tensorrt_llm")
+        parser.add_argument(
+            "--model-name",
+            default="tensorrt_llm",
+            help="The model's name inside Triton (default: %(default)s).",
+        )
         parser.add_argument(
             "--state-dir",
             type=Path,
