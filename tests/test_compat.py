@@ -8,6 +8,7 @@ import inspect
 import grpc
 import pytest
 from django.core import signals
+from django.db import close_old_connections
 from django.http import HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from tritonclient.grpc.aio import InferenceServerClient
@@ -31,16 +32,20 @@ DJANGO_CLOSE = """    def close(self):
 
 @pytest.fixture
 def finished() -> list[object]:
+    """The senders of request_finished while the test runs, in place of Django's own
+    receiver (which would close this process's database connections)."""
     sent: list[object] = []
 
     def receiver(sender, **kwargs) -> None:
         sent.append(sender)
 
+    signals.request_finished.disconnect(close_old_connections)
     signals.request_finished.connect(receiver)
     try:
         yield sent
     finally:
         signals.request_finished.disconnect(receiver)
+        signals.request_finished.connect(close_old_connections)
 
 
 @pytest.mark.parametrize("make", [lambda: HttpResponse("x"), lambda: StreamingHttpResponse([])])
