@@ -2,7 +2,8 @@
 
 `APIError` and the constructors for the errors more than one layer raises live here,
 below everyone that uses them: the edge (llmgateway/api/errors.py installs the
-handlers that answer with it), the runner, vision, and accounts (401, 404, 429).
+handlers that answer with it), the runner, vision, and accounts (401, 404, 429). What a
+Triton failure becomes is the runner's (runner/lifecycle.py's `from_triton`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,6 @@ import orjson
 from django.http import HttpResponse
 
 from llmgateway import db
-from llmgateway.triton.errors import (
-    DeadlineExceeded,
-    TritonError,
-    TritonInferenceError,
-    TritonUnavailable,
-)
-
-# Seconds a client should wait before retrying when Triton is unreachable.
-UNAVAILABLE_RETRY_AFTER = 1
 
 
 class APIError(Exception):
@@ -113,30 +105,3 @@ def database_unavailable() -> APIError:
 
 def too_large() -> APIError:
     return APIError(413, "The request body is too large.", code="request_too_large")
-
-
-def from_triton(exc: TritonError) -> APIError:
-    """Map a Triton failure to what the client sees (never internal details)."""
-    if isinstance(exc, TritonUnavailable):
-        return APIError(
-            503,
-            "The inference server is unavailable. Please retry shortly.",
-            type="server_error",
-            code="service_unavailable",
-            headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
-        )
-    if isinstance(exc, DeadlineExceeded):
-        return APIError(
-            504,
-            "The request timed out before generation finished.",
-            type="server_error",
-            code="timeout",
-        )
-    if isinstance(exc, TritonInferenceError):
-        return APIError(
-            500,
-            "The model failed while generating a response.",
-            type="server_error",
-            code="inference_error",
-        )
-    return server_error()

@@ -21,12 +21,12 @@ from llmgateway import db
 from llmgateway.errors import (
     APIError,
     database_unavailable,
-    from_triton,
     invalid,
     missing,
     server_error,
     too_large,
 )
+from llmgateway.runner.lifecycle import from_triton
 from llmgateway.triton.errors import TritonError
 
 logger = logging.getLogger(__name__)

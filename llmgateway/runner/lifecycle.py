@@ -47,7 +47,6 @@ from llmgateway.context import request_context
 from llmgateway.engine import BatchGeneration, Generation
 from llmgateway.errors import (
     APIError,
-    from_triton,
     invalid,
     model_misconfigured,
     model_not_found,
@@ -64,10 +63,18 @@ from llmgateway.runner.endpoint import (
 )
 from llmgateway.services import engine_get, model_get, model_list
 from llmgateway.textgen.tokenizer import TokenizerError
-from llmgateway.triton.errors import TritonError
+from llmgateway.triton.errors import (
+    DeadlineExceeded,
+    TritonError,
+    TritonInferenceError,
+    TritonUnavailable,
+)
 from llmgateway.vision.service import vision_inputs_load
 
 logger = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying when Triton is unreachable.
+UNAVAILABLE_RETRY_AFTER = 1
 
 
 @dataclass(slots=True)
@@ -384,3 +391,30 @@ def model_visible(caller: Caller | None, name: str) -> bool:
     out and asking for one answers 404 model_not_found, as for a missing model.
     """
     return caller is None or caller.allows(name)
+
+
+def from_triton(exc: TritonError) -> APIError:
+    """Map a Triton failure to what the client sees (never internal details)."""
+    if isinstance(exc, TritonUnavailable):
+        return APIError(
+            503,
+            "The inference server is unavailable. Please retry shortly.",
+            type="server_error",
+            code="service_unavailable",
+            headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return APIError(
+            504,
+            "The request timed out before generation finished.",
+            type="server_error",
+            code="timeout",
+        )
+    if isinstance(exc, TritonInferenceError):
+        return APIError(
+            500,
+            "The model failed while generating a response.",
+            type="server_error",
+            code="inference_error",
+        )
+    return server_error()
