@@ -1,6 +1,7 @@
-"""settings.GATEWAY_ACCOUNTING's `admit`: model access, quota admission, settlement, logs.
+"""The platform's admission: quota admission, settlement, and the log row it writes.
 
-See llmgateway/accounting.py for the contract with the routes.
+The runner (llmgateway/runner/lifecycle.py) calls `admit` with the request's Caller; see
+llmgateway/accounting.py for the contract between them.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from django.http import HttpRequest
 
 from accounts.logs import log_record
 from accounts.quota import Decision, Verdict, quota_store
-from accounts.services import KeyRecord, key_allows
+from accounts.services import Caller, KeyRecord
 from llmgateway import background
-from llmgateway.accounting import Outcome, Reservation, Startable
-from llmgateway.api.errors import APIError, model_not_found
-from llmgateway.engine import Usage
+from llmgateway.accounting import Outcome, Reservation, Startable, Usage
+from llmgateway.context import request_context
+from llmgateway.errors import APIError
 
 logger = logging.getLogger(__name__)
 
-# Marks a request whose log row the admission's own clean-up writes.
-ABANDONED = object()
 # A concurrency refusal clears as soon as any of the key's requests ends.
 CONCURRENCY_RETRY_MS = 250
 
@@ -102,7 +101,7 @@ def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
 @dataclass(slots=True)
 class KeyAdmission:
     request: HttpRequest
-    key: KeyRecord
+    caller: Caller
     reservation: Reservation
     lease_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
@@ -118,7 +117,7 @@ class KeyAdmission:
         try:
             record = log_record(
                 self.request,
-                key=self.key,
+                caller=self.caller,
                 model=self.reservation.model,
                 endpoint=self.reservation.endpoint,
                 status=outcome.status,
@@ -131,25 +130,21 @@ class KeyAdmission:
                 cancelled=outcome.cancelled,
                 response_text=outcome.response_text,
             )
-            await quota_store().settle(self.key, self.lease_id, usage.total_tokens, record)
+            await quota_store().settle(self.caller.key, self.lease_id, usage.total_tokens, record)
         except Exception:
             # The client has its answer; a lost settlement expires with its lease.
-            logger.exception("settling request %s failed", self.record_id)
+            logger.exception("settling request %s failed", request_context(self.request).request_id)
 
-    @property
-    def record_id(self) -> str:
-        return getattr(self.request, "request_id", "?")
-
-
-def _release_abandoned(
-    request: HttpRequest, key: KeyRecord, reservation: Reservation, task: asyncio.Task
-) -> None:
-    """Settle (or just log) a request whose client left while it was being admitted."""
-    decision = None if task.cancelled() or task.exception() else task.result()
-    lease_id = decision.lease_id if decision and decision.verdict is Verdict.OK else None
-    admission = KeyAdmission(request, key, reservation, lease_id)
-    outcome = Outcome(status=499, usage=Usage(), error_type="client_disconnected", cancelled=True)
-    background.spawn(admission.settle(outcome))
+    def abandoned(self, task: asyncio.Task) -> None:
+        """Settle (or just log) a request whose client left while it was being admitted,
+        once `task` (the quota store's decision) is done."""
+        decision = None if task.cancelled() or task.exception() else task.result()
+        if decision is not None and decision.verdict is Verdict.OK:
+            self.lease_id = decision.lease_id
+        outcome = Outcome(
+            status=499, usage=Usage(), error_type="client_disconnected", cancelled=True
+        )
+        background.spawn(self.settle(outcome))
 
 
 class EarlyStarts:
@@ -188,13 +183,17 @@ early_starts = EarlyStarts()
 
 
 async def admit(
-    request: HttpRequest, reservation: Reservation, early: Startable | None = None
+    request: HttpRequest,
+    *,
+    caller: Caller,
+    reservation: Reservation,
+    early: Startable | None = None,
 ) -> KeyAdmission:
-    key: KeyRecord | None = getattr(request, "auth", None)
-    if key is None:
-        raise APIError(401, "You didn't provide an API key.", code="invalid_api_key")
-    if not key_allows(key, reservation.model):
-        raise model_not_found(reservation.model)
+    """Reserve `caller`'s quota for `reservation`, or raise APIError (429; 503 when the
+    quota store is unavailable). Whether the caller may use the model is the runner's
+    check, made before."""
+    key = caller.key
+    context = request_context(request)
     tokens = reservation.prompt_tokens + reservation.max_tokens
     lease_id, headers = None, {}
     if key.has_limits:
@@ -209,8 +208,9 @@ async def admit(
         except asyncio.CancelledError:
             # The client left while Redis or the database was admitting it: give back
             # whatever was reserved rather than leaving it to expire.
-            request.gateway_admission = ABANDONED
-            task.add_done_callback(lambda done: _release_abandoned(request, key, reservation, done))
+            abandoned = KeyAdmission(request, caller, reservation, None)
+            context.admission = abandoned
+            task.add_done_callback(abandoned.abandoned)
             raise
         except Exception as exc:
             logger.exception("quota store unavailable")
@@ -231,8 +231,8 @@ async def admit(
         if not admitted:
             raise refusal(key, decision, tokens)
         lease_id, headers = decision.lease_id, ratelimit_headers(key, decision)
-    admission = KeyAdmission(request, key, reservation, lease_id, headers)
-    request.gateway_admission = admission
+    admission = KeyAdmission(request, caller, reservation, lease_id, headers)
+    context.admission = admission
     return admission
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from accounts.services import KeyRecord, key_lookup, key_touch
-from llmgateway.api.errors import APIError
+from accounts.services import Caller, caller_lookup, key_touch
+from llmgateway.errors import APIError
 
 # Azure OpenAI's `api-key` header, as Django names it in request.META.
 AZURE_META = "HTTP_API_KEY"
@@ -19,27 +19,28 @@ def _unauthorized(message: str) -> APIError:
 class ApiKeyAuth(HttpBearer):
     """`Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure OpenAI clients).
 
-    Returns the KeyRecord (as `request.auth`); every failure is a 401 with code
-    invalid_api_key, so the official clients raise AuthenticationError.
+    Returns the key's Caller (Ninja keeps it as `request.auth`, where the edge takes it
+    to pass on as a value); every failure is a 401 with code invalid_api_key, so the
+    official clients raise AuthenticationError.
     """
 
-    async def __call__(self, request: HttpRequest) -> KeyRecord:  # type: ignore[override]
+    async def __call__(self, request: HttpRequest) -> Caller:  # type: ignore[override]
         raw = self._presented(request)
         if not raw:
             raise _unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
             )
-        key = await key_lookup(raw)
-        if key is None:
+        caller = await caller_lookup(raw)
+        if caller is None:
             raise _unauthorized("Incorrect API key provided.")
-        if key.revoked:
+        if caller.key.revoked:
             raise _unauthorized("This API key has been revoked.")
-        if not key.is_active():
+        if not caller.key.is_active():
             raise _unauthorized("This API key has expired.")
-        key_touch(key)
-        return key
+        key_touch(caller.key)
+        return caller
 
-    def authenticate(self, request: HttpRequest, token: str) -> KeyRecord | None:
+    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
         raise NotImplementedError  # __call__ does the work, asynchronously
 
     @staticmethod

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 from django.conf import settings
@@ -17,16 +18,15 @@ from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest
 
 from accounts.models import RequestLog
+from llmgateway.context import request_context
 from llmgateway.db import database_unreachable
+
+if TYPE_CHECKING:
+    from accounts.services import Caller
 
 logger = logging.getLogger(__name__)
 
 MAX_TEXT = 100_000  # characters of prompt or response text kept when content logging is on
-
-
-def request_started(request: HttpRequest) -> None:
-    request.gateway_started = time.monotonic()
-    request.gateway_started_at = time.time()
 
 
 def _client_ip(request: HttpRequest) -> str | None:
@@ -46,7 +46,7 @@ def body_model(request: HttpRequest) -> str:
 def log_record(
     request: HttpRequest,
     *,
-    key=None,
+    caller: Caller | None = None,
     model: str = "",
     endpoint: str = "",
     status: int,
@@ -59,11 +59,12 @@ def log_record(
     cancelled: bool = False,
     response_text: str | None = None,
 ) -> dict:
-    started = getattr(request, "gateway_started", None) or time.monotonic()
+    context = request_context(request)
+    key = caller.key if caller is not None else None
     record = {
         "log_id": uuid.uuid4().hex,
-        "created_at": getattr(request, "gateway_started_at", None) or time.time(),
-        "request_id": storable(getattr(request, "request_id", "")[:200]),
+        "created_at": context.started_at,
+        "request_id": storable(context.request_id[:200]),
         "api_key_id": key.id if key is not None else None,
         "key_public_id": key.public_id if key is not None else "",
         "model": storable(model),
@@ -73,7 +74,7 @@ def log_record(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "finish_reason": storable((finish_reason or "")[:32]),
-        "latency_ms": round((time.monotonic() - started) * 1000, 3),
+        "latency_ms": round((time.monotonic() - context.started) * 1000, 3),
         "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
         "streamed": streamed,
         "cancelled": cancelled,

@@ -14,11 +14,9 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from datetime import datetime
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 from llmgateway.models import ModelConfig
 
@@ -125,10 +123,6 @@ class ApiKey(models.Model):
 
     def matches(self, raw: str) -> bool:
         return self.has_secret and hmac.compare_digest(self.secret_hash, hash_key(raw))
-
-    def is_active(self, now: datetime | None = None) -> bool:
-        now = now or timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class KeyUsage(models.Model):

@@ -45,9 +45,6 @@ class KeyRecord:
     budget_tokens: int | None
     budget_period: str
 
-    def allows(self, model_name: str) -> bool:
-        return key_allows(self, model_name)
-
     @classmethod
     def from_row(cls, key: ApiKey) -> KeyRecord:
         return cls(
@@ -78,6 +75,28 @@ class KeyRecord:
 def key_allows(key: KeyRecord, model_name: str) -> bool:
     """Whether `key` may use the model called `model_name` (for /v1/models and admission)."""
     return key.models is None or model_name in key.models
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the key (its limits and the models it may use) and its owner.
+
+    Authentication (accounts/auth.py) returns it; the edge passes it to the runner as a
+    value, and from there it reaches admission, settlement and the request log. Nothing
+    reads it off the request on the way. Cached with the key's lookup: one per key.
+    """
+
+    key: KeyRecord
+    owner_id: int
+
+    def allows(self, model_name: str) -> bool:
+        """Whether the caller may use the model: one it may not is hidden, not forbidden
+        (/v1/models leaves it out, asking for it is 404 as for a missing model)."""
+        return key_allows(self.key, model_name)
+
+    @classmethod
+    def from_row(cls, key: ApiKey) -> Caller:
+        return cls(key=KeyRecord.from_row(key), owner_id=key.owner_id)
 
 
 def key_create(
@@ -134,24 +153,24 @@ def owner_get_or_create(*, username: str):
 _last_used: dict[int, float] = {}
 
 
-def _load(raw: str) -> KeyRecord | None:
+def _load(raw: str) -> Caller | None:
     public_id = parse_public_id(raw)
     if public_id is None:
         return None
     key = ApiKey.objects.filter(public_id=public_id).prefetch_related("allowed_models").first()
     if key is None or not key.matches(raw):
         return None
-    return KeyRecord.from_row(key)
+    return Caller.from_row(key)
 
 
-# Lookup cache: HMAC of the presented key → KeyRecord or None.
-_cache: RowCache[KeyRecord | None] = RowCache(
+# Lookup cache: HMAC of the presented key → its Caller or None.
+_cache: RowCache[Caller | None] = RowCache(
     orm(_load), ttl=lambda: settings.API_KEY_CACHE_SECONDS, max_entries=MAX_CACHED
 )
 
 
-async def key_lookup(raw: str) -> KeyRecord | None:
-    """The key whose secret is `raw` (active or not), or None."""
+async def caller_lookup(raw: str) -> Caller | None:
+    """The caller whose key's secret is `raw` (active or not), or None."""
     return await _cache.get(hash_key(raw), raw)
 
 

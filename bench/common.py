@@ -78,16 +78,10 @@ async def dev_stack(
 ) -> AsyncIterator:
     """A dev Triton under `workdir` and the model config `name` pointing at its
     `triton_model`, for the gateways and the direct calls of one bench run."""
-    from llmgateway.devtriton.server import DevTriton, free_port
+    from llmgateway.devtriton.stack import dev_triton
     from llmgateway.services import model_upsert
 
-    with DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models=models,
-        state_dir=workdir / "triton",
-    ) as triton:
+    with dev_triton(models=models, state_dir=workdir / "triton") as triton:
         await asyncio.to_thread(
             model_upsert,
             name=name,
@@ -110,8 +104,9 @@ def start_gateway(
     port: int, db_path: Path, env: dict[str, str] | None = None, *, root: Path = ROOT
 ) -> subprocess.Popen:
     """A uvicorn worker serving the gateway from `root` (a checkout of some version)."""
+    from llmgateway.devtriton.stack import gateway_spawn, gateway_wait
+
     full_env = {
-        **os.environ,
         "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", ""),
         "SQLITE_PATH": str(db_path),
         "DEBUG": "false",
@@ -120,36 +115,14 @@ def start_gateway(
         "LOG_LEVEL": "WARNING",
         **(env or {}),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "llmgateway.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        # auto: versions before the gateway spoke the lifespan protocol start too.
-        "--lifespan",
-        "auto",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    if root != ROOT:
-        full_env["PYTHONPATH"] = str(root)
-    process = subprocess.Popen(command, cwd=root, env=full_env)
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("gateway did not start")
+    # Lifespan "auto": versions from before the gateway spoke the lifespan protocol start too.
+    process = gateway_spawn(port, full_env, root=root, lifespan="auto", quiet=True)
+    try:
+        gateway_wait(f"http://127.0.0.1:{port}", process)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
 
 
 def checkout(ref: str) -> Path:

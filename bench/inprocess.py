@@ -164,24 +164,25 @@ async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None
 
     Timestamps from wrappers around gateway functions: when the view starts (its
     body parsed and validated: chat_validate), when the prompt's ids are ready
-    (chat_prepare returns), when the Triton call is created (TritonStream.open),
-    when grpc.aio has been given the request to send (stream_start returns),
+    (the runner's prepare returns), when the Triton call is created (TritonStream.open),
+    when grpc.aio has been given the request to send (the runner's start returns),
     when the first response is parsed (parse_response), and when the first
     content chunk is handed to the server (the ASGI send). p50 and p90 of each
     span; the spans' p50s need not add up to the total's.
     """
     import statistics
 
-    from llmgateway.api import openai
+    from llmgateway.api import chat
+    from llmgateway.runner import lifecycle
     from llmgateway.triton import stream as triton_stream
 
     marks: dict[str, float] = {}
     # (owner, function name) -> (mark, taken on return rather than on entry)
     marked = {
-        (openai, "chat_validate"): ("view", False),
-        (openai, "chat_prepare"): ("prepared", True),
+        (chat, "chat_validate"): ("view", False),
+        (lifecycle.Run, "prepare"): ("prepared", True),
         (triton_stream.TritonStream, "open"): ("call", True),
-        (openai, "stream_start"): ("sent", True),
+        (lifecycle.Run, "start"): ("sent", True),
         (triton_stream, "parse_response"): ("message", False),
     }
     saved = {target: getattr(*target) for target in marked}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
+from llmgateway.accounting import Usage
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
@@ -88,23 +89,6 @@ class Delta:
     # (_Choice.feed). Special tokens (end of turn) and tokens past a stop are left out.
     tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
 
 
 class _Choice:

@@ -12,7 +12,7 @@ the event loop:
   sync_to_async threads), so they are no-ops here. Stale connections in the
   ORM's worker thread are closed by `llmgateway.db.orm` before each use.
 - our API responses' close() releases no resources needing a thread, and its
-  request_finished signal is skipped too (`_close`): the response's own
+  request_finished signal is skipped too (`response_close_quietly`): the response's own
   closers (Triton cancellation, settling a stream that never started) run.
 - the response is made in the request's own task; a second task only waits
   for the client to leave, then cancels the first (Django makes both new
@@ -48,10 +48,10 @@ from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
 from llmgateway import background
-from llmgateway.api.middleware import is_api_path, is_unknown_path, route_match
+from llmgateway.api.middleware import context_begin
 from llmgateway.api.sse import EventStream
-
-logger = logging.getLogger(__name__)
+from llmgateway.compat import response_close_quietly, response_on_close
+from llmgateway.paths import is_api_path, is_unknown_path, route_match
 
 
 class GatewayASGIHandler(ASGIHandler):
@@ -87,7 +87,7 @@ class GatewayASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
         # body_limit_middleware answers 413 (and the request is logged) before any view.
-        request.body_too_large = too_large
+        context_begin(request, body_too_large=too_large)
 
         # The response is made in this task; a second one only listens for the client
         # leaving, and then cancels this one. (Django runs both as new tasks and waits
@@ -108,7 +108,7 @@ class GatewayASGIHandler(ASGIHandler):
                 # The client left: the cancel this task got is handled here, not raised.
                 this.uncancel()
             if response is not None:
-                _close(response)
+                response_close_quietly(response)
             body_file.close()
 
     async def api_response(self, request):
@@ -128,7 +128,7 @@ class GatewayASGIHandler(ASGIHandler):
         """The middleware chain's response, its request closed with it, an error logged
         in a thread only when the django.request logger keeps the record."""
         response = await self._middleware_chain(request)
-        response._resource_closers.append(request.close)
+        response_on_close(response, request.close)
         status = response.status_code
         if status >= 400 and request_logger.isEnabledFor(
             logging.ERROR if status >= 500 else logging.WARNING
@@ -198,14 +198,3 @@ class GatewayASGIHandler(ASGIHandler):
 def _fast_path(path: str) -> bool:
     """API paths, and paths no route serves (a flood of those must stay cheap)."""
     return is_api_path(path) or is_unknown_path(path)
-
-
-def _close(response) -> None:
-    """HttpResponseBase.close() without its request_finished signal (see above)."""
-    for closer in response._resource_closers:
-        try:
-            closer()
-        except Exception:
-            logger.exception("a response closer failed")
-    response._resource_closers.clear()
-    response.closed = True

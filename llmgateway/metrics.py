@@ -7,7 +7,7 @@ Two layers:
   before the first token);
 - generations: each one that reached Triton, by model, settled however it ended
   (status 499 when the client left), with its tokens, time to first token and
-  duration. Recorded in `generation.settle`, so a stream counts when it ends.
+  duration. Recorded in `Run.settle` (runner/lifecycle.py), so a stream counts when it ends.
 
 Under several uvicorn workers (`serve --workers N`) each worker is a process of its
 own: `serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before they start,
@@ -28,6 +28,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
+
+from llmgateway.context import request_context
+from llmgateway.paths import route_match
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client may send any method name; the rest are one label value.
@@ -88,26 +91,17 @@ def _child(metric, *labels: str):
 
 def route_of(path: str) -> str:
     """The URLconf pattern serving `path` ("/v1/models/<model_id>"), or "unmatched"."""
-    from llmgateway.api.middleware import route_match  # noqa: PLC0415 - a cycle
-
     match = route_match(path)
     return "/" + match.route if match is not None else "unmatched"
-
-
-def http_started(request: HttpRequest) -> None:
-    if settings.METRICS_ENABLED:
-        request.metrics_started = time.monotonic()
 
 
 def http_answered(request: HttpRequest, response: HttpResponse) -> None:
     if not settings.METRICS_ENABLED:
         return
-    started = getattr(request, "metrics_started", None)
     route = route_of(request.path)
     method = request.method if request.method in METHODS else "other"
     _child(HTTP_REQUESTS, method, route, str(response.status_code)).inc()
-    if started is not None:
-        _child(HTTP_STARTED, route).observe(time.monotonic() - started)
+    _child(HTTP_STARTED, route).observe(time.monotonic() - request_context(request).started)
 
 
 def generation_settled(

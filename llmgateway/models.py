@@ -6,17 +6,13 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from llmgateway.textgen.tools import tool_format_choices
+
 
 class ModelType(models.TextChoices):
     QWEN2_CHAT = "qwen2-chat", "Qwen1.5 / Qwen2 chat (ChatML, ends turns with <|im_end|>)"
     QWEN_VL = "qwen-vl", "Qwen-VL (visual encoder + LLM)"
     CHAT_TEMPLATE = "chat-template", "Any tokenizer with a chat template"
-
-
-class ToolFormat(models.TextChoices):
-    REACT = "react", "ReAct text (Qwen1.5, as the seed did)"
-    HERMES = "hermes", "<tool_call> JSON (Qwen2 / Hermes)"
-    TEMPLATE = "template", "The tokenizer's chat template renders tools"
 
 
 class ModelConfig(models.Model):
@@ -51,8 +47,9 @@ class ModelConfig(models.Model):
     )
     tool_format = models.CharField(
         max_length=16,
-        choices=ToolFormat.choices,
-        default=ToolFormat.REACT,
+        # The formats' modules (textgen/tools/formats/): a new one needs no migration.
+        choices=tool_format_choices,
+        default="react",
         help_text="How tools are rendered into the prompt and parsed back.",
     )
     default_max_tokens = models.PositiveIntegerField(

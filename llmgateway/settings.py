@@ -90,8 +90,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "llmgateway.api.middleware.request_id_middleware",
-    # One request-log row for every inference request, including those refused before
-    # admission (400/401/404/429); a no-op when GATEWAY_PLATFORM is off.
+    # The request-log row of every inference request refused before admission
+    # (400/401/404/429; an admitted one's row comes with its settlement): one row per
+    # request. A no-op when GATEWAY_PLATFORM is off.
     "accounts.middleware.request_log_middleware",
     "llmgateway.api.middleware.body_limit_middleware",
     "llmgateway.api.middleware.admin_middleware",
@@ -270,7 +271,6 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # The managed platform (accounts/): API keys on every inference route, per-key quotas,
 # request logs. Off only to measure the bare gateway (the bench's comparison).
 GATEWAY_PLATFORM = env_bool("GATEWAY_PLATFORM", True)
-GATEWAY_ACCOUNTING = "accounts.admission.admit" if GATEWAY_PLATFORM else ""
 # Keyed hash for API-key secrets. Unset: derived from SECRET_KEY (rotating that then
 # invalidates every key; set this to rotate SECRET_KEY independently).
 API_KEY_PEPPER = env_str("API_KEY_PEPPER", "")
@@ -314,9 +314,9 @@ LOGGING = {
 }
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
-# these checks cannot see. tests/api/test_admin.py proves the admin still works.
-# security.W001-W003 and axes.W002 likewise: llmgateway/checks.py asks the same of
-# ADMIN_MIDDLEWARE under `check --deploy`.
+# these checks cannot see. tests/accounts/test_admin.py and test_admin_browser.py prove
+# the admin still works. security.W001-W003 and axes.W002 likewise: llmgateway/checks.py
+# asks the same of ADMIN_MIDDLEWARE under `check --deploy`.
 SILENCED_SYSTEM_CHECKS = [
     "admin.E408",
     "admin.E409",

@@ -7,9 +7,8 @@ DATABASE_URL is set), and the gateway under uvicorn in a subprocess.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,8 @@ from django.db import connection
 
 from llmgateway.devtriton import server as devtriton_server
 from llmgateway.devtriton.server import DevTriton, free_port
+from llmgateway.devtriton.stack import GatewayDown, dev_triton, gateway_spawn
+from llmgateway.devtriton.stack import gateway_wait as stack_gateway_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = str(ROOT / "llmgateway" / "devtriton" / "tokenizer")
@@ -34,10 +35,7 @@ DOWN_MODEL = "dev-down"  # points at a port where no Triton listens
 
 @pytest.fixture(scope="session")
 def devtriton(tmp_path_factory) -> Iterator[DevTriton]:
-    server = DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
+    server = dev_triton(
         models={"tensorrt_llm": "recent", "tensorrt_llm_v08": "0.8"},
         state_dir=tmp_path_factory.mktemp("devtriton"),
     )
@@ -149,29 +147,13 @@ def start_gateway(
     port = free_port()
     log_path = tmp_dir / f"gateway-{port}.log"
     env = {
-        **os.environ,
         **_database_env(),
         "MODEL_CACHE_SECONDS": "0",
-        "DJANGO_SETTINGS_MODULE": "llmgateway.settings",
         # Gateways of one test share a spool directory, as replicas on one host would.
         "GATEWAY_SPOOL_DIR": str(tmp_dir / "spool"),
         **(extra_env or {}),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "llmgateway.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--lifespan",
-        "on",
-        "--no-access-log",
-    ]
-    log = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = gateway_spawn(port, env, output=log_path.open("wb"))
     gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
     try:
         gateway_wait(gateway, 30, "gateway")
@@ -185,16 +167,11 @@ def start_gateway(
 def gateway_wait(gateway: LiveGateway, seconds: float, what: str) -> LiveGateway:
     """Return `gateway` once it answers /health; RuntimeError with its log tail if its
     process exits first or `seconds` pass (the caller stops the process)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if gateway.process.poll() is not None:
-            raise RuntimeError(f"{what} exited:\n{gateway.log_tail()}")
-        try:
-            if httpx.get(gateway.url + "/health", timeout=1).status_code == 200:
-                return gateway
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start:\n{gateway.log_tail()}")
+    try:
+        stack_gateway_wait(gateway.url, gateway.process, seconds)
+    except GatewayDown as exc:
+        raise RuntimeError(f"{what} {exc}:\n{gateway.log_tail()}") from None
+    return gateway
 
 
 def stop_gateway(gateway: LiveGateway) -> None:
@@ -206,13 +183,22 @@ def stop_gateway(gateway: LiveGateway) -> None:
         gateway.process.kill()
 
 
-@pytest.fixture(scope="session")
-def live_gateway(model_configs, owner_key, tmp_path_factory) -> Iterator[LiveGateway]:
-    gateway = start_gateway(tmp_path_factory.mktemp("gateway"), api_key=owner_key)
+@contextlib.contextmanager
+def gateway_running(
+    tmp_dir: Path, extra_env: dict[str, str] | None = None, *, api_key: str | None = None
+) -> Iterator[LiveGateway]:
+    """start_gateway for the length of a `with` block (a fixture's yield)."""
+    gateway = start_gateway(tmp_dir, extra_env, api_key=api_key)
     try:
         yield gateway
     finally:
         stop_gateway(gateway)
+
+
+@pytest.fixture(scope="session")
+def live_gateway(model_configs, owner_key, tmp_path_factory) -> Iterator[LiveGateway]:
+    with gateway_running(tmp_path_factory.mktemp("gateway"), api_key=owner_key) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -252,8 +252,9 @@ if #items == 0 then redis.call('DEL', KEYS[2]) end
 return items
 """
 
-# KEYS: outbox, drain lock. ARGV: token, items written.
-# Trim what was written and release the lock, only while the lock is still ours.
+# KEYS: outbox, drain lock. ARGV: token.
+# Release the lock after a batch that could not be written (nothing is trimmed), only
+# while the lock is still ours.
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
 return 0
@@ -261,6 +262,7 @@ return 0
 
 # KEYS: outbox, drain lock, dead letters. ARGV: token, items taken, items the database
 # refused for good (kept in the dead-letter list for an operator, never dropped).
+# Trims what was taken and releases the lock, only while the lock is still ours.
 DRAIN_DONE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if #ARGV > 2 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 3)) end

@@ -67,7 +67,7 @@ class GatewayAPI(NinjaAPI):
 
 
 def build_api() -> NinjaAPI:
-    from llmgateway.api import generate, health, openai
+    from llmgateway.api import chat, completions, generate, health, model_list
 
     docs = settings.DOCS_ENABLED
     api = GatewayAPI(
@@ -89,5 +89,6 @@ def build_api() -> NinjaAPI:
     auth = inference_auth()
     api.add_router("", health.router)
     api.add_router("", generate.router, auth=auth)
-    api.add_router("/v1", openai.router, auth=auth)
+    for router in (model_list.router, chat.router, completions.router):
+        api.add_router("/v1", router, auth=auth)
     return api

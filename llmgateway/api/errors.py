@@ -1,7 +1,8 @@
-"""One error envelope everywhere: OpenAI's {"error": {message, type, param, code}}.
+"""The edge's side of the one error envelope (`llmgateway.errors.APIError`).
 
-`APIError` is the one exception the API raises; `install_error_handlers`
-replaces every Ninja default so no `{"detail": ...}` and no 422 reaches a client.
+`install_error_handlers` replaces every Ninja default so no `{"detail": ...}` and
+no 422 reaches a client; pydantic's validation errors are worded as OpenAI words
+them; Django's own 404/405/500 pages become the envelope too.
 """
 
 from __future__ import annotations
@@ -17,112 +18,18 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from llmgateway import db
-from llmgateway.triton.errors import (
-    DeadlineExceeded,
-    TritonError,
-    TritonInferenceError,
-    TritonUnavailable,
+from llmgateway.errors import (
+    APIError,
+    database_unavailable,
+    invalid,
+    missing,
+    server_error,
+    too_large,
 )
+from llmgateway.runner.lifecycle import from_triton
+from llmgateway.triton.errors import TritonError
 
 logger = logging.getLogger(__name__)
-
-# Seconds a client should wait before retrying when Triton is unreachable.
-UNAVAILABLE_RETRY_AFTER = 1
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> HttpResponse:
-        response = HttpResponse(
-            orjson.dumps(self.body()), status=self.status, content_type="application/json"
-        )
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
-
-
-def invalid(message: str, param: str | None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-def missing(param: str) -> APIError:
-    return invalid(
-        f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
-    )
-
-
-def model_not_found(name: str) -> APIError:
-    return APIError(
-        404,
-        f"The model `{name}` does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def from_triton(exc: TritonError) -> APIError:
-    """Map a Triton failure to what the client sees (never internal details)."""
-    if isinstance(exc, TritonUnavailable):
-        return APIError(
-            503,
-            "The inference server is unavailable. Please retry shortly.",
-            type="server_error",
-            code="service_unavailable",
-            headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
-        )
-    if isinstance(exc, DeadlineExceeded):
-        return APIError(
-            504,
-            "The request timed out before generation finished.",
-            type="server_error",
-            code="timeout",
-        )
-    if isinstance(exc, TritonInferenceError):
-        return APIError(
-            500,
-            "The model failed while generating a response.",
-            type="server_error",
-            code="inference_error",
-        )
-    return APIError(500, "The server had an error processing your request.", type="server_error")
-
-
-def database_unavailable() -> APIError:
-    """What a request gets while the database is out of reach (llmgateway/db.py)."""
-    return APIError(
-        503,
-        "The service is temporarily unavailable. Please retry shortly.",
-        type="server_error",
-        code="service_unavailable",
-        headers={"retry-after": str(db.RETRY_AFTER)},
-    )
 
 
 # OpenAI's answer to a body that is empty or not JSON, word for word.
@@ -315,9 +222,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
             # (schemas, tool parameters) are the only unbounded structures it walks.
             return invalid("The request nests too deeply.", None).response()
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return APIError(
-            500, "The server had an error processing your request.", type="server_error"
-        ).response()
+        return server_error().response()
 
     api.add_exception_handler(Exception, handle_other)
     api.add_exception_handler(APIError, handle_api_error)
@@ -330,10 +235,6 @@ def install_error_handlers(api: NinjaAPI) -> None:
     # The database out of reach or not answering in time; other database errors are 500s.
     api.add_exception_handler(OperationalError, handle_database)
     api.add_exception_handler(InterfaceError, handle_database)
-
-
-def too_large() -> APIError:
-    return APIError(413, "The request body is too large.", code="request_too_large")
 
 
 def not_found_response(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -351,6 +252,4 @@ def method_not_allowed_response(request: HttpRequest) -> HttpResponse:
 
 
 def server_error_response(request: HttpRequest) -> HttpResponse:
-    return APIError(
-        500, "The server had an error processing your request.", type="server_error"
-    ).response()
+    return server_error().response()

@@ -15,31 +15,22 @@ Compatible with fastapi_tritonserver's fields. Choices written down here:
 
 from __future__ import annotations
 
-import time
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-import orjson
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router
 from pydantic import AfterValidator, BaseModel
 
-from llmgateway.accounting import Reservation, admit
-from llmgateway.api.errors import invalid
 from llmgateway.api.openai_schemas import INT32_MAX
-from llmgateway.api.sse import event, sse_response
-from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, SamplingParams
-from llmgateway.generation import (
-    cancel_on_close,
-    collect_settled,
-    deadline_resolve,
-    deltas,
-    max_tokens_resolve,
-    model_resolve,
-    stream_settled,
-    stream_start,
-)
+from llmgateway.api.respond import respond
+from llmgateway.api.sse import DONE, event, failure
+from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest, SamplingParams
+from llmgateway.errors import APIError, invalid
+from llmgateway.limits import deadline_resolve, max_tokens_resolve
 from llmgateway.models import ModelConfig
-from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
+from llmgateway.runner.endpoint import ChoiceResult, Endpoint, Prepared, Target, deltas
+from llmgateway.vision.service import vision_prompt_generate
 
 router = Router(tags=["generate"])
 
@@ -136,117 +127,120 @@ def _prefix(payload: SamplingFields, prompt: str) -> str:
     return prompt if payload.only_return_output is False else ""
 
 
-def _apply_headers(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:
-    for name, value in headers.items():
-        response[name] = value
-    return response
+class GenerateEndpoint(Endpoint):
+    route = "/generate"
+
+    payload: GenerateIn
+    request_id = ""
+
+    def prepare(self, target: Target, request_id: str) -> Prepared:
+        payload, config, engine = self.payload, target.config, target.engine
+        self.request_id = payload.uuid or request_id
+        vision = None
+        if payload.images:
+            vision = vision_prompt_generate(
+                config=config, engine=engine, prompt=payload.prompt, images=payload.images
+            )
+        prompt_ids = vision.prompt_ids if vision else _prompt_ids(engine, payload.prompt)
+        gen_request = _request(
+            payload,
+            config=config,
+            prompt_ids=prompt_ids,
+            request_id=self.request_id,
+            stream=payload.stream,
+        )
+        return Prepared(engine.generate(gen_request), [gen_request], vision)
+
+    def shaper(self, target: Target, prepared: Prepared) -> GenerateShaper:
+        prefix = _prefix(self.payload, self.payload.prompt)
+        return GenerateShaper(prepared.generation, self.request_id, [prefix])
+
+
+class BatchGenerateEndpoint(Endpoint):
+    route = "/batch_generate"
+    payload: BatchGenerateIn
+    request_id = ""
+
+    async def check(self, target: Target) -> None:
+        if self.payload.images:
+            raise invalid(
+                "/batch_generate does not take images: send one /generate request per prompt "
+                "and its images.",
+                "images",
+            )
+
+    def prepare(self, target: Target, request_id: str) -> Prepared:
+        payload, engine = self.payload, target.engine
+        self.request_id = payload.uuid or request_id
+        gen_requests = [
+            _request(
+                payload,
+                config=target.config,
+                prompt_ids=_prompt_ids(engine, prompt),
+                request_id=f"{self.request_id}|{i}",
+                stream=False,
+            )
+            for i, prompt in enumerate(payload.prompts)
+        ]
+        generation = BatchGeneration([engine.generate(r) for r in gen_requests])
+        return Prepared(generation, gen_requests)
+
+    def shaper(self, target: Target, prepared: Prepared) -> GenerateShaper:
+        prefixes = [_prefix(self.payload, prompt) for prompt in self.payload.prompts]
+        return GenerateShaper(prepared.generation, self.request_id, prefixes, batch=True)
+
+
+class GenerateShaper:
+    """The seed's answers: {"text", "id"} ({"texts", "id"} for a batch), or a stream of
+    {"text", "id"} events ending with the finish reason and usage, then [DONE]."""
+
+    def __init__(
+        self,
+        generation: Generation | BatchGeneration,
+        request_id: str,
+        prefixes: list[str],
+        *,
+        batch: bool = False,
+    ) -> None:
+        self.generation = generation
+        self.request_id = request_id
+        self.prefixes = prefixes  # per prompt: echoed before its answer, or ""
+        self.batch = batch
+        self.finish_reasons: dict[int, str] = {}
+
+    def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
+        texts = [prefix + r.text for prefix, r in zip(self.prefixes, results, strict=True)]
+        if self.batch:
+            return {"texts": texts, "id": self.request_id}
+        return {"text": texts[0], "id": self.request_id}
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        request_id, (prefix,) = self.request_id, self.prefixes
+        if prefix:
+            yield event({"text": prefix, "id": request_id})
+        async with deltas(self.generation) as stream:
+            async for delta in stream:
+                if delta.text:
+                    yield event({"text": delta.text, "id": request_id})
+                if delta.finish_reason is not None:
+                    self.finish_reasons[delta.index] = delta.finish_reason
+        last = {
+            "text": "",
+            "id": request_id,
+            "finish_reason": self.finish_reasons.get(0),
+            "usage": self.generation.usage.as_dict(),
+        }
+        yield event(last) + DONE
+
+    def failed(self, error: APIError) -> bytes:
+        return failure(error)
 
 
 @router.post("/generate")
 async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
-    started = time.monotonic()
-    config, engine = await model_resolve(name=payload.model)
-    request_id = payload.uuid or request.request_id
-    vision = None
-    if payload.images:
-        vision = vision_prompt_generate(
-            config=config, engine=engine, prompt=payload.prompt, images=payload.images
-        )
-    prompt_ids = vision.prompt_ids if vision else _prompt_ids(engine, payload.prompt)
-    gen_request = _request(
-        payload, config=config, prompt_ids=prompt_ids, request_id=request_id, stream=payload.stream
-    )
-    generation = engine.generate(gen_request)
-    admission = await admit(
-        request,
-        Reservation(
-            model=config.name,
-            endpoint="/generate",
-            prompt_tokens=len(prompt_ids),
-            max_tokens=gen_request.params.max_tokens,
-            stream=payload.stream,
-        ),
-        # A vision request's inputs exist only after its images load: no early start.
-        early=generation if vision is None else None,
-    )
-    if vision is not None:
-        await vision_inputs_load(vision, request=gen_request, admission=admission)
-    prefix = _prefix(payload, payload.prompt)
-    if payload.stream:
-        await stream_start(generation, admission, started=started)
-        finish_reasons: dict[int, str] = {}
-        body = stream_settled(
-            _chunks(generation, request_id, prefix, finish_reasons),
-            generation=generation,
-            admission=admission,
-            started=started,
-            finish_reasons=finish_reasons,
-        )
-        response = sse_response(body)
-        cancel_on_close(response, generation)
-        return _apply_headers(response, admission.headers)
-    (result,) = await collect_settled(generation, admission, started=started)
-    return _apply_headers(
-        _json({"text": prefix + result.text, "id": request_id}), admission.headers
-    )
-
-
-async def _chunks(generation, request_id: str, prefix: str, finish_reasons: dict[int, str]):
-    if prefix:
-        yield event({"text": prefix, "id": request_id})
-    async with deltas(generation) as stream:
-        async for delta in stream:
-            if delta.text:
-                yield event({"text": delta.text, "id": request_id})
-            if delta.finish_reason is not None:
-                finish_reasons[delta.index] = delta.finish_reason
-    yield event(
-        {
-            "text": "",
-            "id": request_id,
-            "finish_reason": finish_reasons.get(0),
-            "usage": generation.usage.as_dict(),
-        }
-    )
+    return await respond(request, GenerateEndpoint(payload))
 
 
 @router.post("/batch_generate")
 async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> HttpResponse:
-    started = time.monotonic()
-    config, engine = await model_resolve(name=payload.model)
-    request_id = payload.uuid or request.request_id
-    if payload.images:
-        raise invalid(
-            "/batch_generate does not take images: send one /generate request per prompt "
-            "and its images.",
-            "images",
-        )
-    gen_requests = [
-        _request(
-            payload,
-            config=config,
-            prompt_ids=_prompt_ids(engine, prompt),
-            request_id=f"{request_id}|{i}",
-            stream=False,
-        )
-        for i, prompt in enumerate(payload.prompts)
-    ]
-    batch = BatchGeneration([engine.generate(r) for r in gen_requests])
-    admission = await admit(
-        request,
-        Reservation(
-            model=config.name,
-            endpoint="/batch_generate",
-            prompt_tokens=sum(len(r.prompt_ids) for r in gen_requests),
-            max_tokens=sum(r.params.max_tokens for r in gen_requests),
-            stream=False,
-        ),
-        early=batch,
-    )
-    results = await collect_settled(batch, admission, started=started)
-    texts = [_prefix(payload, p) + r.text for p, r in zip(payload.prompts, results, strict=True)]
-    return _apply_headers(_json({"texts": texts, "id": request_id}), admission.headers)
-
-
-def _json(body: dict) -> HttpResponse:
-    return HttpResponse(orjson.dumps(body), content_type="application/json")
+    return await respond(request, BatchGenerateEndpoint(payload))

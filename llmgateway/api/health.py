@@ -11,8 +11,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from llmgateway import metrics
-from llmgateway.api.errors import APIError, not_found_response
+from llmgateway.api.errors import not_found_response
 from llmgateway.db import orm
+from llmgateway.errors import APIError
 from llmgateway.services import model_list
 from llmgateway.triton.client import get_backend
 

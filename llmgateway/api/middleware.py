@@ -9,29 +9,23 @@ them, so they wrap only the admin (and other non-API) paths, via
 
 from __future__ import annotations
 
-import functools
 import secrets
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from llmgateway import metrics
-from llmgateway.api.errors import method_not_allowed_response, not_found_response, too_large
+from llmgateway.api.errors import method_not_allowed_response, not_found_response
+from llmgateway.context import RequestContext, request_context
+from llmgateway.errors import too_large
+from llmgateway.paths import HTML_PREFIXES, is_api_path, is_unknown_path
 
-API_PREFIXES = ("/v1/", "/v1", "/generate", "/batch_generate", "/health", "/metrics")
-# Paths whose errors stay Django's HTML pages (the admin console).
-HTML_PREFIXES = ("/admin", "/static")
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_META = "HTTP_X_REQUEST_ID"
 MAX_CLIENT_REQUEST_ID = 200
-
-
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES)
 
 
 def new_request_id() -> str:
@@ -46,9 +40,16 @@ def _request_id(request: HttpRequest) -> str:
     return new_request_id()
 
 
+def context_begin(request: HttpRequest, *, body_too_large: bool = False) -> RequestContext:
+    """Give `request` its context (`request.gateway`): its id (the client's x-request-id
+    when usable), when it started, and whether its body was over the limit."""
+    context = RequestContext(_request_id(request), body_too_large=body_too_large)
+    request.gateway = context
+    return context
+
+
 def _too_large(request: HttpRequest) -> bool:
-    # Set by the ASGI handler for a body it received over the limit (a chunked one).
-    if getattr(request, "body_too_large", False):
+    if request_context(request).body_too_large:
         return True
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0) > settings.GATEWAY_MAX_BODY_BYTES
@@ -136,7 +137,7 @@ def _finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
             response = method_not_allowed_response(request)
             if allow:
                 response["allow"] = allow
-    response[REQUEST_ID_HEADER] = request.request_id
+    response[REQUEST_ID_HEADER] = request_context(request).request_id
     if request.path.startswith(HTML_PREFIXES):
         return response
     origin = _cors_origin(request)
@@ -188,8 +189,8 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
     """
 
     def before(self, request: HttpRequest) -> None:
-        metrics.http_started(request)
-        request.request_id = _request_id(request)
+        if not hasattr(request, "gateway"):  # the ASGI handler makes it on the API's paths
+            context_begin(request)
         if request.method == "HEAD" and is_api_path(request.path):
             request.method = "GET"
 
@@ -208,25 +209,6 @@ class body_limit_middleware(_Middleware):  # noqa: N801
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         return too_large().response() if _too_large(request) else None
-
-
-@functools.lru_cache(maxsize=4096)
-def route_match(path: str) -> ResolverMatch | None:
-    """The root URLconf's match for `path`, or None: cached, as the URLconf is fixed.
-
-    Django resolves every request's path through the nested patterns again; the
-    API's handler (llmgateway/handler.py) and the unknown-path check use this instead.
-    """
-    try:
-        return resolve(path)
-    except Resolver404:
-        return None
-
-
-def is_unknown_path(path: str) -> bool:
-    """A path no route serves, outside the admin's HTML pages: answered with the
-    404 envelope directly (see admin_middleware)."""
-    return not path.startswith(HTML_PREFIXES) and route_match(path) is None
 
 
 class admin_middleware:  # noqa: N801

@@ -6,7 +6,8 @@ import orjson
 from django.http import HttpRequest
 from ninja.parser import Parser
 
-from llmgateway.api.errors import BODY_UNPARSEABLE, invalid
+from llmgateway.api.errors import BODY_UNPARSEABLE
+from llmgateway.errors import invalid
 
 
 class JSONParser(Parser):

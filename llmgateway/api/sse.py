@@ -1,4 +1,8 @@
-"""Server-sent events exactly as OpenAI frames them: `data: <json>\\n\\n`, then `data: [DONE]`."""
+"""Server-sent events exactly as OpenAI frames them: `data: <json>\\n\\n`, then `data: [DONE]`.
+
+The shapers frame their own streams with these (the runner knows no SSE); a stream
+that fails after it started ends with `failure`: the error envelope, then [DONE].
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,18 @@ from typing import Any
 import orjson
 from django.http import StreamingHttpResponse
 
+from llmgateway.errors import APIError
+
 DONE = b"data: [DONE]\n\n"
 
 
 def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def failure(error: APIError) -> bytes:
+    """The end of a stream that failed after it started: the error event, then [DONE]."""
+    return event(error.body()) + DONE
 
 
 class ChunkFrame:

@@ -20,6 +20,7 @@ from tritonclient.grpc import aio as triton_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from llmgateway.compat import grpc_channel
 from llmgateway.triton.errors import TritonUnavailable
 
 logger = logging.getLogger(__name__)
@@ -116,12 +117,12 @@ class TritonBackend:
         self.client = triton_aio.InferenceServerClient(url)
         # One generation = ModelStreamInfer called as unary-stream on the client's
         # channel (see stream.py); a non-decoupled model (the visual encoder) = ModelInfer.
-        self.stream_infer = self.client._channel.unary_stream(
+        self.stream_infer = grpc_channel(self.client).unary_stream(
             STREAM_INFER,
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
         )
-        self.infer = self.client._channel.unary_unary(
+        self.infer = grpc_channel(self.client).unary_unary(
             INFER,
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelInferResponse.FromString,

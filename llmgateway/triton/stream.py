@@ -173,7 +173,9 @@ def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> 
     return TritonResponse(outputs, final.bool_param if final is not None else not decoupled)
 
 
-def _map_rpc_error(exc: grpc.RpcError) -> Exception:
+def rpc_error_map(exc: grpc.RpcError) -> Exception:
+    """The TritonError a failed gRPC call to Triton stands for (for every call made on
+    the core's channel: generations here, the visual encoder in vision/encoder.py)."""
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("The request's deadline passed before generation finished.")
@@ -228,7 +230,7 @@ class TritonStream:
                 try:
                     message = await call.read()
                 except grpc.RpcError as exc:
-                    raise _map_rpc_error(exc) from exc
+                    raise rpc_error_map(exc) from exc
                 if message is grpc.aio.EOF:
                     self._finished = True
                     return

@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2
 
 from llmgateway.triton.client import ModelSpec, TritonBackend
 from llmgateway.triton.errors import TritonInferenceError
-from llmgateway.triton.stream import _map_rpc_error, parse_response
+from llmgateway.triton.stream import parse_response, rpc_error_map
 
 INPUT = "input"
 OUTPUT = "output"
@@ -47,7 +47,7 @@ async def features_encode(
         try:
             message = await backend.infer(request, timeout=time_left())
         except grpc.RpcError as exc:
-            raise _map_rpc_error(exc) from exc
+            raise rpc_error_map(exc) from exc
         output = parse_response(message, decoupled=False).outputs.get(OUTPUT)
         if output is None:
             raise TritonInferenceError(

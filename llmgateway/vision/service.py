@@ -1,4 +1,5 @@
-"""What the routes call for images: plan the prompt, then load the images into it.
+"""Images in a request: plan the prompt (an endpoint's prepare), then load the images
+into it (the runner's load phase, after admission).
 
 Two steps, so that nothing is fetched or encoded for a request that admission
 (keys, quotas) turns away:
@@ -6,8 +7,8 @@ Two steps, so that nothing is fetched or encoded for a request that admission
     vision = vision_prompt_generate(config=..., engine=..., prompt=..., images=...)
     # or, for chat messages: chat = vision_chat_plan(config=..., engine=..., messages=...)
     #     render chat.messages as usual; vision = chat.finish(rendered_text)
-    ... prompt_ids = vision.prompt_ids; admit(...) with len(prompt_ids) ...
-    await vision_inputs_load(vision, request=gen_request, admission=admission)
+    ... prompt_ids = vision.prompt_ids; admitted with len(prompt_ids) ...
+    await vision_inputs_load(vision, request=gen_request)
 
 The prompt ids already hold every image position, so `len(prompt_ids)` (and so
 usage.prompt_tokens) counts them. Refusals become 400s naming the field; a
@@ -25,12 +26,10 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
-from llmgateway import background
-from llmgateway.accounting import Admission, Outcome
-from llmgateway.api.errors import APIError, from_triton, invalid
-from llmgateway.engine import Engine, GenerationRequest, Usage
+from llmgateway.engine import Engine, GenerationRequest
+from llmgateway.errors import invalid, model_misconfigured
 from llmgateway.models import ModelConfig
-from llmgateway.triton.errors import DeadlineExceeded, TritonError
+from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.vision.encoder import features_encode
 from llmgateway.vision.intake import ImageRefused, image_bytes
 from llmgateway.vision.preprocess import images_preprocess
@@ -59,10 +58,6 @@ class VisionPrompt:
     def image_count(self) -> int:
         return len(self.sources)
 
-    @property
-    def image_positions(self) -> int:
-        return self.image_count * self.config.image_tokens
-
 
 @dataclass(slots=True)
 class VisionChat:
@@ -90,7 +85,7 @@ class VisionChat:
                 image_tokens=self.config.image_tokens,
             )
         except VisionConfigError as exc:
-            raise _misconfigured() from exc
+            raise model_misconfigured() from exc
         return VisionPrompt(
             config=self.config, engine=self.engine, prompt_ids=ids, sources=self.sources
         )
@@ -138,32 +133,19 @@ def vision_prompt_generate(
             else chat.messages[0]["content"]
         )
     except Exception as exc:  # jinja's TemplateError and friends
-        raise _misconfigured() from exc
+        raise model_misconfigured() from exc
     return chat.finish(rendered)
 
 
-async def vision_inputs_load(
-    vision: VisionPrompt, *, request: GenerationRequest, admission: Admission
-) -> None:
+async def vision_inputs_load(vision: VisionPrompt, *, request: GenerationRequest) -> None:
     """Fetch, preprocess and encode the images into `request.extra_inputs`.
 
-    Call it after admission. If it fails, the admission is settled (nothing was
-    generated) and the error propagates as an APIError. It all happens before
-    `request.deadline` or fails as DeadlineExceeded (504 `timeout`).
+    Call it after admission (the runner settles a request it fails, as nothing was
+    generated). Refusals are APIErrors (400 naming the image, 503 misconfigured);
+    it all happens before `request.deadline` or fails as DeadlineExceeded (504
+    `timeout`), like any other TritonError from the visual encoder.
     """
-    try:
-        inputs = await _inputs_in_time(vision, request=request)
-    except APIError as exc:
-        await _settle_unused(admission, exc.status, exc.code or exc.type)
-        raise
-    except TritonError as exc:
-        error = from_triton(exc)
-        await _settle_unused(admission, error.status, error.code or error.type)
-        raise error from exc
-    except asyncio.CancelledError:
-        await _settle_unused(admission, 499, "client_disconnected", cancelled=True)
-        raise
-    request.extra_inputs.update(inputs)
+    request.extra_inputs.update(await _inputs_in_time(vision, request=request))
 
 
 # ---- planning ----------------------------------------------------------------------------
@@ -252,7 +234,7 @@ async def _inputs(vision: VisionPrompt, *, request: GenerationRequest) -> dict[s
     spec = await engine.spec()
     table = spec.inputs.get(TABLE_INPUT)
     if table is None:
-        raise _misconfigured()
+        raise model_misconfigured()
     blobs = await _fetch_all(vision.sources)
     try:
         pixels = await images_preprocess(
@@ -289,20 +271,3 @@ async def _fetch_all(sources: list[tuple[str, str]]) -> list[bytes]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _settle_unused(
-    admission: Admission, status: int, error_type: str | None, *, cancelled: bool = False
-) -> None:
-    """Settle a request that ended before reaching the model: nothing was used."""
-    outcome = Outcome(status=status, usage=Usage(), error_type=error_type, cancelled=cancelled)
-    await asyncio.shield(background.spawn(admission.settle(outcome)))
-
-
-def _misconfigured() -> APIError:
-    return APIError(
-        503,
-        "The model is misconfigured on the server.",
-        type="server_error",
-        code="model_misconfigured",
-    )

@@ -89,12 +89,16 @@ def test_a_model_the_key_may_not_use_is_404(make_key, live_gateway):
 
 
 def test_key_allows(make_key):
-    from accounts.services import KeyRecord, key_allows
+    from accounts.services import Caller, KeyRecord, key_allows
 
     limited = KeyRecord.from_row(make_key(models=[V08_MODEL])[0])
     everything = KeyRecord.from_row(make_key()[0])
     assert key_allows(limited, V08_MODEL) and not key_allows(limited, CHAT_MODEL)
     assert key_allows(everything, CHAT_MODEL) and key_allows(everything, "anything")
+    key = make_key(models=[V08_MODEL])[0]
+    caller = Caller.from_row(key)
+    assert caller.owner_id == key.owner_id and caller.key.id == key.pk
+    assert caller.allows(V08_MODEL) and not caller.allows(CHAT_MODEL)
 
 
 def test_createapikey_prints_the_secret_last_and_revokeapikey_revokes(

@@ -342,3 +342,28 @@ def test_quota_early_start_off_keeps_refused_requests_off_triton(
         stop_gateway(gateway)
     time.sleep(0.5)
     assert _events_for(devtriton, f"off-{tag}") == []
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions"])
+def test_a_triton_that_is_down_answers_before_admission(path, make_key, live_gateway):
+    """Every generating endpoint reads the model's interface from Triton before it
+    admits (the runner's reach phase): a Triton that is down costs the key nothing."""
+    from tests.conftest import DOWN_MODEL
+
+    _, secret = make_key(rpm_limit=1)
+    prefix = f"reach-{uuid.uuid4().hex[:6]}"
+    with live_gateway.client(api_key=secret) as client:
+        for i in range(3):
+            down = client.post(
+                path,
+                json={"model": DOWN_MODEL, "prompt": "x"},
+                headers={"x-request-id": f"{prefix}-{i}"},
+            )
+            assert down.status_code == 503, down.text
+            assert "x-ratelimit-remaining-requests" not in down.headers
+        served = client.post(path, json={"model": CHAT_MODEL, "prompt": "[[say:ok]]"})
+        assert served.status_code == 200, served.text
+        assert served.headers["x-ratelimit-remaining-requests"] == "0"
+    # Refused before admission, each still has its log row.
+    assert wait_for_logs(lambda: logs(prefix).count(), 3) == 3
+    assert set(logs(prefix).values_list("status", flat=True)) == {503}

@@ -20,12 +20,13 @@ pytestmark = pytest.mark.committed_db
 
 def log(i: int = 0) -> dict:
     from accounts.logs import log_record
+    from llmgateway.context import RequestContext
 
     class FakeRequest:
         path = "/generate"
         META: dict = {}
         body = b""
-        request_id = f"store-{i}"
+        gateway = RequestContext(f"store-{i}")
 
     return log_record(FakeRequest(), status=200)
 
@@ -263,6 +264,7 @@ async def test_a_drainer_that_lost_its_lock_does_not_trim(outbox):
 
 def test_log_text_never_carries_nul(settings):
     from accounts.logs import log_record
+    from llmgateway.context import RequestContext
 
     settings.REQUEST_LOG_CONTENT = True
 
@@ -270,7 +272,7 @@ def test_log_text_never_carries_nul(settings):
         path = "/v1/completions"
         META: dict = {}
         body = b'{"prompt": "a\\u0000b"}'.replace(b"\\u0000", b"\x00")
-        request_id = "nul"
+        gateway = RequestContext("nul")
 
     record = log_record(FakeRequest(), model="m\x00", status=200, response_text="x\x00y")
     assert "\x00" not in record["model"] + record["prompt_text"] + record["response_text"]

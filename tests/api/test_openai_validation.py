@@ -452,7 +452,7 @@ def test_tool_messages_answering_tool_calls_are_accepted(http):
 def test_top_p_zero_is_greedy_decoding():
     """A nucleus of probability mass 0 is the single most likely token: TensorRT-LLM is
     sent top_k 1 and no top_p (it wants top_p in (0, 1]), whatever the model's defaults."""
-    from llmgateway.api.openai import params_build
+    from llmgateway.api.openai_common import params_build
     from llmgateway.api.openai_schemas import ChatCompletionIn
     from llmgateway.models import ModelConfig
 

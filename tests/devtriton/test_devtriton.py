@@ -23,7 +23,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tokenizers import Tokenizer
 
-from llmgateway.devtriton.server import TOKENIZER_DIR, DevTriton, free_port
+from llmgateway.devtriton.server import TOKENIZER_DIR, DevTriton
+from llmgateway.devtriton.stack import dev_triton
 
 RECENT, V08 = "tensorrt_llm", "tensorrt_llm_v08"
 TOK = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
@@ -34,13 +35,7 @@ DTYPES = {np.int32: "INT32", np.uint64: "UINT64", np.float32: "FP32", np.bool_: 
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[DevTriton]:
-    server = DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models={RECENT: "recent", V08: "0.8"},
-    )
-    with server:
+    with dev_triton(models={RECENT: "recent", V08: "0.8"}) as server:
         yield server
 
 

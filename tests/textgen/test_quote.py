@@ -7,7 +7,9 @@ import json
 import pytest
 
 from llmgateway.textgen.tokenizer import load_text_model
-from llmgateway.textgen.tools import ToolPlan, legacy_messages_convert, prompt_render
+from llmgateway.textgen.tools import prompt_render
+from llmgateway.textgen.tools.messages import legacy_messages_convert
+from llmgateway.textgen.tools.plan import ToolPlan
 from tests.conftest import TOKENIZER
 from tests.textgen.test_remote_code import remote_tokenizer_dir
 
@@ -124,8 +126,9 @@ def test_tool_definitions_and_call_arguments_render_their_control_tokens_as_text
 
 
 def test_a_request_quotes_tool_definitions_and_tool_call_arguments(text):
-    """What the chat endpoint quotes before rendering (api/openai.py)."""
-    from llmgateway.api.openai import messages_normalize, messages_quote, tool_plan_build
+    """What the chat endpoint quotes before rendering (api/chat_messages.py)."""
+    from llmgateway.api.chat_messages import messages_normalize, messages_quote
+    from llmgateway.api.chat_tools import tool_plan_build
     from llmgateway.api.openai_schemas import ChatCompletionIn
     from llmgateway.models import ModelConfig
 

@@ -8,14 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmgateway.devtriton.server import DevTriton, free_port
-from tests.conftest import (
-    TOKENIZER,
-    LiveGateway,
-    model_upsert_committed,
-    start_gateway,
-    stop_gateway,
-)
+from llmgateway.devtriton.server import DevTriton
+from llmgateway.devtriton.stack import dev_triton
+from tests.conftest import TOKENIZER, LiveGateway, gateway_running, model_upsert_committed
 from tests.vision.servers import ImageServer
 
 VL, VL_V08, TEXT = "dev-vl", "dev-vl-v08", "dev-vl-textonly"
@@ -23,10 +18,7 @@ VL, VL_V08, TEXT = "dev-vl", "dev-vl-v08", "dev-vl-textonly"
 
 @pytest.fixture(scope="package")
 def vision_triton(tmp_path_factory) -> Iterator[DevTriton]:
-    server = DevTriton(
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
+    server = dev_triton(
         models={
             "qwen-vl-visual": "qwen_vl_visual",
             "qwen-vl-llm": "qwen_vl_llm",
@@ -81,17 +73,11 @@ def forbidden_server() -> Iterator[ImageServer]:
 
 @pytest.fixture(scope="package")
 def gateway(vision_models, owner_key, image_server, tmp_path_factory) -> Iterator[LiveGateway]:
-    live = start_gateway(
-        tmp_path_factory.mktemp("vision-gateway"),
-        {
-            "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
-            "VISION_FETCH_TIMEOUT": "1",
-            "VISION_MAX_IMAGES": "4",
-            "VISION_MAX_IMAGE_BYTES": "700000",
-        },
-        api_key=owner_key,
-    )
-    try:
+    env = {
+        "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
+        "VISION_FETCH_TIMEOUT": "1",
+        "VISION_MAX_IMAGES": "4",
+        "VISION_MAX_IMAGE_BYTES": "700000",
+    }
+    with gateway_running(tmp_path_factory.mktemp("vision-gateway"), env, api_key=owner_key) as live:
         yield live
-    finally:
-        stop_gateway(live)

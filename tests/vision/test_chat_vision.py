@@ -11,12 +11,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-import llmgateway.api.openai as openai_route
 from tests.vision import images
 from tests.vision.conftest import TEXT, VL, VL_V08
-
-if not hasattr(openai_route, "vision_chat_plan"):
-    pytest.skip("the chat route is not wired to llmgateway.vision yet", allow_module_level=True)
 
 pytestmark = pytest.mark.django_db
 IMAGE_TOKENS = 256

@@ -10,18 +10,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from django.test import RequestFactory
 
 from llmgateway.accounting import NullAdmission, Outcome
-from llmgateway.api.errors import APIError
 from llmgateway.engine import Engine, GenerationRequest, SamplingParams, load_engine
-from llmgateway.generation import deadline_resolve, generation_collect
+from llmgateway.errors import APIError
+from llmgateway.limits import deadline_resolve
 from llmgateway.models import ModelConfig
+from llmgateway.runner.endpoint import Endpoint, Prepared, Target, generation_collect
+from llmgateway.runner.lifecycle import Run
 from llmgateway.triton.errors import DeadlineExceeded
 from llmgateway.vision.service import vision_inputs_load, vision_prompt_generate
-from tests.conftest import TOKENIZER, LiveGateway, start_gateway, stop_gateway
+from tests.conftest import TOKENIZER, LiveGateway, gateway_running
 from tests.vision.conftest import VL
 
 pytestmark = pytest.mark.django_db
@@ -35,19 +39,14 @@ SLOW_ANSWER = "[[say:abcdefghijklmno]][[delay:100]]"
 def short_gateway(
     vision_models, owner_key, image_server, tmp_path_factory
 ) -> Iterator[LiveGateway]:
-    live = start_gateway(
-        tmp_path_factory.mktemp("deadline-gateway"),
-        {
-            "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
-            "VISION_FETCH_TIMEOUT": "60",
-            "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
-        },
-        api_key=owner_key,
-    )
-    try:
+    env = {
+        "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
+        "VISION_FETCH_TIMEOUT": "60",
+        "VISION_ALLOWED_HOSTS": f"127.0.0.1:{image_server.port}",
+    }
+    tmp = tmp_path_factory.mktemp("deadline-gateway")
+    with gateway_running(tmp, env, api_key=owner_key) as live:
         yield live
-    finally:
-        stop_gateway(live)
 
 
 @pytest.fixture
@@ -117,6 +116,18 @@ class RecordingAdmission(NullAdmission):
         self.outcomes.append(outcome)
 
 
+class ImagesOnly(Endpoint):
+    """An endpoint whose request is admitted with its images still to load."""
+
+    route = "/generate"
+
+    def prepare(self, target: Target, request_id: str) -> Prepared:
+        raise AssertionError("prepared by the test")
+
+    def shaper(self, target: Target, prepared: Prepared) -> None:
+        return None
+
+
 async def vl_engine(vision_triton) -> tuple[ModelConfig, Engine]:
     config = ModelConfig(
         name=VL,
@@ -168,7 +179,7 @@ async def test_triton_calls_get_the_time_left_after_the_images(
         request_id=f"time-left-{uuid.uuid4().hex}",
         deadline=deadline_resolve(None),
     )
-    await vision_inputs_load(vision, request=request, admission=RecordingAdmission())
+    await vision_inputs_load(vision, request=request)
     (result,) = await generation_collect(engine.generate(request))
     assert result.text == "ok"
     assert set(timeouts) == {"encoder", "llm"}
@@ -193,11 +204,20 @@ async def test_no_time_left_fails_before_any_triton_call(
         request_id=f"expired-{uuid.uuid4().hex}",
         deadline=time.monotonic(),
     )
-    admission = RecordingAdmission()
+    with pytest.raises(DeadlineExceeded):
+        await vision_inputs_load(vision, request=request)
+    # Admitted, the runner answers it 504 and settles it as having used nothing.
+    endpoint = ImagesOnly(SimpleNamespace(model=VL))
+    run = Run(RequestFactory().post("/generate"), caller=None, endpoint=endpoint)
+    run.admission = admission = RecordingAdmission()
+    prepared = Prepared(engine.generate(request), [request], vision)
+    run.generation = prepared.generation
     with pytest.raises(APIError) as caught:
-        await vision_inputs_load(vision, request=request, admission=admission)
+        await run.admitted(Target(config, engine), prepared)
     assert (caught.value.status, caught.value.code) == (504, "timeout")
-    assert [(o.status, o.error_type) for o in admission.outcomes] == [(504, "timeout")]
+    assert [(o.status, o.error_type, o.usage.total_tokens) for o in admission.outcomes] == [
+        (504, "timeout", 0)
+    ]
     with pytest.raises(DeadlineExceeded):
         await engine.generate(request).start()
     assert timeouts == {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmgateway.api.errors import APIError
 from llmgateway.engine import Engine
+from llmgateway.errors import APIError
 from llmgateway.models import ModelConfig
 from llmgateway.textgen.tokenizer import load_text_model
 from llmgateway.vision.prompt import table_inputs, vision_tokens

@@ -6,14 +6,10 @@ import json
 
 import pytest
 
-from llmgateway.textgen.tools import (
-    GuidedArgumentsParser,
-    GuidedCallsParser,
-    HermesParser,
-    ReactParser,
-    ToolCallDelta,
-    answer_parse,
-)
+from llmgateway.textgen.tools.formats.hermes import HermesParser
+from llmgateway.textgen.tools.formats.react import ReactParser
+from llmgateway.textgen.tools.guided import GuidedArgumentsParser, GuidedCallsParser
+from llmgateway.textgen.tools.parsing import ToolCallDelta, answer_parse
 
 HERMES_CALL = (
     '<tool_call>\n{"name": "get_weather", "arguments": '

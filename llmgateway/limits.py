@@ -1,0 +1,60 @@
+"""A request's limits from its model's config, for the endpoints' prepare phase: how
+many tokens it may generate within the model's context, and when it must be over."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from llmgateway.errors import invalid
+from llmgateway.models import ModelConfig
+
+
+def max_tokens_resolve(
+    *,
+    config: ModelConfig,
+    requested: int | None,
+    prompt_tokens: int,
+    param: str,
+    prompt_param: str = "messages",
+) -> int:
+    """The output limit for a request, enforcing the model's context and output limits.
+
+    `prompt_param` names the input in errors ("messages" for chat, "prompt" for completions).
+    """
+    if requested is not None and requested > config.max_output_tokens:
+        raise invalid(
+            f"{param} is too large: {requested}. This model supports at most "
+            f"{config.max_output_tokens} completion tokens.",
+            param,
+        )
+    max_tokens = requested if requested is not None else config.default_max_tokens
+    if prompt_tokens >= config.context_length:
+        raise invalid(
+            f"This model's maximum context length is {config.context_length} tokens. "
+            f"However, your {prompt_param} resulted in {prompt_tokens} tokens. "
+            f"Please reduce the length of the {prompt_param}.",
+            prompt_param,
+            code="context_length_exceeded",
+        )
+    if prompt_tokens + max_tokens > config.context_length:
+        if requested is None:
+            return config.context_length - prompt_tokens
+        raise invalid(
+            f"This model's maximum context length is {config.context_length} tokens. "
+            f"However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the {prompt_param}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {prompt_param} or completion.",
+            param,
+            code="context_length_exceeded",
+        )
+    return max_tokens
+
+
+def deadline_resolve(requested: float | None) -> float:
+    """The request's deadline on time.monotonic(): `requested` seconds from now, at most
+    GATEWAY_REQUEST_TIMEOUT. Resolved as the request is prepared, so everything after it
+    (admission, images fetched and encoded, generation) counts against the one deadline."""
+    ceiling = settings.GATEWAY_REQUEST_TIMEOUT
+    return time.monotonic() + (min(requested, ceiling) if requested else ceiling)

@@ -1,0 +1,110 @@
+"""The runner's settle-once contract, against the dev Triton: whatever way a request
+ends, its admission is settled once, and an endpoint's on_settle hook runs once with
+the same Outcome. (Every endpoint's live tests exercise the rest of the lifecycle.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from django.test import RequestFactory
+
+from llmgateway.accounting import NullAdmission, Outcome
+from llmgateway.api.generate import GenerateEndpoint, GenerateIn
+from llmgateway.context import RequestContext
+from llmgateway.engine import load_engine
+from llmgateway.models import ModelConfig
+from llmgateway.runner.endpoint import Target
+from llmgateway.runner.lifecycle import Answer, Run
+from tests.conftest import CHAT_MODEL, DEV_LIMITS, TOKENIZER
+
+
+class RecordingAdmission(NullAdmission):
+    records = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[Outcome] = []
+
+    async def settle(self, outcome: Outcome) -> None:
+        self.settled = True
+        self.outcomes.append(outcome)
+
+
+@pytest.fixture
+async def target(devtriton) -> Target:
+    config = ModelConfig(
+        name=CHAT_MODEL,
+        triton_url=devtriton.grpc_url,
+        triton_model="tensorrt_llm",
+        tokenizer_path=TOKENIZER,
+        **DEV_LIMITS,
+    )
+    engine = await load_engine(
+        name=CHAT_MODEL,
+        tokenizer_path=TOKENIZER,
+        triton_url=config.triton_url,
+        triton_model=config.triton_model,
+    )
+    return Target(config, engine)
+
+
+async def admitted(target: Target, *, stream: bool) -> tuple[Answer, RecordingAdmission, list]:
+    """A /generate request run from its prepare phase, admitted by a recording admission,
+    its endpoint's on_settle hook recording what it is called with."""
+    request = RequestFactory().post("/generate")
+    request.gateway = RequestContext("runner-test")
+    endpoint = GenerateEndpoint(GenerateIn(prompt="[[say:hello]]", stream=stream))
+    hooked: list[Outcome] = []
+
+    async def on_settle(outcome: Outcome) -> None:
+        hooked.append(outcome)
+
+    endpoint.on_settle = on_settle
+    run = Run(request, caller=None, endpoint=endpoint)
+    prepared = run.prepare(target)
+    await run.reach(target)
+    run.admission = admission = RecordingAdmission()
+    return await run.admitted(target, prepared), admission, hooked
+
+
+async def drain(events: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in events])
+
+
+async def test_a_collected_answer_settles_once(target) -> None:
+    answer, admission, hooked = await admitted(target, stream=False)
+    assert answer.body == {"text": "hello", "id": "runner-test"}
+    (outcome,) = admission.outcomes
+    assert (outcome.status, outcome.finish_reason, outcome.streamed) == (200, "stop", False)
+    assert outcome.usage.completion_tokens == len("hello") + 1  # and the end of the turn
+    assert hooked == [outcome]
+
+
+async def test_a_stream_settles_once_when_it_ends(target) -> None:
+    answer, admission, hooked = await admitted(target, stream=True)
+    body = await drain(answer.events)
+    assert body.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"stop"' in body
+    answer.on_close()  # the response closes after its body: nothing left to settle
+    await asyncio.sleep(0.05)
+    (outcome,) = admission.outcomes
+    assert (outcome.status, outcome.streamed, outcome.cancelled) == (200, True, False)
+    assert outcome.time_to_first_token is not None
+    assert hooked == [outcome]
+
+
+async def test_a_stream_whose_body_never_ran_settles_as_a_disconnect(target) -> None:
+    answer, admission, hooked = await admitted(target, stream=True)
+    answer.on_close()  # the client left before the body started
+    await asyncio.sleep(0.05)
+    (outcome,) = admission.outcomes
+    assert (outcome.status, outcome.error_type, outcome.cancelled) == (
+        499,
+        "client_disconnected",
+        True,
+    )
+    # It reached Triton: its prompt counts, nothing generated was sent.
+    assert outcome.usage.prompt_tokens > 0 and outcome.usage.completion_tokens == 0
+    assert hooked == [outcome]
+    await answer.events.aclose()
