@@ -14,7 +14,8 @@ from llmgateway import metrics
 from llmgateway.api.errors import APIError, not_found_response
 from llmgateway.db import orm
 from llmgateway.services import model_list
-from llmgateway.triton.client import get_backend
+from llmgateway.triton.errors import TritonUnavailable
+from llmgateway.triton.pool import get_pool
 
 router = Router(tags=["health"])
 
@@ -34,9 +35,19 @@ def _database_ok() -> bool:
         return False
 
 
+async def _model_ready(addresses: str, model: str) -> bool:
+    """Whether an endpoint serves `model`, as the pool's probes last saw it: no Triton
+    call on the way, except a first probe round for a model not probed yet."""
+    try:
+        return await get_pool(addresses).ready(model)
+    except TritonUnavailable:
+        return False
+
+
 @router.get("/health/ready")
 async def ready(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers and at least one enabled model is ready in Triton.
+    """200 when the database answers and at least one enabled model is ready in Triton
+    (on at least one of its endpoints).
 
     One broken model must not take every replica out of a load balancer (all
     replicas share the same Tritons), so per-model status is reported in the
@@ -44,9 +55,7 @@ async def ready(request: HttpRequest) -> JsonResponse:
     """
     database = await orm(_database_ok)()
     models = await model_list() if database else []
-    checks = await asyncio.gather(
-        *(get_backend(m.triton_url).is_ready(m.triton_model) for m in models)
-    )
+    checks = await asyncio.gather(*(_model_ready(m.triton_url, m.triton_model) for m in models))
     model_status = {
         m.name: "ready" if ok else "unavailable" for m, ok in zip(models, checks, strict=True)
     }
