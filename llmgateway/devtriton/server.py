@@ -244,11 +244,13 @@ class DevTriton:
         return self.process is not None and self.process.poll() is None
 
     def events(self) -> list[dict[str, Any]]:
-        """Every event the models logged so far, oldest first."""
+        """Every event the models logged so far, oldest first (a line still being
+        written, without its newline yet, is left for the next call)."""
         try:
-            lines = self.events_path.read_text(encoding="utf-8").splitlines()
+            text = self.events_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        lines = text.split("\n")[:-1]  # the last item is "" or an unfinished line
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for_event(self, event: str, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
