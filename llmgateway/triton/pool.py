@@ -193,10 +193,16 @@ class EndpointPool:
 
     async def model_spec(self, model: str) -> ModelSpec:
         """The model's interface (read once from a serving endpoint; every endpoint of a
-        pool is expected to serve the same model repository)."""
+        pool is expected to serve the same model repository).
+
+        TritonUnavailable at once when no endpoint serves the model now: callers ask for
+        the interface first, so a request meets "no Triton" before anything else."""
         spec = self._specs.get(model)
         if spec is not None:
-            return spec
+            for endpoint in self.endpoints:
+                if endpoint.serves(model):
+                    return spec
+            raise TritonUnavailable("The inference server is unavailable.")
         self.models.add(model)
         await self._wait_resolved()
         async with self._spec_lock:

@@ -84,7 +84,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
 
 
 @pytest.fixture
-def committed(django_db_blocker) -> Iterator[None]:
+def committed(django_db_setup, django_db_blocker) -> Iterator[None]:
     """Database access with autocommit, as the gateway subprocesses see it."""
     with django_db_blocker.unblock():
         yield
@@ -152,7 +152,7 @@ def wait_until(condition, *, timeout: float, interval: float = 0.05, what: str =
 
 def serves(gateway: LiveGateway, model: str = FLEET_MODEL) -> bool:
     try:
-        with gateway.client(timeout=5) as client:
+        with gateway.client() as client:
             return (
                 client.post(
                     "/v1/chat/completions", json=chat("[[say:ok]]", model=model)
