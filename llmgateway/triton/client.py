@@ -129,6 +129,10 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
         ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
         *RECONNECT_BACKOFF_MS.items(),
+        # gRPC shares connections (subchannels) between channels to the same address by
+        # default: a new channel would inherit the old one's failed connection and its
+        # backoff, and resetting a channel (pool.py) would not reset anything.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 

@@ -251,6 +251,7 @@ class TritonStream:
                 return
             except grpc.RpcError as exc:
                 if not self._fail(rpc_failure(exc), exc.details() or "", may_move=True):
+                    self.cancel()
                     raise _map_rpc_error(exc) from exc
 
     def cancel(self) -> None:
