@@ -260,7 +260,7 @@ class EndpointPool:
                 return await call(endpoint.backend)
             except TritonUnavailable as exc:
                 kind = _unavailable_kind(exc)
-                self.failed(endpoint, model, kind, repr(exc.__cause__ or exc))
+                self.failed(endpoint, model, kind, _describe(exc))
                 if tried is not None or not retryable(kind):
                     raise
                 tried = endpoint
@@ -377,7 +377,7 @@ class EndpointPool:
             server, *ready = await backend.readiness(models, within=probe_timeout())
             problem = "" if server else "server not ready"
         except TritonUnavailable as exc:
-            server, ready, problem = False, [], repr(exc.__cause__ or exc)
+            server, ready, problem = False, [], _describe(exc)
         finally:
             endpoint.probing = False
             endpoint.last_probe_at = time.time()
@@ -422,6 +422,14 @@ def _unavailable_kind(exc: TritonUnavailable) -> str:
         if "NOT_FOUND" in status or _MODEL_MISSING.search(cause.message() or ""):
             return MODEL_NOT_READY
     return UNAVAILABLE
+
+
+def _describe(exc: Exception) -> str:
+    """What went wrong, for logs and the admin: the gRPC status and details if any."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, TimeoutError):
+        return "no answer in time"
+    return str(cause) or repr(cause)
 
 
 def probe_seconds() -> float:
