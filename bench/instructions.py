@@ -53,7 +53,15 @@ def instructions(root: Path, requests: int, endpoints: int = 1) -> int:
             # under valgrind a request takes ~50x longer, so at the default 1 s those
             # reloads (a thread hop and a query each) would count per request as they
             # never do at full speed. Counted here: the request path alone.
-            env={**os.environ, "MODEL_CACHE_SECONDS": "3600", "API_KEY_CACHE_SECONDS": "3600"},
+            # Triton's probes too: they run on wall time, and a probe's answer may take
+            # seconds under valgrind.
+            env={
+                **os.environ,
+                "MODEL_CACHE_SECONDS": "3600",
+                "API_KEY_CACHE_SECONDS": "3600",
+                "TRITON_PROBE_SECONDS": "3600",
+                "TRITON_CONNECT_TIMEOUT": "120",
+            },
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -374,7 +374,7 @@ class EndpointPool:
         fresh = TritonBackend(endpoint.address) if endpoint.up is False else None
         backend = fresh or endpoint.backend
         try:
-            server, *ready = await backend.readiness(models, within=probe_timeout())
+            server, *ready = await backend.readiness(models, within=settings.TRITON_CONNECT_TIMEOUT)
             problem = "" if server else "server not ready"
         except TritonUnavailable as exc:
             server, ready, problem = False, [], _describe(exc)
@@ -436,10 +436,6 @@ def probe_seconds() -> float:
     return max(float(settings.TRITON_PROBE_SECONDS), 0.05)
 
 
-def probe_timeout() -> float:
-    return min(float(settings.TRITON_CONNECT_TIMEOUT), max(probe_seconds(), 1.0))
-
-
 # Tasks spawned by the pools, kept until done (the loop holds only weak references).
 _tasks: set[asyncio.Task] = set()
 
@@ -475,11 +471,6 @@ def get_pool(addresses: str) -> EndpointPool:
         per_loop[addresses] = pool
         pool.start()
     return pool
-
-
-def pools() -> list[EndpointPool]:
-    """The pools of the running loop."""
-    return list(_pools.get(asyncio.get_running_loop(), {}).values())
 
 
 def _forget(pool: EndpointPool) -> None:

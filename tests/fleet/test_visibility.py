@@ -139,3 +139,17 @@ def test_metrics_show_each_endpoint(fleet, fleet_gateway):
     for label in labels:
         assert value(after, "llmgateway_triton_endpoint_up", endpoint=label) == 1
         assert value(after, "llmgateway_triton_endpoint_in_flight", endpoint=label) == 0
+
+
+def test_endpoint_labels_are_bounded(monkeypatch):
+    """Pods of a headless Service come and go with new addresses: a process names at most
+    MAX_ENDPOINT_LABELS of them, the rest share one label."""
+    from llmgateway.triton import metrics
+
+    monkeypatch.setattr(metrics, "_labels", set())
+    labels = [metrics.endpoint_label(f"10.9.{i // 250}.{i % 250}:8001") for i in range(100)]
+    assert len(set(labels)) == metrics.MAX_ENDPOINT_LABELS + 1
+    assert labels[metrics.MAX_ENDPOINT_LABELS :] == [metrics.OTHER] * (
+        100 - metrics.MAX_ENDPOINT_LABELS
+    )
+    assert metrics.endpoint_label("10.9.0.0:8001") == "10.9.0.0:8001"  # known ones keep theirs
