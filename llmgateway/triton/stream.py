@@ -41,7 +41,9 @@ from tritonclient.grpc import service_pb2
 from llmgateway.triton.client import ModelSpec
 from llmgateway.triton.errors import DeadlineExceeded, TritonInferenceError, TritonUnavailable
 from llmgateway.triton.pool import (
+    DEADLINE,
     MODEL_NOT_READY,
+    UNAVAILABLE,
     Endpoint,
     EndpointPool,
     message_failure,
@@ -194,12 +196,10 @@ UNAVAILABLE_MESSAGE = "The inference server is unreachable or not ready."
 
 
 def _map_rpc_error(exc: grpc.RpcError) -> Exception:
-    code = exc.code() if hasattr(exc, "code") else None
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    kind = rpc_failure(exc)
+    if kind == DEADLINE:
         return DeadlineExceeded("The request's deadline passed before generation finished.")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
-        return TritonUnavailable(UNAVAILABLE_MESSAGE)
-    if rpc_failure(exc) == MODEL_NOT_READY:
+    if kind in (UNAVAILABLE, MODEL_NOT_READY):
         return TritonUnavailable(UNAVAILABLE_MESSAGE)
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     return TritonInferenceError("The inference server failed the request.", detail=detail or "")
