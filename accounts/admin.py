@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core import signing
 from django.core.exceptions import PermissionDenied
@@ -47,6 +48,13 @@ from accounts.services import key_revoke, key_secret_issue
 from accounts.usage import usage_charts, usage_report
 
 USAGE_DAYS = (1, 7, 14, 30, 90)
+
+# The console's front page lists its own pages (usage) before the apps, and "View site"
+# opens the API docs; with DOCS_ENABLED off there is no site to view, so no link.
+admin.site.site_header = admin.site.site_title = "LLM gateway console"
+admin.site.index_title = "Console"
+admin.site.index_template = "admin/accounts/index.html"
+admin.site.site_url = "/docs" if settings.DOCS_ENABLED else None
 # How long the redirect target of an added key may still mint its secret. A redirect
 # takes well under a second; the margin covers a slow link or a stalled first load.
 CREATED_LINK_SECONDS = 600
@@ -216,7 +224,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 class StatusClassFilter(admin.SimpleListFilter):
-    title = "status"
+    title = "status class"
     parameter_name = "status_class"
 
     def lookups(self, request, model_admin):
@@ -229,40 +237,70 @@ class StatusClassFilter(admin.SimpleListFilter):
         return queryset
 
 
+class StatusCodeFilter(admin.AllValuesFieldListFilter):
+    """Each status code seen; titled apart from StatusClassFilter (both were "status")."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.title = "status code"
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
-    list_display = (
-        "created_at",
-        "request_id",
-        "key_public_id",
-        "model",
-        "endpoint",
-        "status",
-        "error_type",
-        "prompt_tokens",
-        "completion_tokens",
-        "latency_ms",
-        "ttft_ms",
-        "streamed",
-    )
+    # What fits a 1366 px screen beside the filters; the rest is on each row's page.
+    list_display = ("when", "key", "model", "endpoint", "status", "tokens", "latency")
     list_filter = (
         StatusClassFilter,
-        "status",
+        ("status", StatusCodeFilter),
         "model",
         ("api_key", admin.RelatedOnlyFieldListFilter),
         "created_at",
         "streamed",
         "cancelled",
     )
+    fieldsets = (
+        (
+            "Request",
+            {"fields": ("created_at", "request_id", "key", "model", "endpoint", "client_ip")},
+        ),
+        ("Outcome", {"fields": ("status", "error_type", "finish_reason", "streamed", "cancelled")}),
+        (
+            "Tokens and time",
+            {"fields": ("prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms")},
+        ),
+        ("Content (REQUEST_LOG_CONTENT)", {"fields": ("prompt_text", "response_text")}),
+    )
     search_fields = ("=request_id",)
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a large table on every page
     change_list_template = "admin/accounts/requestlog/change_list.html"
+    readonly_fields = ("key",)  # computed; with no change permission every field is read-only
+
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def when(self, log: RequestLog) -> str:
+        return log.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="key", ordering="key_public_id")
+    def key(self, log: RequestLog) -> str:
+        return f"sk-gw-{log.key_public_id}" if log.key_public_id else "-"
+
+    @admin.display(description="tokens in/out")
+    def tokens(self, log: RequestLog) -> str:
+        return f"{log.prompt_tokens} / {log.completion_tokens}"
+
+    @admin.display(description="latency ms", ordering="latency_ms")
+    def latency(self, log: RequestLog) -> str:
+        return f"{log.latency_ms:,.0f}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # The log is a record of what was served: prunerequestlogs ages it out, whole days
+        # at a time; nobody removes single rows from the console.
         return False
 
     def get_urls(self):

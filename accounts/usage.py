@@ -7,6 +7,7 @@ window short on very large tables (rollup tables are the next step).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -76,21 +77,87 @@ def usage_report(*, days: int) -> dict[str, dict[str, Bucket]]:
     return {name: dict(sorted(buckets.items())) for name, buckets in report.items()}
 
 
+# Axis labels are drawn at 10 px. CHAR_W is a generous average glyph width there, so a
+# label estimated to fit does fit; VERTICAL_PITCH is the room one vertical label needs.
+CHAR_W = 6.2
+VERTICAL_PITCH = 13
+# Longer labels are shortened in the middle on the axis; the tooltip has them whole.
+MAX_LABEL_CHARS = 40
+
+
+@dataclass(frozen=True)
+class AxisLayout:
+    """How a chart's x labels are drawn: across, or vertical (reading upwards) when
+    some label is wider than its bar group, then only every `step`-th so none overlap."""
+
+    vertical: bool
+    step: int
+    depth: float  # the pixels below the axis that the labels take
+
+
+def axis_label(label: str) -> str:
+    """The label as drawn on the axis (whole up to MAX_LABEL_CHARS characters)."""
+    if len(label) <= MAX_LABEL_CHARS:
+        return label
+    half = MAX_LABEL_CHARS // 2 - 1
+    return f"{label[:half]}…{label[-half:]}"
+
+
+def axis_layout(labels: list[str], group_w: float) -> AxisLayout:
+    widest = max((len(axis_label(label)) for label in labels), default=0) * CHAR_W
+    if widest <= group_w - 4:
+        return AxisLayout(vertical=False, step=1, depth=18)
+    return AxisLayout(vertical=True, step=math.ceil(VERTICAL_PITCH / group_w), depth=widest + 10)
+
+
+def _tick(label: str, x: float, y: float, layout: AxisLayout) -> str:
+    """One x label: its text, and a tooltip (`<title>`) with the whole label."""
+    place = (
+        f'x="{x:.1f}" y="{y:.1f}" text-anchor="end" dominant-baseline="central" '
+        f'transform="rotate(-90 {x:.1f} {y:.1f})"'
+        if layout.vertical
+        else f'x="{x:.1f}" y="{y + 12:.1f}" text-anchor="middle"'
+    )
+    return (
+        f'<g class="tick"><title>{escape(label)}</title>'
+        f'<text {place} font-size="10">{escape(axis_label(label))}</text></g>'
+    )
+
+
+def _legend(series: list[tuple[str, list[float]]], right: float) -> list[str]:
+    parts = []
+    x = right
+    for j, (name, _) in reversed(list(enumerate(series))):
+        x -= 16 + len(name) * 7
+        parts.append(
+            f'<rect x="{x:.0f}" y="6" width="10" height="10" fill="{BAR_COLORS[j % 3]}"/>'
+            f'<text x="{x + 14:.0f}" y="15" font-size="11">{escape(name)}</text>'
+        )
+    return parts
+
+
 def bar_chart(
     title: str, labels: list[str], series: list[tuple[str, list[float]]], *, unit: str = ""
 ) -> SafeString:
-    """Grouped vertical bars as an SVG element; every text is escaped."""
-    width, height, left, bottom, top = 720, 220, 56, 40, 24
-    plot_w, plot_h = width - left - 10, height - top - bottom
-    peak = max([v for _, values in series for v in values] + [1])
+    """Grouped vertical bars as an SVG element; every text is escaped.
+
+    Every x label is drawn whole (see axis_layout), each with a `<title>` tooltip; the
+    chart grows downwards to make room for vertical labels.
+    """
+    width, plot_h, left, top = 720, 156, 56, 24
+    plot_w = width - left - 10
     group_w = plot_w / max(len(labels), 1)
+    layout = axis_layout(labels, group_w)
+    axis_y = top + plot_h
+    height = math.ceil(axis_y + 4 + layout.depth)
+    peak = max([v for _, values in series for v in values] + [1])
     bar_w = max(group_w / (len(series) + 1), 1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="{escape(title)}" class="usage-chart">',
         f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
-        'stroke="#999"/>',
+        *_legend(series, width - 10),
+        f'<line x1="{left}" y1="{axis_y}" x2="{width - 10}" y2="{axis_y}" stroke="#999"/>',
         f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">'
         f"{peak:,.0f}{escape(unit)}</text>",
     ]
@@ -100,21 +167,12 @@ def bar_chart(
             value = values[i]
             h = plot_h * value / peak
             parts.append(
-                f'<rect x="{x0 + (j + 0.5) * bar_w:.1f}" y="{top + plot_h - h:.1f}" '
+                f'<rect x="{x0 + (j + 0.5) * bar_w:.1f}" y="{axis_y - h:.1f}" '
                 f'width="{bar_w:.1f}" height="{h:.1f}" fill="{BAR_COLORS[j % 3]}">'
                 f"<title>{escape(label)} {escape(name)}: {value:,.1f}{escape(unit)}</title></rect>"
             )
-        if len(labels) <= 16 or i % max(len(labels) // 8, 1) == 0:
-            parts.append(
-                f'<text x="{x0 + group_w / 2:.1f}" y="{height - bottom + 14}" font-size="10" '
-                f'text-anchor="middle">{escape(label[-10:])}</text>'
-            )
-    for j, (name, _) in enumerate(series):
-        x = left + j * 130
-        parts.append(
-            f'<rect x="{x}" y="{height - 14}" width="10" height="10" fill="{BAR_COLORS[j % 3]}"/>'
-            f'<text x="{x + 14}" y="{height - 5}" font-size="11">{escape(name)}</text>'
-        )
+        if i % layout.step == 0:
+            parts.append(_tick(label, x0 + group_w / 2, axis_y + 4, layout))
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - built from escaped parts only
 

@@ -79,6 +79,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "llmgateway.devtriton",
     "accounts",
+    # Django Ninja's templates and static files: /docs serves Swagger UI from the
+    # installed package (offline), not from a CDN.
+    "ninja",
 ]
 
 MIDDLEWARE = [
@@ -187,6 +190,9 @@ MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
 # (the SDKs' dangerouslyAllowBrowser): "*" for any, a comma-separated list, or empty for
 # none. Keys travel in the Authorization header, never in cookies, so no credentials mode.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", ["*"])
+# /docs (Swagger UI) and /openapi.json. On by default only with DEBUG: the document
+# describes every route, which a production deployment may prefer not to publish.
+DOCS_ENABLED = env_bool("DOCS_ENABLED", DEBUG)
 # GET /metrics, Prometheus's format, open without a key like /health (llmgateway/metrics.py).
 METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
 # When set, /metrics asks for it as a bearer token (Prometheus's `authorization` setting).

@@ -186,20 +186,28 @@ def _log(request_id: str, status: int, model: str = CHAT_MODEL, **fields) -> Req
 
 
 def test_request_logs_are_read_only_with_filters_and_search(admin_client):
-    _log("req-admin-a", 200)
-    _log("req-admin-b", 429, error_type="rate_limit_exceeded")
+    a = _log("req-admin-a", 200)
+    b = _log("req-admin-b", 429, error_type="rate_limit_exceeded")
+    links = {row: f'href="/admin/accounts/requestlog/{row.pk}/change/' for row in (a, b)}
     listing = admin_client.get("/admin/accounts/requestlog/?q=req-admin-b").content.decode()
-    assert "req-admin-b" in listing and "req-admin-a" not in listing
+    assert links[b] in listing and links[a] not in listing
     errors = admin_client.get("/admin/accounts/requestlog/?status_class=4xx").content.decode()
-    assert "req-admin-b" in errors and "req-admin-a" not in errors
+    assert links[b] in errors and links[a] not in errors
+    by_code = admin_client.get("/admin/accounts/requestlog/?status=429").content.decode()
+    assert links[b] in by_code and links[a] not in by_code
+    # Each filter has a title of its own (two were both "By status").
+    titles = re.findall(r"<summary>\s*By (.+?)\s*</summary>", errors)
+    assert len(titles) == len(set(titles)) and {"status class", "status code"} <= set(titles)
     by_model = admin_client.get(f"/admin/accounts/requestlog/?model={CHAT_MODEL}")
     assert by_model.status_code == 200
+    # What the list leaves out is on the row's own page.
+    detail = admin_client.get(f"/admin/accounts/requestlog/{b.pk}/change/").content.decode()
+    assert "req-admin-b" in detail and "rate_limit_exceeded" in detail
     assert admin_client.get("/admin/accounts/requestlog/add/").status_code == 403
-    row = RequestLog.objects.get(request_id="req-admin-a")
-    change = admin_client.post(f"/admin/accounts/requestlog/{row.pk}/change/", {"status": 500})
+    change = admin_client.post(f"/admin/accounts/requestlog/{a.pk}/change/", {"status": 500})
     assert change.status_code in (403, 200)
-    row.refresh_from_db()
-    assert row.status == 200
+    a.refresh_from_db()
+    assert a.status == 200
 
 
 def test_usage_page_draws_charts_offline(admin_client):

@@ -1,36 +1,28 @@
-"""The admin console in a real headless Chromium (Debian's), driven by Playwright.
+"""The admin console in a real headless Chromium (Debian's), driven by Playwright,
+at 1366×768 (a common laptop screen, the size the console must fit).
 
 Against the `live_gateway` subprocess (uvicorn, static files by WhiteNoise), as a
 superuser who logs in through the login form: create a key and see its secret
 once, revoke it and see it rejected, edit a model config, open the usage page and
-its charts. Every step leaves a screenshot in test-artifacts/admin/.
-
-Playwright's sync API marks its own event loop as running in the thread it is used
-from, so Django's ORM would refuse sync calls there (SynchronousOnlyOperation).
-The browser therefore lives in a thread of its own (`Browser.run`), and the
-test's thread keeps the ORM and httpx.
-
-Without chromium or playwright the module skips, except under CI (CI set), where it
-fails. CHROMIUM_PATH overrides /usr/bin/chromium.
+read its charts' labels, read the request-log list. Every step leaves a screenshot
+in test-artifacts/admin/. tests/browser.py says how the browser is driven.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from tests.accounts.conftest import wait_for_logs
+from tests.browser import LAPTOP, Browser, skip_without_browser
+from tests.browser import shot as browser_shot
 from tests.conftest import (
     ARTIFACTS,
     CHAT_MODEL,
@@ -40,130 +32,17 @@ from tests.conftest import (
     stop_gateway,
 )
 
+skip_without_browser()
 pytestmark = pytest.mark.committed_db
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SHOTS = ARTIFACTS / "admin"
 PASSWORD = "browser-tests-" + uuid.uuid4().hex
 SECRET_RE = re.compile(r"sk-gw-[0-9a-f]+-[A-Za-z0-9_-]{20,}")
 EDITED_MODEL = "admin-browser-chat"  # a model config of this module's own, edited in flow 3
 
 
-def _missing() -> str:
-    """What the module needs and this machine lacks ("" when nothing)."""
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    return "admin browser tests need " + " and ".join(missing) if missing else ""
-
-
-# Skip without chromium or playwright, before any fixture starts; under CI fail
-# instead (in the `browser` fixture), so CI proves the admin in a browser.
-MISSING = _missing()
-if MISSING and not os.environ.get("CI"):
-    pytest.skip(MISSING, allow_module_level=True)
-
-
-class Browser:
-    """One Chromium page, used only from a worker thread of its own (see the docstring)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="playwright")
-        self.console_errors: list[str] = []
-        self.failed: list[str] = []  # failed requests and responses >= 400
-        self.external: list[str] = []  # requests that tried to leave the gateway (offline)
-        self._pool.submit(self._start).result(60)
-
-    def run(self, step: Callable[[Any], Any], timeout: float = 60) -> Any:
-        """step(page) in the browser's thread; its result, or its exception."""
-
-        def call() -> Any:
-            try:
-                return step(self.page)
-            except Exception:
-                # What the browser showed when the step failed, for the CI artifacts.
-                with contextlib.suppress(Exception):
-                    name = f"failed-{getattr(step, '__name__', 'step')}"
-                    shot(self.page, name, full_page=True)
-                raise
-
-        return self._pool.submit(call).result(timeout)
-
-    def _start(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        self._chromium = self._playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS
-        )
-        context = self._chromium.new_context(
-            base_url=self.base_url, viewport={"width": 1680, "height": 1000}
-        )
-        context.set_default_timeout(10_000)
-        host = urlsplit(self.base_url).netloc
-
-        def route(route) -> None:
-            if urlsplit(route.request.url).netloc in (host, ""):
-                route.continue_()
-            else:
-                self.external.append(route.request.url)
-                route.abort()
-
-        context.route("**/*", route)
-        self.page = context.new_page()
-        self.page.on(
-            "console",
-            lambda m: m.type == "error" and self.console_errors.append(f"{m.text} @ {m.location}"),
-        )
-        self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
-        self.page.on("requestfailed", self._request_failed)
-        self.page.on(
-            "response", lambda r: r.status >= 400 and self.failed.append(f"{r.url}: {r.status}")
-        )
-
-    def _request_failed(self, request) -> None:
-        # select2 aborts its autocomplete search when a newer one (or the choice) supersedes it.
-        if "/admin/autocomplete/" in request.url and request.failure == "net::ERR_ABORTED":
-            return
-        self.failed.append(f"{request.url}: {request.failure}")
-
-    def close(self) -> None:
-        def stop() -> None:
-            self._chromium.close()
-            self._playwright.stop()
-
-        try:
-            self._pool.submit(stop).result(30)
-        finally:
-            self._pool.shutdown()
-
-    def clean(self) -> None:
-        """No console errors, failed requests or attempts to reach another host so far."""
-        problems = {"console": self.console_errors, "failed": self.failed}
-        problems["external"] = self.external
-        assert not any(problems.values()), problems
-        for found in problems.values():
-            found.clear()
-
-
 def shot(page, name: str, *, full_page: bool = False) -> None:
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+    browser_shot(page, SHOTS, name, full_page=full_page)
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +70,9 @@ def edited_model(django_db_setup, django_db_blocker, devtriton) -> Iterator[str]
 
 @pytest.fixture(scope="module")
 def browser(live_gateway, superuser) -> Iterator[Browser]:
-    """A Chromium page logged in to the admin through its login form."""
-    if MISSING:
-        pytest.fail(MISSING)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    """A Chromium page at 1366×768, logged in to the admin through its login form."""
     started = time.monotonic()
-    browser = Browser(live_gateway.url)
+    browser = Browser(live_gateway.url, SHOTS, LAPTOP)
     try:
 
         def log_in(page) -> None:
@@ -523,3 +399,184 @@ def test_5_the_created_page_may_be_served_by_another_process(
     assert "already shown" in gone and secret[0] not in gone
     assert resubmitted.status_code == 302 and "/apikey/created/" in resubmitted.headers["location"]
     assert ApiKey.objects.filter(name=name).count() == 1
+
+
+# What each chart's x labels are, as the browser drew them, and where.
+READ_TICKS = """svg => {
+    const box = svg.getBoundingClientRect();
+    return {
+        svg: [box.left, box.top, box.right, box.bottom],
+        ticks: [...svg.querySelectorAll('g.tick')].map(g => {
+            const r = g.querySelector('text').getBoundingClientRect();
+            return {
+                text: g.querySelector('text').textContent,
+                title: g.querySelector('title').textContent,
+                box: [r.left, r.top, r.right, r.bottom],
+            };
+        }),
+    };
+}"""
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.fixture
+def usage_logs(committed) -> Iterator[list[str]]:
+    """Request logs of twelve models over the last fortnight, one named qwen1.5-chat (the
+    name the charts used to cut to `en1.5-chat`); removed afterwards."""
+    from django.utils import timezone
+
+    from accounts.models import RequestLog, new_public_id
+
+    tag = uuid.uuid4().hex[:6]
+    models = ["qwen1.5-chat", *(f"usage-{tag}-model-{i}" for i in range(11))]
+    now = timezone.now()
+    RequestLog.objects.bulk_create(
+        RequestLog(
+            created_at=now - timedelta(days=i % 14, minutes=1),
+            request_id=f"usage-{tag}-{i}",
+            key_public_id=new_public_id(),  # a key's width, for the list's columns
+            model=model,
+            endpoint="/v1/chat/completions",
+            status=200 if i % 4 else 503,
+            prompt_tokens=10 + i,
+            completion_tokens=i,
+            latency_ms=20.0 + i,
+        )
+        for i, model in enumerate(models)
+    )
+    yield models
+    RequestLog.objects.filter(request_id__startswith=f"usage-{tag}-").delete()
+
+
+def test_6_usage_chart_labels_are_whole_and_apart(ui, committed, usage_logs):
+    def read(page) -> dict:
+        page.goto("/admin/accounts/requestlog/usage/?days=14")
+        seen = {}
+        for name in ("day", "key", "model"):
+            charts = page.locator(f"#charts-{name} svg.usage-chart")
+            seen[name] = [charts.nth(i).evaluate(READ_TICKS) for i in range(charts.count())]
+            # The table under the charts lists the same groups, whole.
+            seen[f"{name}-table"] = page.locator(
+                f"#charts-{name} + table.usage tbody td:first-child"
+            ).all_inner_texts()
+        shot(page, "13-usage-14-days", full_page=True)
+        page.locator("#charts-day svg.usage-chart").first.screenshot(
+            path=str(SHOTS / "14-usage-chart-per-day.png")
+        )
+        page.locator("#charts-model svg.usage-chart").first.screenshot(
+            path=str(SHOTS / "15-usage-chart-per-model.png")
+        )
+        return seen
+
+    seen = ui.run(read)
+    assert len(seen["day-table"]) == 14
+    for name in ("day", "key", "model"):
+        assert len(seen[name]) == 3, name
+        for chart in seen[name]:
+            texts = [tick["text"] for tick in chart["ticks"]]
+            # Every group has its label (14 days, a dozen models fit unthinned), whole.
+            assert texts == seen[f"{name}-table"], (name, texts)
+            assert [tick["title"] for tick in chart["ticks"]] == texts
+            svg = chart["svg"]
+            for tick in chart["ticks"]:
+                box = tick["box"]
+                assert svg[0] <= box[0] and box[2] <= svg[2], tick
+                assert svg[1] <= box[1] and box[3] <= svg[3], tick
+            boxes = [tick["box"] for tick in chart["ticks"]]
+            for a, b in zip(boxes, boxes[1:], strict=False):
+                assert not _overlap(a, b), (name, a, b)
+    assert "qwen1.5-chat" in [tick["text"] for tick in seen["model"][0]["ticks"]]
+    assert set(usage_logs) <= set(seen["model-table"])
+
+
+def test_7_request_log_list_fits_a_laptop_screen(ui, committed, usage_logs):
+    from accounts.models import RequestLog
+
+    log = RequestLog.objects.get(request_id__endswith="-0", model="qwen1.5-chat")
+
+    def read(page) -> dict:
+        page.goto("/admin/accounts/requestlog/")
+        table = page.locator("#result_list")
+        seen = {
+            "page_width": page.evaluate("() => document.documentElement.scrollWidth"),
+            "table": table.bounding_box(),
+            # The list scrolls inside its own box when too wide: that box must not scroll.
+            "results": page.locator("#changelist .results").evaluate(
+                "r => [r.scrollWidth, r.clientWidth]"
+            ),
+            "filter": page.locator("#changelist-filter").bounding_box(),
+            "headers": table.locator("thead th").evaluate_all(
+                "ths => ths.map(th => th.textContent.trim()).filter(Boolean)"
+            ),
+            "filters": page.locator("#changelist-filter summary").all_inner_texts(),
+        }
+        row = table.locator(f"tr:has(a[href$='/requestlog/{log.pk}/change/'])")
+        seen["row"] = row.locator("td, th").all_inner_texts()
+        seen["row_right"] = row.locator("td").last.bounding_box()
+        shot(page, "16-request-log-list")
+        row.locator("a").first.click()
+        page.wait_for_url(f"**/requestlog/{log.pk}/change/")
+        seen["detail"] = page.locator("#content-main").inner_text()
+        shot(page, "17-request-log-detail", full_page=True)
+        return seen
+
+    seen = ui.run(read)
+    width = LAPTOP["width"]
+    assert seen["page_width"] <= width, "the page scrolls sideways"
+    assert seen["table"]["x"] + seen["table"]["width"] <= width, seen["table"]
+    scroll_width, client_width = seen["results"]
+    assert scroll_width <= client_width, f"the list scrolls sideways: {seen['results']}"
+    right = seen["row_right"]
+    assert right["x"] + right["width"] <= seen["filter"]["x"], (right, seen["filter"])
+    headers = [h.lower() for h in seen["headers"]]
+    assert headers == [
+        "time (utc)",
+        "key",
+        "model",
+        "endpoint",
+        "status",
+        "tokens in/out",
+        "latency ms",
+    ], headers
+    row = seen["row"]
+    assert row[0] == log.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert row[1:] == [
+        f"sk-gw-{log.key_public_id}",
+        "qwen1.5-chat",
+        "/v1/chat/completions",
+        "503",
+        "10 / 0",
+        "20",
+    ], row
+    titles = [t.strip().lower() for t in seen["filters"]]
+    assert len(titles) == len(set(titles)), titles
+    assert {"by status class", "by status code"} <= set(titles)
+    assert log.request_id in seen["detail"] and "Outcome" in seen["detail"]
+
+
+def test_8_index_links_the_usage_page_and_view_site_opens_the_docs(ui, committed):
+    def read(page) -> dict:
+        page.goto("/admin/")
+        seen = {
+            "view_site": page.locator("#user-tools a:text-is('View site')").get_attribute("href")
+        }
+        page.click("#console-pages a:text-is('Usage charts')")
+        page.wait_for_url("**/admin/accounts/requestlog/usage/")
+        seen["usage_title"] = page.locator("h1").inner_text()
+        page.goto("/admin/")
+        page.click("#user-tools a:text-is('View site')")
+        page.wait_for_url("**/docs")
+        page.wait_for_selector(".opblock-summary-path")
+        seen["docs_paths"] = page.locator(".opblock-summary-path").evaluate_all(
+            "ps => ps.map(p => p.dataset.path)"
+        )
+        shot(page, "18-view-site-api-docs")
+        return seen
+
+    seen = ui.run(read)
+    assert seen["view_site"] == "/docs"
+    assert seen["usage_title"].startswith("Usage, last 14 days")
+    assert "/v1/chat/completions" in seen["docs_paths"]

@@ -1,6 +1,7 @@
 """`manage.py createapikey --name NAME [--owner USER] [--models a,b] [limits]`.
 
-The secret is printed once, as the last line of output, and never stored.
+The secret is printed once, as the last line of output, and never stored. A limit must be
+positive and an expiry in the future: anything else is refused in one line.
 """
 
 from __future__ import annotations
@@ -12,23 +13,62 @@ from django.utils import timezone
 
 from accounts.models import BudgetPeriod
 from accounts.services import key_create, owner_get_or_create
+from llmgateway.management.cli import (
+    INT32_MAX,
+    INT64_MAX,
+    OneLineErrors,
+    positive_number,
+    text,
+    whole_number,
+)
+
+# A key may be made to expire up to a century ahead (further is "never": omit the option).
+MAX_EXPIRY_DAYS = 36_525
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Create an API key and print its secret (last line; it is shown only once)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--name", required=True)
-        parser.add_argument("--owner", default="admin", help="Username (created if missing).")
-        parser.add_argument("--models", help="Comma-separated model names. Default: all.")
-        parser.add_argument("--rpm", type=int, help="Requests per minute.")
-        parser.add_argument("--tpm", type=int, help="Tokens per minute.")
-        parser.add_argument("--concurrency", type=int, help="Concurrent requests.")
-        parser.add_argument("--budget", type=int, help="Token budget per --budget-period.")
         parser.add_argument(
-            "--budget-period", default=BudgetPeriod.MONTH, choices=list(BudgetPeriod.values)
+            "--name",
+            required=True,
+            type=text(100),
+            help="What the key is for (shown in the admin).",
         )
-        parser.add_argument("--expires-in-days", type=float)
+        parser.add_argument(
+            "--owner", default="admin", type=text(150), help="Username (created if missing)."
+        )
+        parser.add_argument("--models", help="Comma-separated model names. Default: all.")
+        parser.add_argument(
+            "--rpm", type=whole_number(1, INT32_MAX), help="Requests per minute. Default: no limit."
+        )
+        parser.add_argument(
+            "--tpm",
+            type=whole_number(1, INT64_MAX),
+            help="Tokens (prompt plus completion) per minute. Default: no limit.",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=whole_number(1, INT32_MAX),
+            help="Requests in flight at once. Default: no limit.",
+        )
+        parser.add_argument(
+            "--budget",
+            type=whole_number(1, INT64_MAX),
+            help="Tokens per --budget-period. Default: no budget.",
+        )
+        parser.add_argument(
+            "--budget-period",
+            default=BudgetPeriod.MONTH,
+            choices=list(BudgetPeriod.values),
+            help="The window --budget counts in (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--expires-in-days",
+            type=positive_number(MAX_EXPIRY_DAYS),
+            help="Days until the key stops working (fractions allowed). Default: never.",
+        )
 
     def handle(self, *args, **options) -> None:
         models = options["models"]

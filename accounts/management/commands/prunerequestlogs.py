@@ -12,15 +12,23 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from accounts.models import RequestLog
+from llmgateway.management.cli import OneLineErrors, positive_number
 
 BATCH = 10_000
+MAX_DAYS = 36_525  # a century: more keeps everything (timedelta would overflow)
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Delete request logs older than --days (default REQUEST_LOG_RETENTION_DAYS)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--days", type=float, default=None)
+        parser.add_argument(
+            "--days",
+            type=positive_number(MAX_DAYS),
+            default=None,
+            help="Keep this many days of logs (fractions allowed; default "
+            "REQUEST_LOG_RETENTION_DAYS). 0 or less would delete every log: refused.",
+        )
 
     def handle(self, *args, **options) -> None:
         days = options["days"]

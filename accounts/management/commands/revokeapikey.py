@@ -6,13 +6,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import KEY_PREFIX, ApiKey, parse_public_id
 from accounts.services import key_revoke
+from llmgateway.management.cli import OneLineErrors
 
 
 def public_id_of(value: str) -> str:
     return parse_public_id(value) or value.removeprefix(KEY_PREFIX).split("…")[0].strip("-")
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Revoke an API key: every replica refuses it within a second."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -58,22 +58,38 @@ class Command(BaseCommand):
     help = "Apply migrations, upsert the model config, and serve the gateway under uvicorn."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=9900)
-        parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="Address to listen on (default: %(default)s; 0.0.0.0 for every interface).",
+        )
+        parser.add_argument(
+            "--port", type=int, default=9900, help="Port to listen on (default: %(default)s)."
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="uvicorn worker processes (default: %(default)s).",
+        )
         parser.add_argument("--model-name", dest="model_name", help="Model name inside Triton.")
         parser.add_argument(
             "--served-model-name",
             help="Public name clients send as `model` (default: --model-name).",
         )
-        parser.add_argument("--tokenizer-path", dest="tokenizer_path")
+        parser.add_argument(
+            "--tokenizer-path",
+            dest="tokenizer_path",
+            help="The model's tokenizer directory (needed with --model-name).",
+        )
         parser.add_argument(
             "--server-url",
             dest="server_url",
             default="127.0.0.1:8001",
             type=_addresses,
-            help="Triton gRPC address(es), host:port, comma-separated (a name with several "
-            "addresses, such as a headless Service, is one endpoint per address).",
+            help="Triton gRPC address(es), host:port, comma-separated; a name with several "
+            "addresses, such as a headless Service, is one endpoint per address "
+            "(default: %(default)s).",
         )
         parser.add_argument(
             "--model_type",
@@ -81,16 +97,31 @@ class Command(BaseCommand):
             dest="model_type",
             default=ModelType.QWEN2_CHAT,
             choices=list(ModelType.values),
+            help="How prompts are built: qwen2-chat (ChatML), qwen-vl (images too) or "
+            "chat-template (the tokenizer's own); default %(default)s.",
         )
-        parser.add_argument("--context-length", type=int, default=None)
+        parser.add_argument(
+            "--context-length",
+            type=int,
+            default=None,
+            help="Prompt plus output tokens the engine accepts (default: the model config's, 4096 when new).",
+        )
         parser.add_argument(
             "--trust-remote-code",
             action="store_true",
             help="Let the tokenizer directory's own code run (Qwen-VL's tokenizer needs it). "
             "Without the flag the model config keeps its stored setting (off when new).",
         )
-        parser.add_argument("--access-log", action="store_true")
-        parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument(
+            "--access-log",
+            action="store_true",
+            help="Log a line per request (uvicorn's access log).",
+        )
+        parser.add_argument(
+            "--no-migrate",
+            action="store_true",
+            help="Skip `migrate` at start-up (when a separate job migrates).",
+        )
 
     def handle(self, *args, **options) -> None:
         if not options["no_migrate"]:

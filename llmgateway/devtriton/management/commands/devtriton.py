@@ -21,20 +21,39 @@ class Command(BaseCommand):
         parser.add_argument(
             "--host",
             default="127.0.0.1",
-            help="Address the gRPC, HTTP and metrics servers listen on (default: 127.0.0.1; "
+            help="Address the gRPC, HTTP and metrics servers listen on (default: %(default)s; "
             "0.0.0.0 for every interface). Several dev Tritons may share ports on "
             "127.0.0.1, 127.0.0.2, ...",
         )
-        parser.add_argument("--grpc-port", type=int, default=8001)
-        parser.add_argument("--http-port", type=int, default=8000)
-        parser.add_argument("--metrics-port", type=int, default=8002)
+        parser.add_argument(
+            "--grpc-port",
+            type=int,
+            default=8001,
+            help="Triton's gRPC port, what the gateway calls (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--http-port",
+            type=int,
+            default=8000,
+            help="Triton's HTTP port: health and model config (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=8002,
+            help="Triton's Prometheus metrics port (default: %(default)s).",
+        )
         parser.add_argument(
             "--trtllm-version",
             choices=TRTLLM_VERSIONS,
             default="recent",
             help="Which tensorrt_llm interface the model declares (default: recent).",
         )
-        parser.add_argument("--model-name", default="tensorrt_llm")
+        parser.add_argument(
+            "--model-name",
+            default="tensorrt_llm",
+            help="The model's name inside Triton (default: %(default)s).",
+        )
         parser.add_argument(
             "--state-dir",
             type=Path,
