@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -155,6 +156,31 @@ class TritonBackend:
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
 
+    async def connection_failure(self, deadline: float) -> str | None:
+        """None once the channel is connected (at once when it already is, as it almost
+        always is); what went wrong if it fails to connect first. Waits at most until
+        `deadline` (time.monotonic()), then leaves the rest to the call's own deadline.
+
+        Why not the call's wait_for_connection(): for ModelStreamInfer it returns only
+        with the server's initial metadata, which Triton sends with the first response,
+        so it would wait for the first token (or a whole non-streamed answer).
+        """
+        channel = self.client._channel
+        state = channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            if state in (
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                grpc.ChannelConnectivity.SHUTDOWN,
+            ):
+                return f"could not connect ({state.name.lower()})"
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await channel.wait_for_state_change(state)
+            except TimeoutError:
+                return None
+            state = channel.get_state()
+        return None
+
     async def model_spec(self, model: str) -> ModelSpec:
         """The model's declared interface, read from the server (the pool caches it)."""
         config = await self._call(self.client.get_model_config(model, as_json=True))
@@ -179,3 +205,8 @@ class TritonBackend:
         except (TimeoutError, InferenceServerException, grpc.RpcError) as exc:
             logger.debug("Triton at %s: %r", self.url, exc)
             raise TritonUnavailable("The inference server is unreachable or not ready.") from exc
+
+
+def _loop_time(deadline: float) -> float:
+    """`deadline` on time.monotonic() as the running loop's clock (asyncio.timeout_at)."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())

@@ -209,9 +209,9 @@ class TritonStream:
     """One request on its own gRPC stream, on an endpoint of `pool`.
 
     `open()` sends the request (callers may open early, so Triton starts while
-    the HTTP response is still being set up); `connected()` returns once it has
-    reached a server (moving it once to another endpoint if it could not), so a
-    caller can still answer with a status rather than a broken stream;
+    the HTTP response is still being set up); `connected()` returns once its
+    endpoint is connected (moving it once to another endpoint if it cannot be),
+    so a caller can still answer with a status rather than a broken stream;
     `responses()` reads until the final response. Leaving `responses()` early (a
     stop string, a client disconnect, the deadline) or calling `cancel()` cancels
     the gRPC call, which cancels the request inside Triton.
@@ -242,17 +242,18 @@ class TritonStream:
             self._start(self._pool.acquire(self._spec.name))
 
     async def connected(self) -> None:
-        """Return once the request has reached a server; raise (TritonUnavailable, ...)
-        if neither its endpoint nor one other could take it."""
+        """Return once the request's endpoint is connected (at once, as a rule); raise
+        TritonUnavailable if neither it nor one other could be reached. A call on a
+        connected channel can still fail before its first response: `responses()` then
+        moves it, before any output."""
         self.open()
         while True:
-            try:
-                await self._call.wait_for_connection()
+            failure = await self._endpoint.backend.connection_failure(self._deadline)
+            if failure is None:
                 return
-            except grpc.RpcError as exc:
-                if not self._fail(rpc_failure(exc), exc.details() or "", may_move=True):
-                    self.cancel()
-                    raise _map_rpc_error(exc) from exc
+            if not self._fail(UNAVAILABLE, failure, may_move=True):
+                self.cancel()
+                raise TritonUnavailable(UNAVAILABLE_MESSAGE)
 
     def cancel(self) -> None:
         """Cancel the request inside Triton unless it already finished. Idempotent."""
