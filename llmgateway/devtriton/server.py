@@ -339,7 +339,8 @@ class DevTriton:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.models)]
-        while not all(self._http_ok(path) for path in paths):
+        urls = [self.http_url + path for path in paths] + [self.metrics_url]
+        while not all(self._http_ok(url) for url in urls):
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise DevTritonError(f"tritonserver exited with {code}:\n{self.log_tail()}")
@@ -349,9 +350,9 @@ class DevTriton:
                 )
             time.sleep(0.1)
 
-    def _http_ok(self, path: str) -> bool:
+    def _http_ok(self, url: str) -> bool:
         try:
-            with urllib.request.urlopen(self.http_url + path, timeout=1) as response:  # noqa: S310 - local URL
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
