@@ -17,6 +17,7 @@ from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest
 
 from accounts.models import RequestLog
+from llmgateway.db import database_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,16 @@ def log_record(
     record = {
         "log_id": uuid.uuid4().hex,
         "created_at": getattr(request, "gateway_started_at", None) or time.time(),
-        "request_id": getattr(request, "request_id", "")[:200],
+        "request_id": storable(getattr(request, "request_id", "")[:200]),
         "api_key_id": key.id if key is not None else None,
         "key_public_id": key.public_id if key is not None else "",
-        "model": _clean(model),
-        "endpoint": (endpoint or request.path)[:64],
+        "model": storable(model),
+        "endpoint": storable((endpoint or request.path)[:64]),
         "status": status,
-        "error_type": (error_type or "")[:64],
+        "error_type": storable((error_type or "")[:64]),
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "finish_reason": (finish_reason or "")[:32],
+        "finish_reason": storable((finish_reason or "")[:32]),
         "latency_ms": round((time.monotonic() - started) * 1000, 3),
         "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
         "streamed": streamed,
@@ -82,17 +83,28 @@ def log_record(
     }
     if settings.REQUEST_LOG_CONTENT:
         try:
-            record["prompt_text"] = _clean(request.body.decode("utf-8", "replace")[:MAX_TEXT])
+            record["prompt_text"] = storable(request.body.decode("utf-8", "replace")[:MAX_TEXT])
         except Exception:  # a body over the size limit cannot be read (413)
             record["prompt_text"] = None
         if response_text is not None:
-            record["response_text"] = _clean(response_text[:MAX_TEXT])
+            record["response_text"] = storable(response_text[:MAX_TEXT])
     return record
 
 
-def _clean(text: str | None) -> str | None:
-    """Text as PostgreSQL can store it: no NUL characters."""
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+def storable(text: str | None) -> str | None:
+    """`text` as PostgreSQL stores it: NUL, which it refuses in text, and unpaired
+    surrogates, which have no UTF-8 form, replaced by U+FFFD. Every text the
+    gateway writes into a log row goes through here (the path a client chose
+    included), so no row is lost to a character."""
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def log_row(record: dict) -> RequestLog:
@@ -143,26 +155,35 @@ def _json_insert_sql() -> str:
     )
 
 
-def logs_write_json(items: list[bytes]) -> None:
-    """Insert records serialised as JSON objects (the Redis outbox's items).
+def logs_write_json(items: list[bytes]) -> list[bytes]:
+    """Insert records serialised as JSON objects (the Redis outbox's items); return
+    the items the database refuses for good.
 
     On PostgreSQL the batch goes in as one JSON parameter that the server
     unpacks: a few microseconds per row, against ~150 for building model
     instances for bulk_create, and the drain runs in the gateway's own process.
-    A batch that fails is retried record by record, so one bad record cannot
-    hold the rest back; a record that cannot be written at all is logged in
-    full and dropped (it would otherwise block the outbox for good).
+    A batch the database refuses is retried record by record, so one bad record
+    cannot hold the rest back. While the database is out (a connection error,
+    a timeout) this raises, and every item stays where it is to be written later.
     """
     if connection.vendor == "postgresql":
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_json_insert_sql(), [(b"[" + b",".join(items) + b"]").decode()])
-            return
-        except DatabaseError:
+            return []
+        except DatabaseError as exc:
+            if database_unreachable(exc):
+                raise
             logger.warning("batch insert of %d request logs failed; one by one", len(items))
+    refused = []
     for item in items:
         try:
             with transaction.atomic():
                 logs_write([orjson.loads(item)])
-        except (DatabaseError, ValueError, TypeError, KeyError):
-            logger.exception("dropping a request-log record that cannot be written: %r", item)
+        except DatabaseError as exc:
+            if database_unreachable(exc):
+                raise
+            refused.append(item)
+        except (ValueError, TypeError, KeyError):
+            refused.append(item)
+    return refused

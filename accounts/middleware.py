@@ -1,9 +1,16 @@
-"""The settle-or-log guard: exactly one request-log row per API request.
+"""The settle-or-log guard: exactly one request-log row per API request with a key.
 
 An admitted request's row is written by its settlement (accounts/admission.py).
 This middleware writes the row of every request that never got that far (bad
-JSON, no key, unknown model, 429, ...), and settles an admission a route forgot
-to settle. Health checks are not logged.
+JSON, unknown model, 429, ...), and settles an admission a route forgot to
+settle. Health checks and /metrics are not logged.
+
+A request refused without a valid key (none sent, or one the auth refused) gets
+no row: it is counted per minute and client address (accounts/refusals.py), its
+content never kept. A request refused before its key was checked (413, an
+unknown path) has the key it sent looked up first, off the response's path: a
+valid key gets the row, an invalid one the count, and a key that cannot be
+checked (the database out) the row, without the key.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from accounts.admission import KeyAdmission
+from accounts.auth import ApiKeyAuth
 from accounts.logs import body_model, log_record, request_started
 from accounts.quota import quota_store
+from accounts.refusals import refusals
+from accounts.services import key_lookup
 from llmgateway import background
 from llmgateway.accounting import Outcome
 from llmgateway.api.middleware import is_api_path
@@ -28,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def is_logged_path(path: str) -> bool:
-    return is_api_path(path) and not path.startswith("/health")
+    return is_api_path(path) and not path.startswith(("/health", "/metrics"))
 
 
 def _error_code(response: HttpResponse) -> str | None:
@@ -47,21 +57,34 @@ def _log_unadmitted(request: HttpRequest, status: int, error_type: str | None) -
     The record is built now: the request's body (for the model's name and, with
     REQUEST_LOG_CONTENT, the prompt) is closed once the response is sent.
     """
+    key = getattr(request, "auth", None)
+    presented = "" if key is not None else ApiKeyAuth._presented(request)
+    if key is None and (not presented or status == 401):
+        refusals.count(request.META.get("REMOTE_ADDR"), status)
+        return
     try:
         record = log_record(
-            request,
-            key=getattr(request, "auth", None),
-            model=body_model(request),
-            status=status,
-            error_type=error_type,
+            request, key=key, model=body_model(request), status=status, error_type=error_type
         )
     except Exception:
         logger.exception("could not log request %s", getattr(request, "request_id", "?"))
         return
-    background.spawn(_write(record))
+    background.spawn(_write(record, presented, status))
 
 
-async def _write(record: dict) -> None:
+async def _write(record: dict, presented: str, status: int) -> None:
+    """Write `record`; when its key was never checked (`presented`), check it first."""
+    if presented:
+        try:
+            key = await key_lookup(presented)
+        except Exception:
+            key = None  # the database is out: log the request, key unknown
+        else:
+            if key is None or not key.is_active():
+                refusals.count(record["client_ip"], status)
+                return
+        if key is not None:
+            record["api_key_id"], record["key_public_id"] = key.id, key.public_id
     try:
         await quota_store().log(record)
     except Exception:

@@ -206,3 +206,27 @@ class RequestLog(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class RefusedRequests(models.Model):
+    """Requests refused without a valid key, counted per minute and client address.
+
+    Such requests get no request-log row each (a client without a key could
+    otherwise write rows as fast as it can send), only a count here, and
+    nothing of their content is kept (accounts/refusals.py).
+    """
+
+    minute = models.DateTimeField()
+    client_ip = models.CharField(max_length=45, blank=True)  # "" when the server gave none
+    requests = models.PositiveBigIntegerField(default=0)
+    unauthorized = models.PositiveBigIntegerField(default=0)  # of which answered 401
+
+    class Meta:
+        ordering = ["-minute"]
+        verbose_name_plural = "refused requests"
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "client_ip"], name="refused_minute_client")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.client_ip or '?'}: {self.requests}"

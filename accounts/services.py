@@ -164,8 +164,14 @@ def key_touch(key: KeyRecord) -> None:
     background.spawn(_touch(key.id))
 
 
+def _stamp(key_id: int) -> None:
+    ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+
+
 async def _touch(key_id: int) -> None:
     try:
-        await ApiKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())
+        # Through orm(), like every database call on the API path: bounded, and refused
+        # at once while the database is out.
+        await orm(_stamp)(key_id)
     except Exception:
         logger.warning("could not record last use of key %s", key_id, exc_info=True)

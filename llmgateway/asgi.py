@@ -10,6 +10,9 @@ import django  # noqa: E402
 
 django.setup(set_prefix=False)
 
+from llmgateway.db import server_timeouts  # noqa: E402
 from llmgateway.handler import GatewayASGIHandler  # noqa: E402
+
+server_timeouts()
 
 application = GatewayASGIHandler()

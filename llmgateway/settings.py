@@ -7,7 +7,9 @@ A malformed value fails loudly at start-up rather than silently falling back.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -82,6 +84,8 @@ INSTALLED_APPS = [
     # Django Ninja's templates and static files: /docs serves Swagger UI from the
     # installed package (offline), not from a CDN.
     "ninja",
+    # Admin login throttling (see AXES_* below).
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -103,6 +107,8 @@ ADMIN_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "llmgateway.urls"
@@ -134,8 +140,28 @@ DATABASE_URL = env_str("DATABASE_URL", "")
 # refuses to wait there, since waiting could deadlock. IMMEDIATE waits (up to `timeout`
 # seconds) instead. The test process overrides it (tests/conftest.py).
 SQLITE_OPTIONS = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+# PostgreSQL's time limits, in seconds. A request meets a database that refuses or stops
+# answering with a 503 within connect + statement timeout (llmgateway/db.py). The
+# statement and idle limits apply to the web server's sessions (llmgateway/asgi.py), not
+# to management commands such as migrate, whose statements may rightly run long.
+# Connect: libpq counts whole seconds, at least 2.
+DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_float("DATABASE_CONNECT_TIMEOUT", 3.0)))
+DATABASE_STATEMENT_TIMEOUT = env_float("DATABASE_STATEMENT_TIMEOUT", 5.0)
+# A session idle inside a transaction this long is ended by the server, releasing its
+# locks (a quota row locked by a stalled process would hold up every request of its key).
+DATABASE_IDLE_TIMEOUT = env_float("DATABASE_IDLE_TIMEOUT", 30.0)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            connect_timeout=DATABASE_CONNECT_TIMEOUT,
+            # A peer that vanished (host down, network cut) is noticed on an idle
+            # connection within about a minute, not after the kernel's two hours.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
 else:
     DATABASES = {
         "default": {
@@ -152,6 +178,48 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Optional: shared counters for quotas across replicas. Unset means the database.
 REDIS_URL = env_str("REDIS_URL", "")
+
+# The admin's login: django-axes counts failed logins per username and client address
+# (REMOTE_ADDR: behind a proxy, the proxy's) and refuses that pair for the cool-off
+# period once ADMIN_LOGIN_FAILURE_LIMIT logins failed, the right password included.
+# `manage.py axes_reset` lifts lockouts. Its backend runs before Django's own.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address axes counts by: the connection's, never a header a client could forge.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
+# HTTPS for the admin's cookies and pages, on whenever DEBUG is off (TLS terminates at
+# the ingress or a proxy in front of the gateway; docs/deploy.md "TLS and ingress").
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Redirects plain-HTTP admin pages to HTTPS (the API and probes are never redirected:
+# SecurityMiddleware wraps only the admin's paths).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# The header a TLS-terminating proxy sets, as "HEADER,value" (e.g.
+# "X-Forwarded-Proto,https"). Only behind such a proxy: a client could send it itself.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_ssl_header:
+    _header, _, _value = _proxy_ssl_header.partition(",")
+    if not _header.strip() or not _value.strip():
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r}: use HEADER,value "
+            "(e.g. X-Forwarded-Proto,https)"
+        )
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _header.strip().upper().replace("-", "_"),
+        _value.strip(),
+    )
+# Origins (https://admin.example.com) whose admin form posts pass the CSRF check.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -171,6 +239,13 @@ WHITENOISE_USE_FINDERS = True
 # Largest request body accepted by the API, in bytes (images arrive inline as data: URLs).
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# HTTP limits of `serve` and `runserver` (llmgateway/http_limits.py; uvicorn sets none):
+# the request line and all headers in bytes (414 / 431 beyond), and the seconds a client
+# may take to send a request's head, and then its body (408 and closed beyond).
+HTTP_MAX_REQUEST_LINE_BYTES = env_int("HTTP_MAX_REQUEST_LINE_BYTES", 16 * 1024)
+HTTP_MAX_HEADER_BYTES = env_int("HTTP_MAX_HEADER_BYTES", 64 * 1024)
+HTTP_HEADER_TIMEOUT = env_float("HTTP_HEADER_TIMEOUT", 10.0)
+HTTP_BODY_TIMEOUT = env_float("HTTP_BODY_TIMEOUT", 60.0)
 # Largest guide (JSON schema) sent to TensorRT-LLM's guided decoding, in bytes: Triton
 # compiles each request's grammar, and a huge schema would hold up its other requests.
 GUIDED_DECODING_MAX_SCHEMA_BYTES = env_int("GUIDED_DECODING_MAX_SCHEMA_BYTES", 128 * 1024)
@@ -221,6 +296,10 @@ REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
 # With Redis: how long the request-log outbox collects records before a gateway writes
 # them to the database in one INSERT (rows appear up to this late in the admin).
 REQUEST_LOG_DRAIN_SECONDS = env_float("REQUEST_LOG_DRAIN_SECONDS", 1.0)
+# Where a gateway keeps settlements and request logs it could not write while the
+# database (or Redis) was out, until it can (accounts/quota/spool.py). Must survive a
+# restart of the gateway (a volume in a container) and be local to it.
+GATEWAY_SPOOL_DIR = env_str("GATEWAY_SPOOL_DIR", str(BASE_DIR / "var" / "spool"))
 # On a graceful stop, how long to wait for settlements and request-log writes still
 # running after their responses were sent (llmgateway/background.py).
 GATEWAY_SHUTDOWN_SECONDS = env_float("GATEWAY_SHUTDOWN_SECONDS", 10.0)
@@ -235,12 +314,24 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # runserver's reloader: uvicorn already says which file changed.
         "watchfiles": {"level": "WARNING"},
+        # Login failures and lockouts are warnings; its start-up banner is not news.
+        "axes": {"level": "WARNING"},
     },
 }
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
 # these checks cannot see. tests/api/test_admin.py proves the admin still works.
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# security.W001-W003 and axes.W002 likewise: llmgateway/checks.py asks the same of
+# ADMIN_MIDDLEWARE under `check --deploy`.
+SILENCED_SYSTEM_CHECKS = [
+    "admin.E408",
+    "admin.E409",
+    "admin.E410",
+    "security.W001",
+    "security.W002",
+    "security.W003",
+    "axes.W002",
+]
 
 # ---- Vision (Qwen-VL images; llmgateway/vision/) ------------------------------------------
 # Most images one request may carry (each costs image_tokens prompt positions).

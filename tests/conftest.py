@@ -153,6 +153,8 @@ def start_gateway(
         **_database_env(),
         "MODEL_CACHE_SECONDS": "0",
         "DJANGO_SETTINGS_MODULE": "llmgateway.settings",
+        # Gateways of one test share a spool directory, as replicas on one host would.
+        "GATEWAY_SPOOL_DIR": str(tmp_dir / "spool"),
         **(extra_env or {}),
     }
     command = [
@@ -223,6 +225,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "committed_db: no test transaction; the test commits what it writes"
     )
+    # Spool files (accounts/quota/spool.py) of this test process: never the worktree's.
+    import tempfile
+
+    from django.conf import settings as django_settings
+
+    django_settings.GATEWAY_SPOOL_DIR = tempfile.mkdtemp(prefix="gateway-spool-")
     # The servers' SQLite transactions are IMMEDIATE (settings.SQLITE_OPTIONS). Here each
     # test runs inside a transaction of its own, which would then hold the write lock
     # for the whole test and stall the live gateway's writes; so this process begins

@@ -160,17 +160,30 @@ class QuotaStore(Protocol):
         """Admit or refuse atomically; when admitted, hold `tokens` under a new lease."""
         ...
 
-    async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
-        """Charge `tokens` instead of the lease's reservation and write the log record."""
+    async def settle(
+        self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+    ) -> None:
+        """Charge `tokens` instead of the lease's reservation and write the log record.
+
+        Never loses either: what the store cannot write now (the database or Redis
+        out) is spooled (spool.py) and applied once, when the store is back.
+        """
         ...
 
     async def log(self, record: dict) -> None:
-        """Write a log record for a request that was never admitted."""
+        """Write a log record for a request that was never admitted (spooled likewise)."""
         ...
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
         """The key's counters in the current windows (expired leases not yet released)."""
         ...
+
+
+async def redis_ping() -> bool:
+    """Whether the Redis store answers (True when quotas live in the database)."""
+    store = quota_store()
+    ping = getattr(store, "ping", None)
+    return await ping() if ping is not None else True
 
 
 @cache

@@ -23,19 +23,30 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 
 from accounts.logs import logs_write
-from accounts.models import KeyUsage, QuotaLease
+from accounts.models import KeyUsage, QuotaLease, RequestLog
 from accounts.quota import Clock, Decision, Snapshot, Verdict, Window, lease_seconds
+from accounts.quota.spool import (
+    Entry,
+    SpoolReplayer,
+    log_entry,
+    settle_entry,
+    spool,
+    spooled_key,
+)
 from accounts.services import KeyRecord
-from llmgateway.db import orm
+from llmgateway.db import database_unreachable, orm
+
+logger = logging.getLogger(__name__)
 
 LOCKED_RETRIES = 200
 
@@ -240,16 +251,17 @@ def retry_when_locked(function):
 
 
 @retry_when_locked
-def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
+def reserve(key: KeyRecord, tokens: int, clock: Clock, lease_id: str | None = None) -> Decision:
+    """Admit or refuse; an admission holds `tokens` under the lease `lease_id` (a new
+    one when None)."""
+    lease_id = lease_id or uuid.uuid4().hex
     with transaction.atomic():
         usage = _locked_usage(key.id, clock)
         counters = _Counters(usage, key, clock)
         live = _expire_leases(counters, key.id, clock)
         verdict = _verdict(counters, key, tokens, live)
-        lease_id = None
         retry_ms = 0
         if verdict is Verdict.OK:
-            lease_id = uuid.uuid4().hex
             counters.rpm.add(1)
             if key.tpm_limit is not None:
                 counters.tpm.add(tokens)
@@ -274,15 +286,33 @@ def reserve(key: KeyRecord, tokens: int, clock: Clock) -> Decision:
             usage.budget_used,
             max(counters.rpm.reset_ms(), counters.tpm.reset_ms()),
             retry_ms,
-            lease_id,
+            lease_id if verdict is Verdict.OK else None,
         )
 
 
 @retry_when_locked
-def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: Clock) -> None:
+def settle(
+    key: KeyRecord,
+    lease_id: str | None,
+    tokens: int,
+    log: dict | None,
+    clock: Clock,
+    *,
+    replay: bool = False,
+) -> None:
+    """Charge `tokens` in place of the lease's reservation and write `log`, together.
+
+    A `replay` (from the spool) is applied only if its log row is not there yet:
+    the row commits with the settlement, so its presence means this settlement
+    was applied already (its first try committed, and only the answer was
+    lost). A settlement without a log (the release of a reservation whose
+    outcome was uncertain) charges 0 and may be applied any number of times.
+    """
     with transaction.atomic():
         if lease_id is not None:
             usage = _locked_usage(key.id, clock)
+            if replay and log is not None and _logged(log):
+                return
             counters = _Counters(usage, key, clock)
             lease = _lease_take(lease_id)
             if lease is not None:
@@ -294,18 +324,102 @@ def settle(key: KeyRecord, lease_id: str | None, tokens: int, log: dict, clock: 
                     counters.tpm.add(tokens)
                 usage.budget_used += tokens if key.budget_tokens is not None else 0
             counters.save()
-        logs_write([log])
+        if log is not None:
+            logs_write([log])
+
+
+# An entry that cannot even be turned into its rows (a record from another version).
+MALFORMED = (ValueError, TypeError, KeyError)
+
+
+def _logged(log: dict) -> bool:
+    return RequestLog.objects.filter(log_id=uuid.UUID(log["log_id"])).exists()
+
+
+def replay(entries: list[Entry]) -> list[Entry]:
+    """Apply spooled entries (see spool.py); return those the database refuses for good.
+
+    Raises while the database is still out: the whole batch is tried again later.
+    """
+    refused: list[Entry] = []
+    records = [entry for entry in entries if entry["kind"] == "log"]
+    settlements = [entry for entry in entries if entry["kind"] == "settle"]
+    if records:
+        refused += _write_records(records)
+    for entry in settlements:
+        if entry["store"] != "database":
+            # Counters kept in Redis by a process configured for it: only the log applies here.
+            logger.warning("spooled Redis settlement replayed without Redis: its log only")
+            refused += _write_records([entry] if entry["log"] else [])
+            continue
+        try:
+            settle(
+                spooled_key(entry),
+                entry["lease_id"],
+                entry["tokens"],
+                entry["log"],
+                Clock.read(),
+                replay=True,
+            )
+        except DatabaseError as exc:
+            if database_unreachable(exc):
+                raise
+            refused.append(entry)
+        except MALFORMED:
+            refused.append(entry)
+    return refused
+
+
+def _write_records(entries: list[Entry]) -> list[Entry]:
+    """Insert the entries' records; return the entries the database refuses for good."""
+    try:
+        retry_when_locked(logs_write)([entry["log"] for entry in entries])
+        return []
+    except DatabaseError as exc:
+        if database_unreachable(exc):
+            raise
+    except MALFORMED:
+        pass
+    if len(entries) == 1:
+        return entries
+    return [entry for entry in entries if _write_records([entry])]
 
 
 class DatabaseStore:
-    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
-        return await orm(reserve)(key, tokens, Clock.read())
+    """The database store; what it cannot write while the database is out is spooled
+    (spool.py) and written when it returns."""
 
-    async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
-        await orm(settle)(key, lease_id, tokens, log, Clock.read())
+    def __init__(self) -> None:
+        self.replayer = SpoolReplayer(spool(), orm(replay))
+
+    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
+        self.replayer.check_once()
+        lease_id = uuid.uuid4().hex
+        try:
+            return await orm(reserve)(key, tokens, Clock.read(), lease_id)
+        except DatabaseError as exc:
+            if getattr(exc, "attempted", True):
+                # It may have committed with only its answer lost: release the lease if so.
+                await self.replayer.keep([settle_entry("database", key, lease_id, 0, None)])
+            raise
+
+    async def settle(
+        self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+    ) -> None:
+        self.replayer.check_once()
+        try:
+            await orm(settle)(key, lease_id, tokens, log, Clock.read())
+        except DatabaseError as exc:
+            logger.warning("settlement spooled (%s); written when the database answers", exc)
+            await self.replayer.keep([settle_entry("database", key, lease_id, tokens, log)])
 
     async def log(self, record: dict) -> None:
-        await orm(retry_when_locked(logs_write))([record])
+        self.replayer.check_once()
+        try:
+            await orm(retry_when_locked(logs_write))([record])
+        except DatabaseError as exc:
+            logger.warning("request log spooled (%s); written when the database answers", exc)
+            await self.replayer.keep([log_entry("database", record)])
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
         return await orm(snapshot)(key, Clock.read())

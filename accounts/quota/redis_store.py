@@ -31,7 +31,14 @@ every request. Commands go through `resp.RespClient` (one pipelined
 connection per event loop; see there for why not redis-py's client).
 
 If Redis is unreachable admissions fail closed (503 from the caller); the
-limits never silently fall back to per-process counting (LiteLLM #35533).
+limits never silently fall back to per-process counting (LiteLLM #35533). A
+settlement or record Redis cannot take writes its log row to the database
+directly and spools the settlement (spool.py), replayed once Redis is back: the
+settle script charges a lease only while it is held, or once after an
+admission released it on expiry (recorded in the key's `expired` hash for a
+day), so a replay of a settlement already applied charges nothing. While the
+database is out the outbox keeps every record and the drain retries; a record
+the database refuses for good moves to DEAD_LETTERS, never dropped.
 All of a key's Redis keys share the hash tag {<key id>}, so the scripts are
 valid on Redis Cluster. The clock is the gateway's (replicas must run NTP;
 skew only shifts bucket boundaries). requests and tokens per minute are sliding
@@ -49,8 +56,9 @@ import weakref
 
 import orjson
 from django.conf import settings
+from django.db import DatabaseError
 
-from accounts.logs import logs_write_json
+from accounts.logs import logs_write, logs_write_json
 from accounts.quota import (
     BUCKET_MS,
     WINDOW_BUCKETS,
@@ -62,7 +70,16 @@ from accounts.quota import (
     lease_seconds,
     limit_arg,
 )
-from accounts.quota.resp import RespClient, Script
+from accounts.quota.database import replay as database_replay
+from accounts.quota.database import retry_when_locked
+from accounts.quota.resp import (
+    RedisConnectionError,
+    RedisNoAnswer,
+    RedisReplyError,
+    RespClient,
+    Script,
+)
+from accounts.quota.spool import Entry, SpoolReplayer, log_entry, settle_entry, spool, spooled_key
 from accounts.services import KeyRecord
 from llmgateway import background
 from llmgateway.db import orm
@@ -70,14 +87,21 @@ from llmgateway.db import orm
 logger = logging.getLogger(__name__)
 
 OUTBOX = "gw:requestlog:outbox"
+DEAD_LETTERS = "gw:requestlog:dead"
 DRAIN_LOCK = "gw:requestlog:drain-lock"
+# How long a lease released on expiry can still be charged by its late settlement.
+EXPIRED_KEEP_MS = 86_400_000
 DRAIN_BATCH = 500
 DRAIN_LOCK_MS = 30_000
+# Seconds between drain attempts while the database is out (doubling up to the last).
+DRAIN_RETRY_FIRST = 0.5
+DRAIN_RETRY_MAX = 5.0
 # A bucket hash outlives its newest bucket's window by a few seconds.
 WINDOW_KEEP_MS = (WINDOW_BUCKETS + 5) * BUCKET_MS
 
 # KEYS: leases (zset id→expiry ms), held (hash id→"tokens|tpm bucket|budget key"),
-#       rpm buckets (hash second→count), tpm buckets (hash second→tokens), budget counter
+#       rpm buckets (hash second→count), tpm buckets (hash second→tokens), budget counter,
+#       expired (hash: leases released on expiry, not charged yet)
 # ARGV: now ms, lease id, lease expiry ms, tokens, rpm limit, tpm limit,
 #       concurrency limit, budget limit (-1: none), current bucket, oldest counted bucket,
 #       ms from a bucket's start until it stops counting, bucket hash ttl ms,
@@ -97,6 +121,8 @@ for _, id in ipairs(expired) do
       redis.call('DECRBY', budgetkey, amount)
     end
     redis.call('HDEL', KEYS[2], id)
+    redis.call('HSET', KEYS[6], id, 1)
+    redis.call('PEXPIRE', KEYS[6], EXPIRED_KEEP_MS)
   end
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
@@ -183,9 +209,11 @@ redis.call('PEXPIREAT', KEYS[2], expiry + 60000)
 return {0, rpm, tpm, budget, leaves(bucket), 0}
 """
 
-# KEYS: leases, held, outbox, tpm buckets, current budget counter
-# ARGV: lease id, tokens used, log record JSON, charge tpm (0/1), charge budget (0/1),
-#       current bucket, bucket hash ttl ms, budget ttl ms
+# KEYS: leases, held, outbox, tpm buckets, current budget counter, expired
+# ARGV: lease id, tokens used, log record JSON ('' for none), charge tpm (0/1),
+#       charge budget (0/1), current bucket, bucket hash ttl ms, budget ttl ms
+# A lease is charged once: while held, or after its expiry released it (it is then in
+# `expired`). Neither means it was settled already: a replay (spool.py) charges nothing.
 SETTLE = """
 local used = tonumber(ARGV[2])
 local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -200,7 +228,7 @@ if held then
   end
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[1], ARGV[1])
-elseif ARGV[1] ~= '' then
+elseif ARGV[1] ~= '' and redis.call('HDEL', KEYS[6], ARGV[1]) == 1 then
   -- The lease expired and its reservation was released: charge the usage now.
   if ARGV[4] == '1' then
     redis.call('HINCRBY', KEYS[4], ARGV[6], used)
@@ -211,7 +239,7 @@ elseif ARGV[1] ~= '' then
     if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8])) end
   end
 end
-redis.call('RPUSH', KEYS[3], ARGV[3])
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
 return 1
 """
 
@@ -231,15 +259,18 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) 
 return 0
 """
 
+# KEYS: outbox, drain lock, dead letters. ARGV: token, items taken, items the database
+# refused for good (kept in the dead-letter list for an operator, never dropped).
 DRAIN_DONE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if #ARGV > 2 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 3)) end
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
 redis.call('DEL', KEYS[2])
 return 1
 """
 
 
-reserve_script = Script(RESERVE)
+reserve_script = Script(RESERVE.replace("EXPIRED_KEEP_MS", str(EXPIRED_KEEP_MS)))
 settle_script = Script(SETTLE)
 drain_take_script = Script(DRAIN_TAKE)
 drain_done_script = Script(DRAIN_DONE)
@@ -256,6 +287,7 @@ def _keys(key: KeyRecord, clock: Clock) -> list[str]:
         f"{tag}:rpm",
         f"{tag}:tpm",
         f"{tag}:budget:{budget_window}",
+        f"{tag}:expired",
     ]
 
 
@@ -271,6 +303,7 @@ class RedisStore:
             weakref.WeakKeyDictionary()
         )
         self.drain = LogDrain(self)
+        self.replayer = SpoolReplayer(spool(), self._replay)
 
     def client(self) -> RespClient:
         # One connection per event loop: an asyncio transport is bound to its loop.
@@ -281,10 +314,30 @@ class RedisStore:
         return client
 
     async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
+        self.replayer.check_once()
         clock = Clock.read()
         lease_id = uuid.uuid4().hex
+        try:
+            result = await self._reserve(key, tokens, clock, lease_id)
+        except RedisNoAnswer:
+            # It may have run with only its answer lost: release the lease if so.
+            await self.replayer.keep([settle_entry("redis", key, lease_id, 0, None)])
+            raise
+        verdict, rpm, tpm, budget, reset_ms, retry_ms = (int(v) for v in result)
+        admitted = verdict == Verdict.OK
+        return Decision(
+            Verdict(verdict),
+            rpm,
+            tpm,
+            budget,
+            reset_ms,
+            retry_ms,
+            lease_id if admitted else None,
+        )
+
+    async def _reserve(self, key: KeyRecord, tokens: int, clock: Clock, lease_id: str) -> list:
         _, budget_ttl = clock.budget_window(key.budget_period)
-        result = await reserve_script(
+        return await reserve_script(
             self.client(),
             keys=_keys(key, clock),
             args=[
@@ -303,52 +356,101 @@ class RedisStore:
                 budget_ttl * 1000,
             ],
         )
-        verdict, rpm, tpm, budget, reset_ms, retry_ms = (int(v) for v in result)
-        admitted = verdict == Verdict.OK
-        return Decision(
-            Verdict(verdict),
-            rpm,
-            tpm,
-            budget,
-            reset_ms,
-            retry_ms,
-            lease_id if admitted else None,
-        )
 
-    async def settle(self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict) -> None:
-        clock = Clock.read()
-        leases, held, _, tpm_key, budget_key = _keys(key, clock)
-        _, budget_ttl = clock.budget_window(key.budget_period)
-        # Issued, not awaited: see Script.issue. The response goes out after the
-        # settlement is on its way to Redis, ahead of anything sent later.
-        await settle_script.issue(
-            self.client(),
-            keys=[leases, held, OUTBOX, tpm_key, budget_key],
-            args=[
-                lease_id or "",
-                tokens,
-                orjson.dumps(log),
-                int(key.tpm_limit is not None),
-                int(key.budget_tokens is not None),
-                clock.bucket,
-                WINDOW_KEEP_MS,
-                budget_ttl * 1000,
-            ],
-        )
+    async def settle(
+        self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+    ) -> None:
+        """Issue the settle script; if Redis cannot take it, the log row goes to the
+        database directly and the settlement to the spool, replayed when Redis is back."""
+        self.replayer.check_once()
+        entry = settle_entry("redis", key, lease_id, tokens, log)
+
+        def failed(exc: BaseException) -> None:
+            background.spawn(self._settle_failed(entry, exc))
+
+        keys, args = _settle_call(key, lease_id, tokens, log)
+        try:
+            # Issued, not awaited: see Script.issue. The response goes out after the
+            # settlement is on its way to Redis, ahead of anything sent later.
+            await settle_script.issue(self.client(), keys=keys, args=args, failed=failed)
+        except (RedisConnectionError, RedisReplyError) as exc:
+            await self._settle_failed(entry, exc)
+            return
         self.drain.kick()
+
+    async def _settle_failed(self, entry: Entry, exc: BaseException) -> None:
+        logger.warning("settlement not applied in Redis (%s); spooled", exc)
+        if entry["log"] is not None:
+            await self._log_direct(entry["log"])
+        if entry["lease_id"]:
+            await self.replayer.keep([{**entry, "log": None}])
+
+    async def _log_direct(self, record: dict) -> None:
+        """Write a record to the database itself (Redis is out), or spool it."""
+        try:
+            await orm(retry_when_locked(logs_write))([record])
+        except DatabaseError:
+            await self.replayer.keep([log_entry("redis", record)])
 
     async def log(self, record: dict) -> None:
-        await self.client().call("RPUSH", OUTBOX, orjson.dumps(record))
+        self.replayer.check_once()
+        try:
+            await self.client().call("RPUSH", OUTBOX, orjson.dumps(record))
+        except RedisConnectionError:
+            await self._log_direct(record)
+            return
         self.drain.kick()
+
+    async def _replay(self, entries: list[Entry]) -> list[Entry]:
+        """Apply spooled entries: settlements of this store in Redis, the rest (records,
+        the database store's settlements) in the database. Raises while either is out."""
+        here = [e for e in entries if e["kind"] == "settle" and e["store"] == "redis"]
+        rest = [e for e in entries if not (e["kind"] == "settle" and e["store"] == "redis")]
+        refused = await orm(database_replay)(rest) if rest else []
+        for entry in here:
+            keys, args = _settle_call(
+                spooled_key(entry), entry["lease_id"], entry["tokens"], entry["log"]
+            )
+            await settle_script(self.client(), keys=keys, args=args)
+        if any(entry["log"] for entry in here):
+            self.drain.kick()
+        return refused
+
+    async def ping(self) -> bool:
+        try:
+            return await self.client().call("PING") == b"PONG"
+        except (RedisConnectionError, RedisReplyError):
+            return False
 
     async def snapshot(self, key: KeyRecord) -> Snapshot:
         clock = Clock.read()
-        leases, _, rpm, tpm, budget = _keys(key, clock)
+        leases, _, rpm, tpm, budget, _ = _keys(key, clock)
         client = self.client()
         rpm_used = Window(_pairs(await client.call("HGETALL", rpm)), clock).used
         tpm_used = Window(_pairs(await client.call("HGETALL", tpm)), clock).used
         budget_used = int(await client.call("GET", budget) or 0)
         return Snapshot(rpm_used, tpm_used, budget_used, await client.call("ZCARD", leases))
+
+
+def _settle_call(
+    key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+) -> tuple[list, list]:
+    """The settle script's keys and arguments."""
+    clock = Clock.read()
+    leases, held, _, tpm_key, budget_key, expired = _keys(key, clock)
+    _, budget_ttl = clock.budget_window(key.budget_period)
+    keys = [leases, held, OUTBOX, tpm_key, budget_key, expired]
+    args = [
+        lease_id or "",
+        tokens,
+        orjson.dumps(log) if log is not None else "",
+        int(key.tpm_limit is not None),
+        int(key.budget_tokens is not None),
+        clock.bucket,
+        WINDOW_KEEP_MS,
+        budget_ttl * 1000,
+    ]
+    return keys, args
 
 
 class LogDrain:
@@ -376,12 +478,20 @@ class LogDrain:
             self._now.set()
 
     async def _run(self, now: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(now.wait(), settings.REQUEST_LOG_DRAIN_SECONDS)
-        try:
-            await drain(self.store.client())
-        except Exception:
-            logger.exception("request-log outbox drain failed; records stay in Redis")
+        """Drain after the delay; while the database (or Redis) is out, try again with a
+        growing delay until the outbox is written (records stay in Redis meanwhile)."""
+        delay = settings.REQUEST_LOG_DRAIN_SECONDS
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(now.wait(), delay)
+            try:
+                await drain(self.store.client())
+                return
+            except Exception as exc:
+                logger.warning("request-log outbox not drained (%s); records stay in Redis", exc)
+            if now.is_set():  # shutting down: the next process (or drainrequestlogs) drains
+                return
+            delay = min(max(delay, DRAIN_RETRY_FIRST) * 2, DRAIN_RETRY_MAX)
 
 
 async def drain(client: RespClient) -> int:
@@ -400,12 +510,16 @@ async def drain(client: RespClient) -> int:
         if not items:
             return written
         try:
-            await orm(logs_write_json)(items)
+            refused = await orm(logs_write_json)(items)
         except BaseException:
             with contextlib.suppress(Exception):
                 await release_lock_script(client, keys=[OUTBOX, DRAIN_LOCK], args=[token])
             raise
-        await drain_done_script(client, keys=[OUTBOX, DRAIN_LOCK], args=[token, len(items)])
+        if refused:
+            logger.error("%d request-log records refused; kept in %s", len(refused), DEAD_LETTERS)
+        await drain_done_script(
+            client, keys=[OUTBOX, DRAIN_LOCK, DEAD_LETTERS], args=[token, len(items), *refused]
+        )
         written += len(items)
         if len(items) < DRAIN_BATCH:
             return written

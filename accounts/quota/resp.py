@@ -23,6 +23,7 @@ import collections
 import hashlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -40,7 +41,12 @@ class RedisReplyError(Exception):
 
 
 class RedisConnectionError(ConnectionError):
-    pass
+    """Redis cannot be reached: the command was not sent."""
+
+
+class RedisNoAnswer(RedisConnectionError):
+    """The command was sent but no answer came (connection lost, or the timeout):
+    Redis may or may not have run it."""
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -78,7 +84,7 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        self.lost = RedisNoAnswer(f"connection to Redis lost: {exc or 'closed'}")
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -168,7 +174,7 @@ class RespClient:
         except TimeoutError:
             # Replies on this connection can no longer be trusted to line up: start over.
             protocol.transport.close()
-            raise RedisConnectionError(f"Redis did not answer within {self.timeout} s") from None
+            raise RedisNoAnswer(f"Redis did not answer within {self.timeout} s") from None
 
     def send_now(self, *args: Any) -> asyncio.Future | None:
         """Write one command now, without waiting: its reply's future, or None if
@@ -199,26 +205,56 @@ class Script:
                 raise
         return await client.call("EVAL", self.source, len(keys), *keys, *args)
 
-    async def issue(self, client: RespClient, *, keys: list, args: list) -> None:
+    async def issue(
+        self,
+        client: RespClient,
+        *,
+        keys: list,
+        args: list,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
         """Send the script and return without waiting for its reply.
 
         Redis applies one connection's commands in order, so whatever this
         process sends after it (the next admission of the same key) sees its
-        effect. A failure is logged when the reply arrives: by then its request
-        has been answered.
+        effect. A failure known now raises; one that arrives with the reply (by
+        then its request has been answered) is logged and passed to `failed`.
         """
         future = client.send_now("EVALSHA", self.sha, len(keys), *keys, *args)
         if future is None:
             await self(client, keys=keys, args=args)
             return
-        future.add_done_callback(lambda done: self._issued(done, client, keys, args))
+        future.add_done_callback(lambda done: self._issued(done, client, keys, args, failed))
 
-    def _issued(self, future: asyncio.Future, client: RespClient, keys: list, args: list) -> None:
+    def _issued(
+        self,
+        future: asyncio.Future,
+        client: RespClient,
+        keys: list,
+        args: list,
+        failed: Callable[[BaseException], None] | None,
+    ) -> None:
         if future.cancelled() or future.exception() is None:
             return
         exc = future.exception()
         if isinstance(exc, RedisReplyError) and str(exc).startswith("NOSCRIPT"):
             # Someone flushed Redis's script cache while we were connected: run it in full.
-            background.spawn(client.call("EVAL", self.source, len(keys), *keys, *args))
+            background.spawn(self._eval(client, keys, args, failed))
             return
         logger.error("Redis script %s failed after its request ended: %s", self.sha[:8], exc)
+        if failed is not None:
+            failed(exc)
+
+    async def _eval(
+        self,
+        client: RespClient,
+        keys: list,
+        args: list,
+        failed: Callable[[BaseException], None] | None,
+    ) -> None:
+        try:
+            await client.call("EVAL", self.source, len(keys), *keys, *args)
+        except (RedisConnectionError, RedisReplyError) as exc:
+            logger.error("Redis script %s failed after its request ended: %s", self.sha[:8], exc)
+            if failed is not None:
+                failed(exc)

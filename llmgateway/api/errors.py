@@ -11,10 +11,12 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from llmgateway import db
 from llmgateway.triton.errors import (
     DeadlineExceeded,
     TritonError,
@@ -110,6 +112,17 @@ def from_triton(exc: TritonError) -> APIError:
             code="inference_error",
         )
     return APIError(500, "The server had an error processing your request.", type="server_error")
+
+
+def database_unavailable() -> APIError:
+    """What a request gets while the database is out of reach (llmgateway/db.py)."""
+    return APIError(
+        503,
+        "The service is temporarily unavailable. Please retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"retry-after": str(db.RETRY_AFTER)},
+    )
 
 
 # OpenAI's answer to a body that is empty or not JSON, word for word.
@@ -291,6 +304,11 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def handle_triton(request: HttpRequest, exc: TritonError) -> HttpResponse:
         return from_triton(exc).response()
 
+    def handle_database(request: HttpRequest, exc: Exception) -> HttpResponse:
+        if not isinstance(exc, db.DatabaseUnavailable):  # those are logged once per outage
+            logger.warning("database error on %s %s: %s", request.method, request.path, exc)
+        return database_unavailable().response()
+
     def handle_other(request: HttpRequest, exc: Exception) -> HttpResponse:
         if isinstance(exc, RecursionError):
             # Only a request's own nesting goes this deep: its free-form JSON values
@@ -309,6 +327,9 @@ def install_error_handlers(api: NinjaAPI) -> None:
     api.add_exception_handler(Http404, handle_404)
     api.add_exception_handler(RequestDataTooBig, handle_too_big)
     api.add_exception_handler(TritonError, handle_triton)
+    # The database out of reach or not answering in time; other database errors are 500s.
+    api.add_exception_handler(OperationalError, handle_database)
+    api.add_exception_handler(InterfaceError, handle_database)
 
 
 def too_large() -> APIError:

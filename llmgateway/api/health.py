@@ -6,7 +6,7 @@ import asyncio
 import hmac
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
@@ -26,13 +26,32 @@ async def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def _database_ok() -> bool:
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return True
-    except Exception:
-        return False
+def _select_one() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def stores_status() -> dict[str, str]:
+    """ "ok" or "unavailable" for the database and, when REDIS_URL is set, Redis.
+
+    Each answers within its own bound (llmgateway/db.py; the Redis client's
+    timeout), so a hung store makes readiness fail, never hang.
+    """
+
+    async def database() -> bool:
+        try:
+            await orm(_select_one)()
+            return True
+        except Exception:
+            return False
+
+    checks = {"database": database()}
+    if settings.REDIS_URL:
+        from accounts.quota import redis_ping  # the quota store's client, as admissions use it
+
+        checks["redis"] = redis_ping()
+    results = await asyncio.gather(*checks.values())
+    return {name: "ok" if ok else "unavailable" for name, ok in zip(checks, results, strict=True)}
 
 
 async def _model_ready(addresses: str, model: str) -> bool:
@@ -46,25 +65,25 @@ async def _model_ready(addresses: str, model: str) -> bool:
 
 @router.get("/health/ready")
 async def ready(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers and at least one enabled model is ready in Triton
-    (on at least one of its endpoints).
+    """200 when the database (and Redis, when configured) answer and at least one
+    enabled model is ready in Triton (on at least one of its endpoints).
 
     One broken model must not take every replica out of a load balancer (all
     replicas share the same Tritons), so per-model status is reported in the
     body, and only "nothing can be served" is a 503.
     """
-    database = await orm(_database_ok)()
-    models = await model_list() if database else []
+    stores = await stores_status()
+    database = stores["database"] == "ok"
+    try:
+        models = await model_list() if database else []
+    except DatabaseError:  # out since the check a moment ago
+        models, stores["database"] = [], "unavailable"
     checks = await asyncio.gather(*(_model_ready(m.triton_url, m.triton_model) for m in models))
     model_status = {
         m.name: "ready" if ok else "unavailable" for m, ok in zip(models, checks, strict=True)
     }
-    ok = database and any(checks)
-    body = {
-        "status": "ready" if ok else "unavailable",
-        "database": "ok" if database else "unavailable",
-        "models": model_status,
-    }
+    ok = all(status == "ok" for status in stores.values()) and any(checks)
+    body = {"status": "ready" if ok else "unavailable", **stores, "models": model_status}
     response = JsonResponse(body, status=200 if ok else 503)
     if not ok:
         response["retry-after"] = "1"

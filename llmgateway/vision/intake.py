@@ -6,7 +6,9 @@ Fetching URLs for clients is a classic SSRF hole, so:
   Host header and TLS SNI), so DNS rebinding between check and connect cannot
   steer us elsewhere;
 - only public unicast addresses pass, unless VISION_ALLOWED_HOSTS names the
-  host (or host:port) or VISION_ALLOWED_NETWORKS holds the address;
+  host (or host:port) or VISION_ALLOWED_NETWORKS holds the address; an IPv6
+  address that carries an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64) is
+  judged by that IPv4 address, and site-local fec0::/10 is refused;
 - redirects are followed by hand, each hop checked like the first;
 - one time limit covers the whole fetch, the body is cut off at
   VISION_MAX_IMAGE_BYTES, and only image content types are read;
@@ -37,6 +39,9 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 )
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 DATA_URL_RE = re.compile(r"data:([^,;]*)((?:;[^,;]*)*),(.*)", re.DOTALL | re.IGNORECASE)
 USER_AGENT = "llmgateway-vision/1"
 
@@ -275,14 +280,50 @@ async def _resolve(host: str, port: int, param: str) -> list[IPAddress]:
 
 
 def address_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether `address` is a public unicast address, judged through any IPv4 address
+    it carries: a 6to4, Teredo or NAT64 address reaches its embedded IPv4 (through a
+    relay or translator), so it is as public as that address and no more."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in SITE_LOCAL:  # deprecated, but still routed inside some networks
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return all(_unicast_public(inner) for inner in embedded)
+    return _unicast_public(address)
+
+
+def _unicast_public(address: IPAddress) -> bool:
     return (
         address.is_global
         and not address.is_multicast
         and not address.is_reserved
         and address not in METADATA_ADDRESSES
     )
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 transition address leads to, or None if it carries none.
+
+    IPv4-mapped (::ffff:a.b.c.d) and 6to4 (2002:aabb:ccdd::/48) carry one; Teredo
+    (2001::/32) carries its server's and its client's; a NAT64 address carries one
+    (RFC 6052). The well-known prefix 64:ff9b::/96 puts it in the last 32 bits; the
+    local-use 64:ff9b:1::/48 (RFC 8215) may hold it where a /48 prefix puts it or, if
+    the operator uses a longer prefix, in the last 32 bits: both are returned.
+    """
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo
+    if address in NAT64_WELL_KNOWN:
+        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
+    if address in NAT64_LOCAL:
+        value = int(address)
+        # RFC 6052 for a /48 prefix: bits 48-63, then (after the u octet) bits 72-87.
+        after_48 = ((value >> 64) & 0xFFFF) << 16 | (value >> 40) & 0xFFFF
+        return (ipaddress.IPv4Address(after_48), ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return None
 
 
 def address_permitted(address: IPAddress, *, host: str, port: int) -> bool:

@@ -8,13 +8,14 @@ every connection so tests can assert that refused URLs were refused before conne
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from llmgateway.vision.intake import ImageRefused, image_bytes
+from llmgateway.vision.intake import ImageRefused, address_public, image_bytes
 from tests.vision import images
 from tests.vision.servers import RED_PNG, ImageServer
 
@@ -144,11 +145,52 @@ async def test_local_paths_under_the_directory_only(tmp_path, settings) -> None:
         "https://192.168.1.1/a.png",
         "http://0.0.0.0/a.png",
         "http://224.0.0.1/a.png",
+        # IPv6 transition addresses wrapping private or metadata IPv4 addresses.
+        "http://[2002:a9fe:a9fe::]/latest/meta-data/",  # 6to4 of 169.254.169.254
+        "http://[2002:a00:1::]/a.png",  # 6to4 of 10.0.0.1
+        "http://[2002:7f00:1::1]/a.png",  # 6to4 of 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b::c0a8:101]/a.png",  # NAT64 of 192.168.1.1
+        "http://[64:ff9b:1::a00:1]/a.png",  # local-use NAT64 of 10.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/a.png",  # Teredo, client 10.0.0.1
+        "http://[fec0::1]/a.png",  # site-local
     ],
 )
 async def test_non_public_addresses_are_refused_before_connecting(url, connections) -> None:
     assert "non-public address" in (await refused(url)).message
     assert connections == []
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("::ffff:8.8.8.8", True),
+        ("::ffff:10.0.0.1", False),
+        # 6to4 (2002::/16): the IPv4 address in bits 16-47.
+        ("2002:808:808::1", True),
+        ("2002:a9fe:a9fe::", False),
+        ("2002:a00:1::", False),
+        ("2002:c0a8:101::", False),
+        # Teredo (2001::/32): its server's and its (obfuscated) client's address.
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # 65.54.227.120, client 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # client 10.0.0.1
+        ("2001:0:a00:1:8000:63bf:f7f7:f7f7", False),  # server 10.0.0.1
+        # NAT64: the well-known /96 prefix and the local-use /48 (RFC 6052, RFC 8215).
+        ("64:ff9b::808:808", True),
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b:1::a00:1", False),
+        ("64:ff9b:1:a00:1:0:808:808", False),  # /48 embedding: 10.0.0.1
+        ("64:ff9b:1:808:8:800:0:0", False),  # public as a /48, 0.0.0.0 as a /96
+        # Site-local (fec0::/10, deprecated but still routed in some networks).
+        ("fec0::1", False),
+        ("feff:ffff::1", False),
+    ],
+)
+def test_address_public_table(address: str, public: bool) -> None:
+    assert address_public(ipaddress.ip_address(address)) is public
 
 
 async def test_loopback_is_refused(server_a, connections) -> None:

@@ -1,7 +1,10 @@
-"""`manage.py drainrequestlogs`: write request-log records left in the Redis outbox.
+"""`manage.py drainrequestlogs`: write request logs and settlements left behind.
 
-Gateways drain the outbox themselves (every REQUEST_LOG_DRAIN_SECONDS while they
-serve); this picks up what a process left behind when it died. Safe to run while gateways are serving.
+Gateways write these themselves: the Redis outbox every REQUEST_LOG_DRAIN_SECONDS
+while they serve, and their spool (GATEWAY_SPOOL_DIR: what they could not write
+while the database or Redis was out) as soon as it is back. This picks up what a
+process left when it died or stopped during an outage. Safe to run while
+gateways are serving.
 """
 
 from __future__ import annotations
@@ -9,24 +12,37 @@ from __future__ import annotations
 import asyncio
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Move request-log records from the Redis outbox into the database."
+    help = (
+        "Write what gateways left behind: the spool of settlements and request logs kept "
+        "through an outage, then the Redis outbox of request logs (with REDIS_URL)."
+    )
 
     def handle(self, *args, **options) -> None:
-        if not settings.REDIS_URL:
-            raise CommandError("REDIS_URL is not set: logs are written to the database directly.")
-        self.stdout.write(f"Wrote {asyncio.run(_drain())} request logs.")
+        replayed, written = asyncio.run(_drain())
+        if not replayed:
+            self.stderr.write("Some spool files could not be written yet; see the log.")
+        if written is not None:
+            self.stdout.write(f"Wrote {written} request logs from the Redis outbox.")
+        if not replayed:
+            raise SystemExit(1)
 
 
-async def _drain() -> int:
+async def _drain() -> tuple[bool, int | None]:
+    from accounts.quota import quota_store
     from accounts.quota.redis_store import drain
     from accounts.quota.resp import RespClient
+    from accounts.quota.spool import spool_replay
 
+    store = quota_store()
+    replayed = await spool_replay(store.replayer.spool, store.replayer.apply)
+    if not settings.REDIS_URL:
+        return replayed, None
     client = RespClient(settings.REDIS_URL)
     try:
-        return await drain(client)
+        return replayed, await drain(client)
     finally:
         await client.close()

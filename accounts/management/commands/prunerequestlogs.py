@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from accounts.models import RequestLog
+from accounts.models import RefusedRequests, RequestLog
 from llmgateway.management.cli import OneLineErrors, positive_number
 
 BATCH = 10_000
@@ -19,7 +19,10 @@ MAX_DAYS = 36_525  # a century: more keeps everything (timedelta would overflow)
 
 
 class Command(OneLineErrors, BaseCommand):
-    help = "Delete request logs older than --days (default REQUEST_LOG_RETENTION_DAYS)."
+    help = (
+        "Delete request logs and refused-request counts older than --days "
+        "(default REQUEST_LOG_RETENTION_DAYS)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -44,4 +47,5 @@ class Command(OneLineErrors, BaseCommand):
             if not ids:
                 break
             deleted += RequestLog.objects.filter(pk__in=ids).delete()[0]
+        RefusedRequests.objects.filter(minute__lt=cutoff).delete()
         self.stdout.write(f"Deleted {deleted} request logs older than {days:g} days.")

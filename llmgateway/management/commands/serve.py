@@ -40,6 +40,8 @@ def run_uvicorn(
         port=port,
         workers=workers,
         lifespan="on",  # handler.py: waits for settlements and log writes on shutdown
+        # httptools with header size limits and head/body timeouts (HTTP_* settings).
+        http="llmgateway.http_limits:LimitedHttpToolsProtocol",
         access_log=access_log,
         timeout_keep_alive=60,
         **reloading,
