@@ -4,6 +4,7 @@
 #   docker run -p 9900:9900 -e SECRET_KEY=... -e DATABASE_URL=postgres://... \
 #     -e TOKENIZER_PATH=/models/Qwen1.5-1.8B-Chat -v /models:/models:ro \
 #     -e TRITON_SERVER_HOST=10.0.0.5 -e TRITON_SERVER_PORT=8001 -e MODEL_TYPE=qwen2-chat llmgateway
+#   (several Tritons: -e TRITON_SERVER_URLS=10.0.0.5:8001,10.0.0.6:8001 instead of HOST/PORT)
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -93,6 +93,36 @@ async def dev_stack(
         yield triton
 
 
+@contextlib.asynccontextmanager
+async def fleet_extend(triton, count: int, workdir: Path, *, name: str = "bench") -> AsyncIterator:
+    """Serve the model config `name` from `count` dev Tritons: `triton` (on 127.0.0.1) and
+    count - 1 more on 127.0.0.2, ... with the same ports (as the pods of one Service)."""
+    from llmgateway.devtriton.server import DevTriton
+    from llmgateway.services import model_upsert
+
+    extra = [
+        DevTriton(
+            host=f"127.0.0.{index + 2}",
+            grpc_port=triton.grpc_port,
+            http_port=triton.http_port,
+            metrics_port=triton.metrics_port,
+            models=triton.models,
+            state_dir=workdir / f"triton-{index + 2}",
+        )
+        for index in range(count - 1)
+    ]
+    try:
+        for server in extra:
+            await asyncio.to_thread(server.start)
+        if extra:
+            addresses = ",".join(s.grpc_url for s in [triton, *extra])
+            await asyncio.to_thread(model_upsert, name=name, triton_url=addresses)
+        yield [triton, *extra]
+    finally:
+        for server in extra:
+            server.stop()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -1,7 +1,7 @@
 """The gateway's own CPU per request, without HTTP: its ASGI app driven in-process.
 
     .venv/bin/python -m bench.inprocess [--requests 600] [--platform] [--stream] [--profile]
-        [--stages]
+        [--stages] [--fleet] [--endpoints N]
 
 Starts a dev Triton, then calls `llmgateway.asgi.application` directly with an
 ASGI scope for POST /v1/chat/completions, one request at a time, and prints the
@@ -15,6 +15,11 @@ bench_platform. --stream: one 4,000-token stream per request, reported per token
 --profile: a cProfile of the measured requests, by internal time (--profile-sort
 cumulative for the call tree's view; --profile-lines N).
 --stages: where a streamed chat completion's time to first token goes (in-process).
+--fleet: the same model served by one Triton endpoint and by three (dev Tritons on
+127.0.0.1-3, one port), in alternating rounds: what balancing and health bookkeeping
+cost per request (issue 13's target: at most 0.05 ms more with three).
+--endpoints N: the measured model served by N dev Tritons (bench.instructions
+--endpoints counts the instructions of both).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import dev_stack, setup_django, table
+from bench.common import TOKENIZER, dev_stack, fleet_extend, setup_django, table
 
 PROMPT_TOKENS = 4000
 # A chat chunk with text in it (the role chunk's content is "").
@@ -78,8 +83,11 @@ async def bench(args) -> None:
     from llmgateway.asgi import application
 
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
-    async with dev_stack(
-        workdir, max_output_tokens=PROMPT_TOKENS + 100, context_length=PROMPT_TOKENS + 1000
+    async with (
+        dev_stack(
+            workdir, max_output_tokens=PROMPT_TOKENS + 100, context_length=PROMPT_TOKENS + 1000
+        ) as triton,
+        fleet_extend(triton, args.endpoints, workdir),
     ):
         if args.platform:
             from bench.bench_platform import bench_key
@@ -157,6 +165,113 @@ async def bench(args) -> None:
                 await one()
             profile.disable()
             pstats.Stats(profile).sort_stats(args.profile_sort).print_stats(args.profile_lines)
+
+
+FLEET_HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+FLEET_ROUNDS = 10
+
+
+async def fleet(args) -> None:
+    """CPU per non-streamed chat completion with one endpoint vs three (--fleet)."""
+    import orjson
+
+    from llmgateway.devtriton.server import DevTriton, free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    os.environ["DATABASE_URL"] = ""
+    await asyncio.to_thread(setup_django, platform=False, sqlite_path=workdir / "db.sqlite3")
+    from llmgateway.asgi import application
+    from llmgateway.services import model_upsert
+
+    ports = [free_port(FLEET_HOSTS) for _ in range(3)]
+    servers = [
+        DevTriton(
+            host=host,
+            grpc_port=ports[0],
+            http_port=ports[1],
+            metrics_port=ports[2],
+            state_dir=workdir / f"triton-{host}",
+        )
+        for host in FLEET_HOSTS
+    ]
+    try:
+        for server in servers:
+            await asyncio.to_thread(server.start)
+        addresses = {"one endpoint": servers[0].grpc_url}
+        addresses["three endpoints"] = ",".join(s.grpc_url for s in servers)
+        for name, triton_url in addresses.items():
+            await asyncio.to_thread(
+                model_upsert,
+                name=name,
+                triton_url=triton_url,
+                triton_model="tensorrt_llm",
+                tokenizer_path=TOKENIZER,
+            )
+        calls = {}
+        for name in addresses:
+            body = orjson.dumps(
+                {
+                    "model": name,
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "who are you?"}],
+                }
+            )
+            calls[name] = _caller(application, body)
+        for call in calls.values():  # warm: engines, templates, channels
+            for _ in range(50):
+                await call()
+        spent = dict.fromkeys(calls, 0.0)
+        per_round = max(args.requests // FLEET_ROUNDS, 1)
+        for _ in range(FLEET_ROUNDS):
+            for name, call in calls.items():
+                started = time.process_time()
+                for _ in range(per_round):
+                    await call()
+                spent[name] += time.process_time() - started
+        total = per_round * FLEET_ROUNDS
+        rows = [["path", "ms CPU per request"]]
+        rows += [[name, f"{seconds / total * 1000:.4f}"] for name, seconds in spent.items()]
+        added = (spent["three endpoints"] - spent["one endpoint"]) / total * 1000
+        rows.append(["three minus one", f"{added:+.4f}"])
+        print(f"{total} chat completions per path, platform off, {FLEET_ROUNDS} alternating rounds")
+        print(table(rows))
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _caller(application, body: bytes):
+    """One POST /v1/chat/completions of `body` to the ASGI app, checked for a 200."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def call() -> None:
+        status = []
+
+        async def send(message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await application(dict(scope), receiver(body), send)
+        assert status == [200], status
+
+    return call
 
 
 async def stages(application, scope: dict, body: bytes, runs: int = 300) -> None:
@@ -258,11 +373,20 @@ def main() -> None:
     parser.add_argument(
         "--stages", action="store_true", help="stages of a streamed request's time to first token"
     )
+    parser.add_argument(
+        "--fleet", action="store_true", help="one Triton endpoint vs three (platform off)"
+    )
+    parser.add_argument(
+        "--endpoints",
+        type=int,
+        default=1,
+        help="serve the model from this many dev Tritons (127.0.0.1, .2, ...; one port)",
+    )
     args = parser.parse_args()
-    os.environ["GATEWAY_PLATFORM"] = "true" if args.platform else "false"
+    os.environ["GATEWAY_PLATFORM"] = "true" if args.platform and not args.fleet else "false"
     import uvloop
 
-    uvloop.run(bench(args))
+    uvloop.run(fleet(args) if args.fleet else bench(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Instructions per chat completion, counted by callgrind: a number machine drift cannot move.
 
     .venv/bin/python -m bench.instructions [--previous REF] [--requests 100 300]
+        [--endpoints 3]
 
 Runs `bench.inprocess` (the gateway's ASGI app driven in-process, platform off,
 one non-streamed chat completion at a time) under valgrind's callgrind twice, with
@@ -10,6 +11,8 @@ Triton set-up cancel out. Instructions are counted, not timed, so the figure
 repeats from run to run whatever the VM's neighbours do (the latency benches move
 by more than most changes are worth). With --previous REF, the same for git
 revision REF. Each run takes about two minutes; Triton itself is not counted.
+With --endpoints N, also this tree with the model served by N dev Tritons (the
+balancing and health bookkeeping of a fleet, against one endpoint).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from bench.common import ROOT, checkout, checkout_remove
 TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.MULTILINE)
 
 
-def instructions(root: Path, requests: int) -> int:
+def instructions(root: Path, requests: int, endpoints: int = 1) -> int:
     """All instructions of one `bench.inprocess --requests N` run from checkout `root`."""
+    fleet = ["--endpoints", str(endpoints)] if endpoints > 1 else []
     out = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     try:
         subprocess.run(
@@ -42,13 +46,22 @@ def instructions(root: Path, requests: int) -> int:
                 "bench.inprocess",
                 "--requests",
                 str(requests),
+                *fleet,
             ],
             cwd=root,
             # Model and key rows are reloaded every MODEL_CACHE_SECONDS of wall time;
             # under valgrind a request takes ~50x longer, so at the default 1 s those
             # reloads (a thread hop and a query each) would count per request as they
             # never do at full speed. Counted here: the request path alone.
-            env={**os.environ, "MODEL_CACHE_SECONDS": "3600", "API_KEY_CACHE_SECONDS": "3600"},
+            # Triton's probes too: they run on wall time, and a probe's answer may take
+            # seconds under valgrind.
+            env={
+                **os.environ,
+                "MODEL_CACHE_SECONDS": "3600",
+                "API_KEY_CACHE_SECONDS": "3600",
+                "TRITON_PROBE_SECONDS": "3600",
+                "TRITON_CONNECT_TIMEOUT": "120",
+            },
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -58,20 +71,28 @@ def instructions(root: Path, requests: int) -> int:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def per_request(root: Path, low: int, high: int) -> float:
-    return (instructions(root, high) - instructions(root, low)) / (high - low)
+def per_request(root: Path, low: int, high: int, endpoints: int = 1) -> float:
+    counts = [instructions(root, n, endpoints) for n in (high, low)]
+    return (counts[0] - counts[1]) / (high - low)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--previous", help="git revision to count too")
     parser.add_argument("--requests", type=int, nargs=2, default=(100, 300))
+    parser.add_argument("--endpoints", type=int, default=1, help="also with N Tritons")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed")
     low, high = args.requests
     current = per_request(ROOT, low, high)
     print(f"this tree: {current / 1e6:.3f} M instructions per chat completion")
+    if args.endpoints > 1:
+        fleet = per_request(ROOT, low, high, args.endpoints)
+        print(
+            f"this tree, {args.endpoints} endpoints: {fleet / 1e6:.3f} M instructions per chat "
+            f"completion ({(fleet - current) / 1e3:+.1f} k against one endpoint)"
+        )
     if args.previous:
         tree = checkout(args.previous)
         try:

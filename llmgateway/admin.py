@@ -1,21 +1,38 @@
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 
 from llmgateway.models import ModelConfig
-from llmgateway.triton.client import get_backend
 from llmgateway.triton.errors import TritonError
+from llmgateway.triton.pool import Endpoint, get_pool
 
 
-async def triton_check(config: ModelConfig) -> str:
-    """One line on the model's readiness in its Triton, what the gateway makes of its
-    interface, and the inputs it declares."""
-    backend = get_backend(config.triton_url)
-    if not await backend.is_ready(config.triton_model):
-        raise TritonError(f"{config.triton_model} is not ready at {config.triton_url}")
-    backend.forget(config.triton_model)  # read the interface afresh
-    spec = await backend.model_spec(config.triton_model)
+@dataclass(frozen=True)
+class TritonReport:
+    ready: bool
+    # "ready, decoupled (streams); n>1: ...; declared inputs: ..." or why it is not ready.
+    summary: str
+    endpoints: list[str]
+
+
+async def triton_check(config: ModelConfig) -> TritonReport:
+    """The model's readiness in its Tritons, what the gateway makes of its interface and
+    the inputs it declares, and one line per endpoint as this worker's probes, run now,
+    see it (balancing and health are per worker process)."""
+    pool = get_pool(config.triton_url)
+    model = config.triton_model
+    endpoints = [endpoint_line(e, model) for e in await pool.check(model)]
+    try:
+        if not any(e.serves(model) for e in pool.endpoints):
+            raise TritonError(f"{model} is not ready at {config.triton_url}")
+        pool.forget(model)  # read the interface afresh
+        spec = await pool.model_spec(model)
+    except TritonError as exc:
+        return TritonReport(False, str(exc), endpoints)
     kind = "decoupled (streams)" if spec.decoupled else "not decoupled"
     n = (
         "one request (num_return_sequences)"
@@ -27,10 +44,34 @@ async def triton_check(config: ModelConfig) -> str:
         if spec.guides_decoding
         else "no (response_format json refused)"
     )
-    return (
+    summary = (
         f"ready, {kind}; n>1: {n}; guided decoding: {guided}; "
         f"declared inputs: {', '.join(sorted(spec.inputs))}"
     )
+    return TritonReport(True, summary, endpoints)
+
+
+def endpoint_line(endpoint: Endpoint, model: str) -> str:
+    """`address (from target): state, in flight, last probe, last error`."""
+    if endpoint.up is False:
+        state = "down"
+    elif model in endpoint.not_ready:
+        state = "up, model not ready"
+    else:
+        state = endpoint.state
+    origin = f" (from {endpoint.target})" if endpoint.target != endpoint.address else ""
+    probe = _ago(endpoint.last_probe_at) if endpoint.last_probe_at else "never"
+    error = (
+        f"{endpoint.last_error} ({_ago(endpoint.last_error_at)})" if endpoint.last_error else "none"
+    )
+    return (
+        f"endpoint {endpoint.address}{origin}: {state}; {endpoint.in_flight} in flight; "
+        f"last probe {probe}; last error: {error}"
+    )
+
+
+def _ago(at: float | None) -> str:
+    return f"{max(time.time() - (at or 0.0), 0.0):.1f} s ago"
 
 
 @admin.register(ModelConfig)
@@ -45,10 +86,18 @@ class ModelConfigAdmin(admin.ModelAdmin):
         for config in queryset:
             try:
                 report = async_to_sync(triton_check)(config)
-            except TritonError as exc:
+            except TritonError as exc:  # addresses no pool accepts
                 self.message_user(request, f"{config.name}: NOT READY ({exc})", messages.ERROR)
+                continue
+            if report.ready:
+                self.message_user(request, f"{config.name}: {report.summary}", messages.SUCCESS)
             else:
-                self.message_user(request, f"{config.name}: {report}", messages.SUCCESS)
+                self.message_user(
+                    request, f"{config.name}: NOT READY ({report.summary})", messages.ERROR
+                )
+            for line in report.endpoints:
+                level = messages.INFO if ": up;" in line else messages.WARNING
+                self.message_user(request, f"{config.name} {line}", level)
 
     fieldsets = (
         (None, {"fields": ("name", "enabled", "model_type", "tool_format")}),

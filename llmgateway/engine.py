@@ -23,8 +23,9 @@ from llmgateway.accounting import Usage
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
-from llmgateway.triton.client import ModelSpec, TritonBackend, get_backend
+from llmgateway.triton.client import ModelSpec
 from llmgateway.triton.errors import DeadlineExceeded
+from llmgateway.triton.pool import EndpointPool, get_pool
 from llmgateway.triton.stream import TritonResponse, TritonStream, build_request
 
 logger = logging.getLogger(__name__)
@@ -253,8 +254,9 @@ class Engine:
         self.triton_model = triton_model
 
     @property
-    def backend(self) -> TritonBackend:
-        return get_backend(self.triton_url)
+    def backend(self) -> EndpointPool:
+        """The Tritons serving this model (triton_url: one or more addresses)."""
+        return get_pool(self.triton_url)
 
     async def spec(self) -> ModelSpec:
         return await self.backend.model_spec(self.triton_model)
@@ -409,6 +411,8 @@ class Generation:
                 )
                 streams.append((choice_index, stream))
                 stream.open()
+            for _, stream in streams:
+                await stream.connected()  # a Triton that is down fails the start, not the body
         except BaseException:
             for _, stream in streams:
                 stream.cancel()

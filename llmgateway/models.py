@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from llmgateway.addresses import targets_parse
 from llmgateway.textgen.tools import tool_format_choices
 
 
@@ -13,6 +14,13 @@ class ModelType(models.TextChoices):
     QWEN2_CHAT = "qwen2-chat", "Qwen1.5 / Qwen2 chat (ChatML, ends turns with <|im_end|>)"
     QWEN_VL = "qwen-vl", "Qwen-VL (visual encoder + LLM)"
     CHAT_TEMPLATE = "chat-template", "Any tokenizer with a chat template"
+
+
+def triton_addresses_validate(value: str) -> None:
+    try:
+        targets_parse(value)
+    except ValueError as exc:
+        raise ValidationError(f"{exc}. Give host:port, or several separated by commas.") from None
 
 
 class ModelConfig(models.Model):
@@ -26,7 +34,15 @@ class ModelConfig(models.Model):
         max_length=128, unique=True, help_text="Public model name clients send as `model`."
     )
     triton_url = models.CharField(
-        max_length=255, default="127.0.0.1:8001", help_text="Triton gRPC address, host:port."
+        "Triton addresses",
+        max_length=1024,
+        default="127.0.0.1:8001",
+        validators=[triton_addresses_validate],
+        help_text=(
+            "Triton gRPC address(es), host:port, comma-separated: requests are balanced over "
+            "them. A host name resolving to several addresses (a Kubernetes headless Service) "
+            "counts as one endpoint per address."
+        ),
     )
     triton_model = models.CharField(
         max_length=255, default="tensorrt_llm", help_text="Model name inside Triton."

@@ -254,6 +254,12 @@ GUIDED_DECODING_MAX_SCHEMA_BYTES = env_int("GUIDED_DECODING_MAX_SCHEMA_BYTES", 1
 GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 # How long to wait for Triton to answer a health/config call before calling it unreachable.
 TRITON_CONNECT_TIMEOUT = env_float("TRITON_CONNECT_TIMEOUT", 5.0)
+# Seconds between readiness probes of each Triton endpoint (server and models ready); a
+# down endpoint is probed four times as often, so it serves again soon after it is ready.
+TRITON_PROBE_SECONDS = env_float("TRITON_PROBE_SECONDS", 2.0)
+# Seconds between resolutions of Triton host names: a name with several addresses (a
+# headless Service) is one endpoint per address, so pods that come and go are picked up.
+TRITON_RESOLVE_SECONDS = env_float("TRITON_RESOLVE_SECONDS", 10.0)
 # Seconds a model config row is cached per process: how long an admin change takes to apply.
 MODEL_CACHE_SECONDS = env_float("MODEL_CACHE_SECONDS", 1.0)
 # Web pages (origins) whose scripts may call the API from a browser, as OpenAI's API allows

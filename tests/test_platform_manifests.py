@@ -1,4 +1,6 @@
-"""platform/compose and platform/k8s: they parse, and they agree with the code they run.
+"""platform/compose and platform/k8s: they parse, match their schemas (Kubernetes' through
+kubernetes-validate, compose-spec's through the copy check-jsonschema vendors, both
+offline), and agree with the code they run.
 
 No Docker or Kubernetes here: the checks read the files. Known environment variables,
 served paths and the served port come from the code (settings.py, the entry point, the
@@ -7,15 +9,22 @@ Dockerfile, the Ninja API), so renaming a setting or a route breaks this test.
 
 from __future__ import annotations
 
+import copy
+import importlib.resources
 import importlib.util
+import json
 import re
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+
+from llmgateway.addresses import targets_parse
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = ROOT / "platform"
@@ -29,6 +38,9 @@ THIRD_PARTY_ENV = {"FORWARDED_ALLOW_IPS": ("uvicorn", "config.py")}
 # A run this long of key-like characters is what generated secrets look like.
 SECRET_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{20,}")
 PLACEHOLDER = "REPLACE_ME"
+# The Kubernetes version whose schemas the manifests must match (kubernetes-validate ships
+# them; 1.30 is the oldest release still supported by the major clouds).
+K8S_VERSION = "1.30.0"
 
 YAML_FILES = sorted(
     p for d in (COMPOSE, K8S) for p in d.rglob("*") if p.suffix in {".yaml", ".yml"}
@@ -213,11 +225,16 @@ def test_compose_ordering_and_gpu():
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "migrate" in " ".join(services["migrate"]["entrypoint"])
     env = services["gateway"]["environment"]
-    triton = services[env["TRITON_SERVER_HOST"]]
-    assert f"--grpc-port={env['TRITON_SERVER_PORT']}" in triton["command"]
-    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert "gpu" in device["capabilities"]
-    assert "trtllm" in _default(triton["image"])
+    gpus = []
+    for target in targets_parse(_default(env["TRITON_SERVER_URLS"])):
+        triton = services[target.host]
+        assert f"--grpc-port={target.port}" in triton["command"]
+        (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+        assert "gpu" in device["capabilities"]
+        gpus.append(_default(device["device_ids"][0]))
+        assert "trtllm" in _default(triton["image"])
+    # Two Tritons, each on a GPU of its own.
+    assert len(gpus) == 2 and len(set(gpus)) == 2
 
 
 def test_compose_stop_grace_outlasts_a_request():
@@ -341,23 +358,147 @@ def test_k8s_scaling_objects_target_the_gateway():
         "name": name,
     }
     assert hpa["spec"]["minReplicas"] >= 2
-    (pdb,) = _k8s("PodDisruptionBudget")
+    (pdb,) = [p for p in _k8s("PodDisruptionBudget") if p["metadata"]["name"] == name]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_k8s_gateway_reaches_a_gpu_triton():
+def _triton_service_and_deployment() -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The Service the gateway's TRITON_SERVER_URLS names, the workload behind it, its port."""
     (container,) = _gateway_deployment()["spec"]["template"]["spec"]["containers"]
-    env = _k8s_env(container)
-    (service,) = [s for s in _k8s("Service") if s["metadata"]["name"] == env["TRITON_SERVER_HOST"]]
-    (grpc,) = [p for p in service["spec"]["ports"] if p["port"] == int(env["TRITON_SERVER_PORT"])]
+    (target,) = targets_parse(_k8s_env(container)["TRITON_SERVER_URLS"])
+    (service,) = [s for s in _k8s("Service") if s["metadata"]["name"] == target.host]
     (triton,) = [
         o
         for o in _k8s("Deployment") + _k8s("StatefulSet")
         if service["spec"]["selector"].items()
         <= o["spec"]["template"]["metadata"]["labels"].items()
     ]
+    return service, triton, target.port
+
+
+def test_k8s_gateway_reaches_a_gpu_triton():
+    service, triton, port = _triton_service_and_deployment()
+    (grpc,) = [p for p in service["spec"]["ports"] if p["port"] == port]
     (server,) = triton["spec"]["template"]["spec"]["containers"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert ports.get(grpc["targetPort"], grpc["targetPort"]) == 8001
     assert "--grpc-port=8001" in server["args"]
+
+
+def test_k8s_tritons_are_a_fleet_behind_a_headless_service():
+    """Two replicas; the gateway resolves the Service's name to each pod's address (a
+    ClusterIP Service would give one virtual IP, and gRPC would stick to one pod)."""
+    service, triton, _ = _triton_service_and_deployment()
+    assert service["spec"]["clusterIP"] == "None"
+    assert triton["spec"]["replicas"] == 2
+    # Updated one pod at a time, without needing a spare GPU for a surge pod.
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    (pdb,) = [
+        p
+        for p in _k8s("PodDisruptionBudget")
+        if p["spec"]["selector"]["matchLabels"].items()
+        <= triton["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_k8s_triton_pods_are_locked_down_on_gpu_nodes_with_guaranteed_qos():
+    _, triton, _ = _triton_service_and_deployment()
+    pod = triton["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["nodeSelector"] and any("gpu" in label for label in pod["nodeSelector"])
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        # Guaranteed QoS: every container's requests equal its limits, CPU and memory set.
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["limits"])
+        assert resources["requests"] == resources["limits"]
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_only_gateway_pods_reach_triton():
+    _, triton, _ = _triton_service_and_deployment()
+    labels = triton["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [p for p in _k8s("NetworkPolicy") if _selects(p, labels)]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (server,) = triton["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    gateway_labels = _gateway_deployment()["spec"]["template"]["metadata"]["labels"]
+    allowed: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            allowed.setdefault(ports.get(port["port"], port["port"]), []).extend(rule["from"])
+    (grpc_from,) = allowed.pop(8001)  # inference: the gateway pods, nothing else
+    assert set(grpc_from) == {"podSelector"}
+    assert grpc_from["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    # Beside it, only the metrics port (for Prometheus); never from every pod.
+    assert set(allowed) <= {8002}
+    for sources in allowed.values():
+        assert all("namespaceSelector" in source for source in sources)
+
+
+def test_k8s_triton_metrics_are_scraped():
+    _, triton, _ = _triton_service_and_deployment()
+    template = triton["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    (server,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    assert f"--metrics-port={ports['metrics']}" in server["args"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+# ---- schemas ---------------------------------------------------------------------------------
+
+
+def _k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{p.name}: {doc['kind']} {doc['metadata']['name']}", doc)
+        for p in YAML_FILES
+        if p.is_relative_to(K8S) and p.name != "kustomization.yaml"
+        for doc in _load(p)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "document"), _k8s_documents(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_k8s_manifests_match_the_kubernetes_schema(where, document):
+    """Strict: an unknown field (a typo) fails too, not only a wrong type."""
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_the_kubernetes_schema_check_catches_a_typo():
+    deployment = copy.deepcopy(_gateway_deployment())
+    deployment["spec"]["replica"] = deployment["spec"].pop("replicas")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def _compose_schema_errors(document: dict[str, Any]) -> list[str]:
+    schema = json.loads(
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
+    )
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_matches_the_compose_spec_schema():
+    """The compose-spec JSON schema that check-jsonschema vendors (no network)."""
+    assert _compose_schema_errors(_compose()) == []
+    broken = copy.deepcopy(_compose())
+    broken["services"]["gateway"]["stop_grace_periodd"] = "660s"
+    assert _compose_schema_errors(broken)

@@ -15,7 +15,8 @@ from llmgateway.api.errors import not_found_response
 from llmgateway.db import orm
 from llmgateway.errors import APIError
 from llmgateway.services import model_list
-from llmgateway.triton.client import get_backend
+from llmgateway.triton.errors import TritonUnavailable
+from llmgateway.triton.pool import get_pool
 
 router = Router(tags=["health"])
 
@@ -54,10 +55,19 @@ async def stores_status() -> dict[str, str]:
     return {name: "ok" if ok else "unavailable" for name, ok in zip(checks, results, strict=True)}
 
 
+async def _model_ready(addresses: str, model: str) -> bool:
+    """Whether an endpoint serves `model`, as the pool's probes last saw it: no Triton
+    call on the way, except a first probe round for a model not probed yet."""
+    try:
+        return await get_pool(addresses).ready(model)
+    except TritonUnavailable:
+        return False
+
+
 @router.get("/health/ready")
 async def ready(request: HttpRequest) -> JsonResponse:
     """200 when the database (and Redis, when configured) answer and at least one
-    enabled model is ready in Triton.
+    enabled model is ready in Triton (on at least one of its endpoints).
 
     One broken model must not take every replica out of a load balancer (all
     replicas share the same Tritons), so per-model status is reported in the
@@ -69,9 +79,7 @@ async def ready(request: HttpRequest) -> JsonResponse:
         models = await model_list() if database else []
     except DatabaseError:  # out since the check a moment ago
         models, stores["database"] = [], "unavailable"
-    checks = await asyncio.gather(
-        *(get_backend(m.triton_url).is_ready(m.triton_model) for m in models)
-    )
+    checks = await asyncio.gather(*(_model_ready(m.triton_url, m.triton_model) for m in models))
     model_status = {
         m.name: "ready" if ok else "unavailable" for m, ok in zip(models, checks, strict=True)
     }

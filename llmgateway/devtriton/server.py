@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,11 +63,25 @@ def _tokenizer_config() -> dict[str, Any]:
     return json.loads((TOKENIZER_DIR / "config.json").read_text(encoding="utf-8"))
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (another process may still take it)."""
+def free_port(hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
+    """A TCP port that was free a moment ago on every address of `hosts` (another
+    process may still take it): several dev Tritons on 127.0.0.1, 127.0.0.2, ... can
+    then listen on the same port, as the pods of one Service do."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((hosts[0], 0))
+            port = int(sock.getsockname()[1])
+        if all(_bindable(host, port) for host in hosts[1:]):
+            return port
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def pytriton_dir() -> Path:
@@ -109,8 +124,12 @@ class DevTriton:
         metrics_port: int = 8002,
         models: dict[str, str] | None = None,
         state_dir: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        # Where all three servers listen: loopback by default, never every interface unless
+        # asked. Other loopback addresses (127.0.0.2, ...) let several run on the same ports.
+        self.host = host
         self.models = dict(models or {"tensorrt_llm": "recent"})
         unknown = {kind for kind in self.models.values() if kind not in MODEL_SOURCES}
         if unknown:
@@ -125,11 +144,30 @@ class DevTriton:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._reachable_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self._reachable_host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._reachable_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _reachable_host(self) -> str:
+        """An address clients can dial: the bound one, or loopback for "every interface"."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def inference_count(self, model: str = "tensorrt_llm") -> int:
+        """Successful inference requests of `model` so far, from Triton's own metrics
+        (nv_inference_request_success); 0 before the first one."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310 - local URL
+            text = response.read().decode()
+        pattern = (
+            rf'^nv_inference_request_success\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$'
+        )
+        return sum(int(float(value)) for value in re.findall(pattern, text, re.M))
 
     @property
     def log_path(self) -> Path:
@@ -147,8 +185,11 @@ class DevTriton:
             str(pytriton_dir() / "bin" / "tritonserver"),
             f"--model-repository={repository}",
             f"--backend-directory={backends}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
         ]
         with self.log_path.open("ab") as log:
@@ -203,11 +244,13 @@ class DevTriton:
         return self.process is not None and self.process.poll() is None
 
     def events(self) -> list[dict[str, Any]]:
-        """Every event the models logged so far, oldest first."""
+        """Every event the models logged so far, oldest first (a line still being
+        written, without its newline yet, is left for the next call)."""
         try:
-            lines = self.events_path.read_text(encoding="utf-8").splitlines()
+            text = self.events_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        lines = text.split("\n")[:-1]  # the last item is "" or an unfinished line
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for_event(self, event: str, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -296,7 +339,8 @@ class DevTriton:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.models)]
-        while not all(self._http_ok(path) for path in paths):
+        urls = [self.http_url + path for path in paths] + [self.metrics_url]
+        while not all(self._http_ok(url) for url in urls):
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise DevTritonError(f"tritonserver exited with {code}:\n{self.log_tail()}")
@@ -306,9 +350,9 @@ class DevTriton:
                 )
             time.sleep(0.1)
 
-    def _http_ok(self, path: str) -> bool:
+    def _http_ok(self, url: str) -> bool:
         try:
-            with urllib.request.urlopen(self.http_url + path, timeout=1) as response:  # noqa: S310 - local URL
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False

@@ -1,23 +1,23 @@
-"""One Triton client per URL (per event loop), and each model's declared interface.
+"""One Triton server's gRPC channel, and each model's declared interface.
 
-gRPC channels belong to the event loop that created them. Under uvicorn there is
-one loop per worker, so this is one channel per worker and URL. Under a WSGI
-server (llmgateway/wsgi.py), Django runs async views in short-lived loops; the
-weak mapping lets their channels go with them.
+Which server a request goes to is the endpoint pool's business (pool.py); a
+`TritonBackend` is the channel to one address, made with a capped reconnect
+backoff so that a server that comes back is reached again within a second or
+so, whatever the length of its outage (gRPC's default backoff grows to 120 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
+import time
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 from django.conf import settings
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions, service_pb2
 from tritonclient.grpc import aio as triton_aio
-from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from llmgateway.compat import grpc_channel
@@ -109,12 +109,41 @@ STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
+# Reconnect backoff, in ms. gRPC's default grows to 120 s, so a server back after a long
+# outage would be tried again only minutes later. Capped, a channel retries at least every
+# second; the pool's probes reset a channel anyway once its server answers (pool.py).
+# min_reconnect_backoff_ms is also the shortest time gRPC gives one connection attempt.
+RECONNECT_BACKOFF_MS = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 1000,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """tritonclient's own defaults (message sizes, keepalive), plus the capped backoff."""
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        *RECONNECT_BACKOFF_MS.items(),
+        # gRPC shares connections (subchannels) between channels to the same address by
+        # default: a new channel would inherit the old one's failed connection and its
+        # backoff, and resetting a channel (pool.py) would not reset anything.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 class TritonBackend:
-    """A Triton server at one URL: its channel and the interfaces of its models."""
+    """The channel to the Triton server at one address (`ip:port` or `host:port`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = triton_aio.InferenceServerClient(url)
+        self.client = triton_aio.InferenceServerClient(url, channel_args=channel_options())
         # One generation = ModelStreamInfer called as unary-stream on the client's
         # channel (see stream.py); a non-decoupled model (the visual encoder) = ModelInfer.
         self.stream_infer = grpc_channel(self.client).unary_stream(
@@ -127,51 +156,58 @@ class TritonBackend:
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
-        self._specs: dict[str, ModelSpec] = {}
-        self._lock = asyncio.Lock()
+
+    async def connection_failure(self, deadline: float) -> str | None:
+        """None once the channel is connected (at once when it already is, as it almost
+        always is); what went wrong if it fails to connect first. Waits at most until
+        `deadline` (time.monotonic()), then leaves the rest to the call's own deadline.
+
+        Why not the call's wait_for_connection(): for ModelStreamInfer it returns only
+        with the server's initial metadata, which Triton sends with the first response,
+        so it would wait for the first token (or a whole non-streamed answer).
+        """
+        channel = self.client._channel
+        state = channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            if state in (
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                grpc.ChannelConnectivity.SHUTDOWN,
+            ):
+                return f"could not connect ({state.name.lower()})"
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await channel.wait_for_state_change(state)
+            except TimeoutError:
+                return None
+            state = channel.get_state()
+        return None
 
     async def model_spec(self, model: str) -> ModelSpec:
-        spec = self._specs.get(model)
-        if spec is not None:
-            return spec
-        async with self._lock:
-            if model not in self._specs:
-                config = await self._call(self.client.get_model_config(model, as_json=True))
-                self._specs[model] = parse_model_config(model, config.get("config", config))
-        return self._specs[model]
+        """The model's declared interface, read from the server (the pool caches it)."""
+        config = await self._call(self.client.get_model_config(model, as_json=True))
+        return parse_model_config(model, config.get("config", config))
 
-    def forget(self, model: str) -> None:
-        """Drop a cached interface (the model was reloaded or the call failed oddly)."""
-        self._specs.pop(model, None)
+    async def readiness(self, models: list[str], *, within: float) -> list[bool]:
+        """[server ready, then each model ready]; TritonUnavailable if the server does
+        not answer within `within` seconds."""
+        return await self._call(self._readiness(models), within=within)
 
-    async def is_ready(self, model: str | None = None) -> bool:
+    async def _readiness(self, models: list[str]) -> list[bool]:
+        # One after the other: a millisecond each, and nothing left behind if cancelled.
+        server = bool(await self.client.is_server_ready())
+        return [server, *[bool(await self.client.is_model_ready(m)) for m in models]]
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _call(self, awaitable, *, within: float | None = None):
         try:
-            if model is None:
-                return bool(await self._call(self.client.is_server_ready()))
-            return bool(await self._call(self.client.is_model_ready(model)))
-        except TritonUnavailable:
-            return False
-
-    async def _call(self, awaitable):
-        try:
-            return await asyncio.wait_for(awaitable, settings.TRITON_CONNECT_TIMEOUT)
+            return await asyncio.wait_for(awaitable, within or settings.TRITON_CONNECT_TIMEOUT)
         except (TimeoutError, InferenceServerException, grpc.RpcError) as exc:
-            logger.warning("Triton at %s: %r", self.url, exc)
+            logger.debug("Triton at %s: %r", self.url, exc)
             raise TritonUnavailable("The inference server is unreachable or not ready.") from exc
 
 
-_backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, TritonBackend]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def get_backend(url: str) -> TritonBackend:
-    """The shared client for `url` on the running event loop."""
-    loop = asyncio.get_running_loop()
-    per_loop = _backends.get(loop)
-    if per_loop is None:
-        per_loop = _backends[loop] = {}
-    backend = per_loop.get(url)
-    if backend is None:
-        backend = per_loop[url] = TritonBackend(url)
-    return backend
+def _loop_time(deadline: float) -> float:
+    """`deadline` on time.monotonic() as the running loop's clock (asyncio.timeout_at)."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())

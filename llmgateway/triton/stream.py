@@ -9,6 +9,12 @@ still reaches us, so every stream ends on `triton_final_response`.
 One stream per request because gRPC cancellation cancels every request on a
 stream: cancelling this call cancels exactly this generation inside Triton.
 
+Each stream runs on an endpoint its pool chooses (pool.py). A call that fails
+before Triton sent anything for it (it could not connect, the server answered
+UNAVAILABLE, the model is not ready there) moves once to another endpoint,
+within the same deadline; the caller sees one stream. A failure after a
+response arrived is raised: what was generated cannot be taken back.
+
 The call is ModelStreamInfer made as a unary-stream call: the request and the
 client's half-close go out in the call's first batch, then responses are read.
 On the wire that is exactly a bidirectional stream whose client sends one
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,8 +38,18 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from llmgateway.triton.client import ModelSpec, TritonBackend
+from llmgateway.triton.client import ModelSpec
 from llmgateway.triton.errors import DeadlineExceeded, TritonInferenceError, TritonUnavailable
+from llmgateway.triton.pool import (
+    DEADLINE,
+    MODEL_NOT_READY,
+    UNAVAILABLE,
+    Endpoint,
+    EndpointPool,
+    message_failure,
+    retryable,
+    rpc_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,76 +190,109 @@ def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> 
     return TritonResponse(outputs, final.bool_param if final is not None else not decoupled)
 
 
+# A call is not moved to another endpoint with less time than this left.
+MIN_FAILOVER_S = 0.01
+UNAVAILABLE_MESSAGE = "The inference server is unreachable or not ready."
+
+
 def rpc_error_map(exc: grpc.RpcError) -> Exception:
     """The TritonError a failed gRPC call to Triton stands for (for every call made on
     the core's channel: generations here, the visual encoder in vision/encoder.py)."""
-    code = exc.code() if hasattr(exc, "code") else None
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    kind = rpc_failure(exc)
+    if kind == DEADLINE:
         return DeadlineExceeded("The request's deadline passed before generation finished.")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
-        return TritonUnavailable("The inference server is unreachable or not ready.")
+    if kind in (UNAVAILABLE, MODEL_NOT_READY):
+        return TritonUnavailable(UNAVAILABLE_MESSAGE)
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     return TritonInferenceError("The inference server failed the request.", detail=detail or "")
 
 
 class TritonStream:
-    """One request on its own gRPC stream.
+    """One request on its own gRPC stream, on an endpoint of `pool`.
 
     `open()` sends the request (callers may open early, so Triton starts while
-    the HTTP response is still being set up); `responses()` reads until the
-    final response. Leaving `responses()` early (a stop string, a client
-    disconnect, the deadline) or calling `cancel()` cancels the gRPC call, which
-    cancels the request inside Triton.
+    the HTTP response is still being set up); `connected()` returns once its
+    endpoint is connected (moving it once to another endpoint if it cannot be),
+    so a caller can still answer with a status rather than a broken stream;
+    `responses()` reads until the final response. Leaving `responses()` early (a
+    stop string, a client disconnect, the deadline) or calling `cancel()` cancels
+    the gRPC call, which cancels the request inside Triton.
     """
 
     def __init__(
         self,
-        backend: TritonBackend,
+        pool: EndpointPool,
         spec: ModelSpec,
         request: service_pb2.ModelInferRequest,
         *,
         deadline_s: float,
     ) -> None:
-        self._backend = backend
+        self._pool = pool
         self._spec = spec
         self._request = request
-        self._deadline_s = deadline_s
+        self._deadline = time.monotonic() + deadline_s
         self._call = None
+        self._endpoint: Endpoint | None = None
+        self._moved = False
         self._finished = False
 
     def open(self) -> None:
-        """Start the RPC: the request is sent without waiting for anything."""
+        """Start the RPC: the request is sent without waiting for anything.
+
+        TritonUnavailable at once when no endpoint serves the model."""
         if self._call is None:
-            # The gRPC deadline also reaches the server, which cancels the request there.
-            self._call = self._backend.stream_infer(self._request, timeout=self._deadline_s)
+            self._start(self._pool.acquire(self._spec.name))
+
+    async def connected(self) -> None:
+        """Return once the request's endpoint is connected (at once, as a rule); raise
+        TritonUnavailable if neither it nor one other could be reached. A call on a
+        connected channel can still fail before its first response: `responses()` then
+        moves it, before any output."""
+        self.open()
+        while True:
+            failure = await self._endpoint.backend.connection_failure(self._deadline)
+            if failure is None:
+                return
+            if not self._fail(UNAVAILABLE, failure, may_move=True):
+                self.cancel()
+                raise TritonUnavailable(UNAVAILABLE_MESSAGE)
 
     def cancel(self) -> None:
         """Cancel the request inside Triton unless it already finished. Idempotent."""
         if self._call is not None and not self._finished:
             self._finished = True
             self._call.cancel()
+        self._release()
 
     async def responses(self) -> AsyncIterator[TritonResponse]:
         self.open()
-        call = self._call
+        received = False
         try:
             while True:
                 try:
-                    message = await call.read()
+                    message = await self._call.read()
                 except grpc.RpcError as exc:
+                    if self._fail(rpc_failure(exc), exc.details() or "", may_move=not received):
+                        continue
                     raise rpc_error_map(exc) from exc
                 if message is grpc.aio.EOF:
                     self._finished = True
                     return
                 if message.error_message:
+                    kind = message_failure(message.error_message)
+                    if self._fail(kind, message.error_message, may_move=not received):
+                        continue
                     self._finished = True
                     logger.warning(
                         "Triton error for %s: %s", self._request.id, message.error_message
                     )
+                    if kind == MODEL_NOT_READY:
+                        raise TritonUnavailable(UNAVAILABLE_MESSAGE)
                     raise TritonInferenceError(
                         "The inference server failed the request.", detail=message.error_message
                     )
                 response = parse_response(message.infer_response, self._spec.decoupled)
+                received = True
                 if response.final:
                     # Nothing more will come for this request; the RPC's status
                     # follows on its own (the client half-closed when it sent).
@@ -252,3 +302,41 @@ class TritonStream:
                     return
         finally:
             self.cancel()
+
+    def _start(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        # The gRPC deadline also reaches the server, which cancels the request there.
+        self._call = endpoint.backend.stream_infer(
+            self._request, timeout=self._deadline - time.monotonic()
+        )
+
+    def _fail(self, kind: str, detail: str, *, may_move: bool) -> bool:
+        """Record a failed call; True if the request was moved to another endpoint (once,
+        before any response, with time left), False if the caller must raise."""
+        failed = self._endpoint
+        if failed is None:  # cancelled meanwhile
+            return False
+        self._pool.failed(failed, self._spec.name, kind, detail)
+        if not (may_move and retryable(kind)) or self._moved or self._finished:
+            return False
+        if self._deadline - time.monotonic() < MIN_FAILOVER_S:
+            return False
+        self._call.cancel()  # a no-op once the call has failed; ends an errored stream
+        self._release()
+        try:
+            endpoint = self._pool.acquire(self._spec.name, avoid=failed)
+        except TritonUnavailable:
+            self._finished = True
+            return False
+        self._moved = True
+        self._pool.failed_over(failed)
+        logger.info(
+            "request %s moved from %s to %s", self._request.id, failed.address, endpoint.address
+        )
+        self._start(endpoint)
+        return True
+
+    def _release(self) -> None:
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            self._pool.release(endpoint)

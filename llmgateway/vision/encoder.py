@@ -13,8 +13,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from llmgateway.triton.client import ModelSpec, TritonBackend
+from llmgateway.triton.client import ModelSpec
 from llmgateway.triton.errors import TritonInferenceError
+from llmgateway.triton.pool import EndpointPool
 from llmgateway.triton.stream import parse_response, rpc_error_map
 
 INPUT = "input"
@@ -23,7 +24,7 @@ OUTPUT = "output"
 
 async def features_encode(
     *,
-    backend: TritonBackend,
+    backend: EndpointPool,
     model: str,
     pixels: np.ndarray,
     tokens: int,

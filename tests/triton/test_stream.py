@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmgateway.textgen.tokenizer import load_text_model
-from llmgateway.triton.client import get_backend
+from llmgateway.triton.pool import get_pool
 from llmgateway.triton.stream import TritonStream, build_request
 from tests.conftest import TOKENIZER
 
@@ -19,8 +19,8 @@ def _prompt(text: str) -> np.ndarray:
 
 
 async def _collect(devtriton, model: str, text: str, *, streaming: bool = True):
-    backend = get_backend(devtriton.grpc_url)
-    spec = await backend.model_spec(model)
+    pool = get_pool(devtriton.grpc_url)
+    spec = await pool.model_spec(model)
     ids = _prompt(text)
     request = build_request(
         spec,
@@ -36,7 +36,7 @@ async def _collect(devtriton, model: str, text: str, *, streaming: bool = True):
         },
         outputs=["output_ids", "sequence_length"],
     )
-    stream = TritonStream(backend, spec, request, deadline_s=10)
+    stream = TritonStream(pool, spec, request, deadline_s=10)
     return [r async for r in stream.responses()]
 
 

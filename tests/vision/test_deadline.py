@@ -146,7 +146,9 @@ async def vl_engine(vision_triton) -> tuple[ModelConfig, Engine]:
 
 def record_timeouts(engine: Engine, monkeypatch) -> dict[str, float]:
     """The gRPC timeout of each Triton call: the visual encoder's and the LLM's."""
-    backend, timeouts = engine.backend, {}
+    # The channel of the model's one endpoint (its address is an IP: no resolution).
+    (endpoint,) = engine.backend.endpoints
+    backend, timeouts = endpoint.backend, {}
     encode, generate = backend.infer, backend.stream_infer
 
     def encoder_call(request, *, timeout):

@@ -2,13 +2,18 @@
 
     python manage.py serve --host 0.0.0.0 --port 9900 --model-name tensorrt_llm \\
         --tokenizer-path PATH --server-url 127.0.0.1:8001 --workers 4 --model_type qwen2-chat
+
+--server-url takes several Tritons too: `--server-url 10.0.0.5:8001,10.0.0.6:8001`.
 """
 
 from __future__ import annotations
 
+import argparse
+
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from llmgateway.addresses import targets_parse
 from llmgateway.models import ModelType
 from llmgateway.services import model_upsert
 
@@ -43,6 +48,14 @@ def run_uvicorn(
     )
 
 
+def _addresses(value: str) -> str:
+    """--server-url: one or more host:port, stored as "a:8001,b:8001"."""
+    try:
+        return ",".join(str(t) for t in targets_parse(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class Command(BaseCommand):
     help = "Apply migrations, upsert the model config, and serve the gateway under uvicorn."
 
@@ -75,7 +88,10 @@ class Command(BaseCommand):
             "--server-url",
             dest="server_url",
             default="127.0.0.1:8001",
-            help="Triton's gRPC address, host:port (default: %(default)s).",
+            type=_addresses,
+            help="Triton gRPC address(es), host:port, comma-separated; a name with several "
+            "addresses, such as a headless Service, is one endpoint per address "
+            "(default: %(default)s).",
         )
         parser.add_argument(
             "--model_type",

@@ -19,6 +19,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="Address the gRPC, HTTP and metrics servers listen on (default: %(default)s; "
+            "0.0.0.0 for every interface). Several dev Tritons may share ports on "
+            "127.0.0.1, 127.0.0.2, ...",
+        )
+        parser.add_argument(
             "--grpc-port",
             type=int,
             default=8001,
@@ -61,6 +68,7 @@ class Command(BaseCommand):
             metrics_port=options["metrics_port"],
             models={options["model_name"]: options["trtllm_version"]},
             state_dir=options["state_dir"],
+            host=options["host"],
         )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
