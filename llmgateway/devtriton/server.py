@@ -9,6 +9,7 @@ see platform/triton/README.md for why each environment detail below is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,6 +83,16 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill what is left of a tritonserver's session: its Python backend stubs.
+
+    The server runs in a session of its own (its pid is the group id), and its stubs
+    outlive it when it dies without a clean stop (SIGKILL, a crash); left alone they
+    spin on their shared memory and eat a core each."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def pytriton_dir() -> Path:
@@ -225,6 +236,8 @@ class DevTriton:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+        if process is not None:
+            _kill_group(process.pid)
         return self.start(timeout)
 
     def stop(self) -> None:
@@ -237,6 +250,8 @@ class DevTriton:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if process is not None:
+            _kill_group(process.pid)
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

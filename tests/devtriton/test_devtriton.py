@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
+import signal
 import statistics
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -647,3 +650,26 @@ def test_v08_has_no_guided_decoding_inputs(client: grpcclient.InferenceServerCli
         client, chat("hi"), 10, model=V08, guided_decoding_guide_type="json", end_id=IM_END
     )
     assert out.error is not None and "unexpected inference input" in out.error
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_server_leaves_no_backend_stubs_behind(tmp_path: Path) -> None:
+    """tritonserver's Python stubs outlive a SIGKILLed server (and spin); stop() ends them."""
+    server = dev_triton(models={"tensorrt_llm": "recent"}, state_dir=tmp_path).start()
+    pgid = server.process.pid
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    stubs_left = _group_alive(pgid)  # the stub is still there, in the server's group
+    server.stop()
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stubs_left, "expected the stub to outlive the killed server (what stop() mends)"
+    assert not _group_alive(pgid)
