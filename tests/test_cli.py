@@ -95,6 +95,10 @@ def test_createapikey_takes_positive_limits_and_a_future_expiry():
         ["prunerequestlogs", "--days", "0"],
         ["demo", "--port", "70000"],
         ["demo", "--workers", "0"],
+        ["serve", "--port", "0"],
+        ["serve", "--workers", "-2"],
+        ["serve", "--server-url", "nonsense"],
+        ["devtriton", "--grpc-port", "eighty"],
     ],
     ids=" ".join,
 )

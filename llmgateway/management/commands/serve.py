@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from llmgateway.addresses import targets_parse
+from llmgateway.management.cli import OneLineErrors, port, whole_number
 from llmgateway.models import ModelType
 from llmgateway.services import model_upsert
 
@@ -56,7 +57,7 @@ def _addresses(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Apply migrations, upsert the model config, and serve the gateway under uvicorn."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -66,11 +67,11 @@ class Command(BaseCommand):
             help="Address to listen on (default: %(default)s; 0.0.0.0 for every interface).",
         )
         parser.add_argument(
-            "--port", type=int, default=9900, help="Port to listen on (default: %(default)s)."
+            "--port", type=port, default=9900, help="Port to listen on (default: %(default)s)."
         )
         parser.add_argument(
             "--workers",
-            type=int,
+            type=whole_number(1, 1024),
             default=1,
             help="uvicorn worker processes (default: %(default)s).",
         )
@@ -104,7 +105,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--context-length",
-            type=int,
+            type=whole_number(2),
             default=None,
             help="Prompt plus output tokens the engine accepts (default: the model config's, 4096 when new).",
         )

@@ -10,11 +10,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from llmgateway.devtriton.server import DevTriton, DevTritonError
+from llmgateway.management.cli import OneLineErrors, port
 
 TRTLLM_VERSIONS = ["0.8", "recent"]
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Run a real tritonserver with the scripted TensorRT-LLM model (CPU only, for dev and demos)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,19 +28,19 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--grpc-port",
-            type=int,
+            type=port,
             default=8001,
             help="Triton's gRPC port, what the gateway calls (default: %(default)s).",
         )
         parser.add_argument(
             "--http-port",
-            type=int,
+            type=port,
             default=8000,
             help="Triton's HTTP port: health and model config (default: %(default)s).",
         )
         parser.add_argument(
             "--metrics-port",
-            type=int,
+            type=port,
             default=8002,
             help="Triton's Prometheus metrics port (default: %(default)s).",
         )
