@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import BudgetPeriod
 from accounts.services import key_create, owner_get_or_create
-from llmgateway.management.cli import (
+from llmgateway.cli import (
     INT32_MAX,
     INT64_MAX,
     OneLineErrors,

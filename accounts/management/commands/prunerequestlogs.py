@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from accounts.models import RefusedRequests, RequestLog
-from llmgateway.management.cli import OneLineErrors, positive_number
+from llmgateway.cli import OneLineErrors, positive_number
 
 BATCH = 10_000
 MAX_DAYS = 36_525  # a century: more keeps everything (timedelta would overflow)

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import KEY_PREFIX, ApiKey, parse_public_id
 from accounts.services import key_revoke
-from llmgateway.management.cli import OneLineErrors
+from llmgateway.cli import OneLineErrors
 
 
 def public_id_of(value: str) -> str:

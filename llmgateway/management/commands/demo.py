@@ -17,9 +17,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from llmgateway.cli import OneLineErrors, port, whole_number
 from llmgateway.devtriton.management.commands import devtriton
 from llmgateway.devtriton.server import DevTriton, free_port
-from llmgateway.management.cli import OneLineErrors, port, whole_number
 from llmgateway.management.commands.serve import run_uvicorn
 from llmgateway.models import ModelType
 from llmgateway.services import model_upsert

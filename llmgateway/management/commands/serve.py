@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from llmgateway.addresses import targets_parse
-from llmgateway.management.cli import OneLineErrors, port, whole_number
+from llmgateway.cli import OneLineErrors, port, whole_number
 from llmgateway.models import ModelType
 from llmgateway.services import model_upsert
 

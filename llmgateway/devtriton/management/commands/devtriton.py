@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from llmgateway.cli import OneLineErrors, port
 from llmgateway.devtriton.server import DevTriton, DevTritonError
-from llmgateway.management.cli import OneLineErrors, port
 
 TRTLLM_VERSIONS = ["0.8", "recent"]
 
