@@ -43,7 +43,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from accounts.models import ApiKey, KeyUsage, RequestLog, new_public_id
+from accounts.models import ApiKey, Project, RequestLog, new_public_id
 from accounts.services import key_revoke, key_secret_issue
 from accounts.usage import usage_charts, usage_report
 
@@ -172,9 +172,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if not change:
             obj.public_id = form.cleaned_data["public_id"]  # no secret yet: see the docstring
+        if not change and obj.project_id is None:
+            obj.project = Project.default()
         super().save_model(request, obj, form, change)
-        if not change:
-            KeyUsage.objects.get_or_create(key=obj)
 
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None):
         return self._redirect_created(request, obj)

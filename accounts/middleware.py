@@ -84,6 +84,7 @@ async def _write(record: dict, presented: str, status: int) -> None:
                 return
         if caller is not None:
             record["api_key_id"], record["key_public_id"] = caller.key.id, caller.key.public_id
+            record["project_id"] = caller.key.project_id
     try:
         await quota_store().log(record)
     except Exception:

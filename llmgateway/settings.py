@@ -289,6 +289,9 @@ QUOTA_LEASE_SECONDS = env_float("QUOTA_LEASE_SECONDS", GATEWAY_REQUEST_TIMEOUT +
 # request was admitted (accounts.admission.EarlyStarts): saves the quota store's round
 # trip. Off: nothing reaches Triton before it is admitted.
 QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
+# The currency of every model price and money budget (lowercase ISO 4217, as OpenAI's
+# Costs API reports it).
+GATEWAY_CURRENCY = env_str("GATEWAY_CURRENCY", "usd").lower()
 # Store prompt and response text in request logs (off: token counts and metadata only).
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.
