@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 def is_logged_path(path: str) -> bool:
-    return is_api_path(path) and not path.startswith(("/health", "/metrics"))
+    """Inference requests: not probes, metrics or the Admin API (no model, no tokens)."""
+    return is_api_path(path) and not path.startswith(("/health", "/metrics", "/v1/organization"))
 
 
 def _error_code(response: HttpResponse) -> str | None:

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, hash_key, parse_public_id
-from accounts.quota import QuotaPlan, Subject
+from accounts.subjects import QuotaPlan, Subject
 from llmgateway import background
 from llmgateway.accounting import money_units
 from llmgateway.cache import RowCache

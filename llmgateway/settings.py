@@ -292,6 +292,10 @@ QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
 # The currency of every model price and money budget (lowercase ISO 4217, as OpenAI's
 # Costs API reports it).
 GATEWAY_CURRENCY = env_str("GATEWAY_CURRENCY", "usd").lower()
+# The Admin API's ceilings for a project's per-model rate limits (what an unset limit
+# reads as in /v1/organization/projects/{id}/rate_limits; higher values are refused).
+ADMIN_API_MAX_RPM = env_int("ADMIN_API_MAX_RPM", 1_000_000)
+ADMIN_API_MAX_TPM = env_int("ADMIN_API_MAX_TPM", 10_000_000_000)
 # Store prompt and response text in request logs (off: token counts and metadata only).
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.
