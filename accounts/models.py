@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import re
 import secrets
 import uuid
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -65,6 +68,17 @@ class BudgetPeriod(models.TextChoices):
 # so a money budget stays below this many currency units.
 MAX_BUDGET_AMOUNT = Decimal(900_000)
 PROJECT_PREFIX = "proj_"
+
+
+def networks_validate(value: str) -> None:
+    """An IP allow-list: CIDRs or addresses, separated by commas or whitespace."""
+    for part in re.split(r"[\s,]+", value or ""):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValidationError(f"{part!r} is not an IP address or CIDR.") from None
 
 
 def new_project_id() -> str:
@@ -207,8 +221,10 @@ class ApiKey(models.Model):
     allowed_networks = models.TextField(
         "IP allow-list",
         blank=True,
-        help_text="CIDRs (or addresses), one per line or comma-separated; the client address "
-        "as TRUSTED_PROXIES defines it. Blank: any address.",
+        validators=[networks_validate],
+        help_text="CIDRs (or addresses), one per line or comma-separated, matched against the "
+        "client address (behind a proxy, as FORWARDED_ALLOW_IPS lets uvicorn read it). "
+        "Blank: any address.",
     )
     # Rotation: the previous secret's hash stays valid until this moment.
     previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -118,7 +118,7 @@ class KeyRecord:
         )
 
     def admits_address(self, address: str | None) -> bool:
-        """Whether the IP allow-list lets `address` (the client, per TRUSTED_PROXIES) in."""
+        """Whether the IP allow-list lets `address` (the client address: REMOTE_ADDR, which uvicorn takes from X-Forwarded-For only from FORWARDED_ALLOW_IPS) in."""
         if not self.networks:
             return True
         if not address:
@@ -255,6 +255,25 @@ def key_secret_issue(*, key: ApiKey) -> str | None:
     if not issued:
         key.refresh_from_db(fields=["secret_hash", "last_four"])
         return None
+    return raw
+
+
+def key_rotate(*, key: ApiKey, grace: timedelta) -> str:
+    """Give `key` a new secret; the old one keeps working for `grace` (zero: not at all).
+
+    Returns the new secret, shown once. Both secrets reach every replica within
+    API_KEY_CACHE_SECONDS, and the old one stops within that time after its grace ends.
+    """
+    previous = key.secret_hash
+    raw = key.new_secret()
+    key.previous_secret_hash = previous if grace > timedelta(0) else ""
+    key.previous_valid_until = timezone.now() + grace if grace > timedelta(0) else None
+    key.save(
+        update_fields=[
+            "secret_hash", "last_four", "previous_secret_hash", "previous_valid_until",
+            "updated_at",
+        ]
+    )  # fmt: skip
     return raw
 
 

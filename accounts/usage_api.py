@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,8 +34,10 @@ WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 # (default, most) buckets per page.
 COMPLETIONS_LIMITS = {"1d": (7, 31), "1h": (24, 168), "1m": (60, 1440)}
 COSTS_LIMITS = {"1d": (7, 180)}
-COMPLETIONS_GROUPS = ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier")
-COSTS_GROUPS = ("project_id", "line_item", "api_key_id")
+COMPLETIONS_GROUPS = (
+    "project_id", "user_id", "api_key_id", "model", "batch", "service_tier", "api_source",
+)  # fmt: skip
+COSTS_GROUPS = ("project_id", "line_item", "api_key_id", "user_id", "api_source")
 FILTERS = {"project_ids", "user_ids", "api_key_ids", "models"}
 
 
@@ -96,8 +99,8 @@ def usage_query(
     """Parse and check the query string of a usage or costs request (400s name the param)."""
     start = _int_param(query, "start_time", required=True)
     end = _int_param(query, "end_time")
-    now = int(time.time())
-    end = now if end is None else end
+    # Rounded up: a row logged earlier in this very second is counted.
+    end = math.ceil(time.time()) if end is None else end
     if start < 0:
         raise _bad("start_time", "'start_time' must not be negative.")
     if end <= start:
@@ -223,6 +226,7 @@ def _dimensions(row, names: _Names, group_by: list[str]) -> tuple:
         "model": model or None,
         "batch": False,
         "service_tier": "default",
+        "api_source": None,  # newer SDKs group by it; one source here
     }
     return tuple((g, values[g]) for g in group_by if g in values)
 

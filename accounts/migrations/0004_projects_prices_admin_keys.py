@@ -87,7 +87,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='apikey',
             name='allowed_networks',
-            field=models.TextField(blank=True, help_text='CIDRs (or addresses), one per line or comma-separated; the client address as TRUSTED_PROXIES defines it. Blank: any address.', verbose_name='IP allow-list'),
+            field=models.TextField(blank=True, validators=[accounts.models.networks_validate], help_text='CIDRs (or addresses), one per line or comma-separated, matched against the client address (behind a proxy, as FORWARDED_ALLOW_IPS lets uvicorn read it). Blank: any address.', verbose_name='IP allow-list'),
         ),
         migrations.AddField(
             model_name='apikey',
