@@ -47,6 +47,7 @@ from django.views.decorators.http import require_GET
 from accounts.models import (
     AdminKey,
     ApiKey,
+    BudgetAlert,
     KeyModelLimit,
     Project,
     ProjectModelLimit,
@@ -136,6 +137,21 @@ class ProjectAdmin(admin.ModelAdmin):
             },
         ),
     )
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = (
+        "project", "budget", "threshold", "window", "created_at", "delivered_at", "attempts",
+        "last_error",
+    )  # fmt: skip
+    list_filter = ("budget", "threshold")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(AdminKey)

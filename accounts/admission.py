@@ -15,6 +15,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.http import HttpRequest
 
+from accounts.alerts import budget_alerts_check
 from accounts.logs import log_record
 from accounts.quota import Decision, Subject, Verdict, quota_store
 from accounts.services import Caller
@@ -188,6 +189,8 @@ class KeyAdmission:
                 subjects=self.subjects,
                 cost=money_units(cost) if cost is not None else 0,
             )
+            if self.lease_id is not None:
+                budget_alerts_check(self.caller.key, self.subjects)
         except Exception:
             # The client has its answer; a lost settlement expires with its lease.
             logger.exception("settling request %s failed", request_context(self.request).request_id)
@@ -294,6 +297,9 @@ async def admit(
             elif task.done() and not task.cancelled() and task.exception() is None:
                 early_starts.decided(key.id, task.result().verdict is Verdict.OK, False)
         if not admitted:
+            if decision.verdict in (Verdict.BUDGET, Verdict.MONEY) and decision.subject:
+                kind = "tokens" if decision.verdict is Verdict.BUDGET else "money"
+                budget_alerts_check(key, (decision.subject,), exhausted=kind)
             raise refusal(decision, tokens, cost)
         lease_id, headers = decision.lease_id, ratelimit_headers(decision)
     admission = KeyAdmission(request, caller, reservation, lease_id, headers, subjects)

@@ -149,6 +149,32 @@ class Project(models.Model):
         return self.archived_at is not None
 
 
+class BudgetAlert(models.Model):
+    """One threshold of one budget of a project crossed in one budget period: the row is
+    the once-only claim (unique), made by whichever process saw the crossing first, and
+    records its webhook delivery (accounts/alerts.py)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
+    window = models.CharField(max_length=16)  # the budget period's label, e.g. 2026-12
+    budget = models.CharField(max_length=8)  # "tokens" or "money"
+    threshold = models.PositiveSmallIntegerField()  # percent
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "window", "budget", "threshold"], name="budget_alert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} {self.budget} {self.threshold}% ({self.window})"
+
+
 class ModelLimit(models.Model):
     """Requests and tokens per minute for one model, on top of the owner's own limits."""
 

@@ -56,6 +56,7 @@ class KeyRecord:
     project_archived: bool = False
     budget_money: int | None = None
     networks: tuple[IPNetwork, ...] = ()  # the IP allow-list; empty: any address
+    project_alert_url: str = ""  # the project's budget alert webhook (accounts/alerts.py)
     quota: QuotaPlan | None = None  # None: the key's own limits only
 
     @classmethod
@@ -66,6 +67,7 @@ class KeyRecord:
             project_id=project.pk,
             project_public_id=project.public_id,
             project_archived=project.archived_at is not None,
+            project_alert_url=project.alert_webhook_url,
             budget_money=_units(key.budget_amount),
             networks=networks_parse(key.allowed_networks),
             quota=quota_plan(key),
