@@ -486,6 +486,7 @@ class RequestLogAdmin(admin.ModelAdmin):
             "day_choices": USAGE_DAYS,
             "report": report,
             "charts": usage_charts(report),
+            "currency": settings.GATEWAY_CURRENCY.upper(),
             "generated_at": timezone.now(),
         }
         return TemplateResponse(request, "admin/accounts/usage.html", context)

@@ -222,3 +222,29 @@ def test_150_requests_of_three_keys_across_two_gateways_keep_the_project_budgets
     counters = async_to_sync(store.snapshot)(key, key.subjects()[0])
     assert counters.budget_used == tokens and counters.leases == 0
     assert counters.money_used == money_units(money)
+
+
+def test_spend_per_key_project_and_model_in_the_usage_page(committed):
+    """The admin usage report sums each row's recorded cost per key, project and model,
+    and draws a spend chart for each."""
+    from django.utils import timezone
+
+    from accounts.usage import usage_charts, usage_report
+
+    project = project_make()
+    model = f"spend-{uuid.uuid4().hex[:6]}"
+    public = uuid.uuid4().hex[:12]
+    costs = [Decimal("0.0001234567"), Decimal("0.5"), None]
+    for i, cost in enumerate(costs):
+        RequestLog.objects.create(
+            created_at=timezone.now(), request_id=f"spend-{public}-{i}", key_public_id=public,
+            project_id=project.pk, model=model, endpoint="/v1/completions", status=200,
+            latency_ms=1.0, cost=cost,
+        )  # fmt: skip
+    report = usage_report(days=1)
+    total = Decimal("0.5001234567")
+    assert report["project"][project.name].spend == total
+    assert report["model"][model].spend == total
+    assert report["key"][f"sk-gw-{public}"].spend == total
+    charts = usage_charts(report)
+    assert any("Spend per project" in chart for chart in charts["project"])
