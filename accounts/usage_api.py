@@ -38,7 +38,7 @@ COMPLETIONS_GROUPS = (
     "project_id", "user_id", "api_key_id", "model", "batch", "service_tier", "api_source",
 )  # fmt: skip
 COSTS_GROUPS = ("project_id", "line_item", "api_key_id", "user_id", "api_source")
-FILTERS = {"project_ids", "user_ids", "api_key_ids", "models"}
+FILTERS = {"project_ids", "user_ids", "api_key_ids", "models", "line_items"}
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> APIError:
@@ -326,15 +326,19 @@ def costs(query: UsageQuery) -> dict:
     prices = {c.name: c.prices for c in ModelConfig.objects.all() if c.prices is not None}
     by_line = "line_item" in query.group_by
     others = [g for g in query.group_by if g != "line_item"]
+    only_lines = set(query.filters.get("line_items", ()))
     currency = settings.GATEWAY_CURRENCY
 
     def results(rows: list, names: _Names) -> list[dict]:
         groups: dict[tuple, list] = {}
         for row in rows:
             dims = _dimensions(row, names, others)
-            if by_line:
+            if by_line or only_lines:
                 for name, tokens, cost in _line_items(row, prices):
-                    totals = groups.setdefault((*dims, ("line_item", name)), [Decimal(0), 0])
+                    if only_lines and name not in only_lines:
+                        continue
+                    key = (*dims, ("line_item", name)) if by_line else dims
+                    totals = groups.setdefault(key, [Decimal(0), 0])
                     totals[0] += cost
                     totals[1] += tokens
             else:

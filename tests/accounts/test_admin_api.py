@@ -135,6 +135,16 @@ def test_the_documented_sequence_over_plain_http(admin, live_gateway):
         assert isinstance(line["amount"]["value"], float)
         assert line["amount"]["currency"] == "usd"
 
+    only_output = admin.get(
+        "/v1/organization/costs",
+        params=[("start_time", int(time.time()) - 86400), ("group_by", "line_item"),
+                ("project_ids", pid), ("line_items[]", f"{CHAT_MODEL}, output")],
+    ).json()  # fmt: skip
+    lines = [r for b in only_output["data"] for r in b["results"]]
+    assert [(r["line_item"], r["quantity"]) for r in lines] == [
+        (f"{CHAT_MODEL}, output", usage["completion_tokens"])
+    ]
+
     limits = admin.get(f"/v1/organization/projects/{pid}/rate_limits").json()
     ids = [r["id"] for r in limits["data"]]
     assert f"rl-{CHAT_MODEL}" in ids
