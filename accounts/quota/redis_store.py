@@ -41,10 +41,14 @@ admission released it on expiry (recorded in the key's `expired` hash for a
 day), so a replay of a settlement already applied charges nothing. While the
 database is out the outbox keeps every record and the drain retries; a record
 the database refuses for good moves to DEAD_LETTERS, never dropped.
-Every Redis key a script touches shares one hash tag, {p<project id>}: a key's
+Every counter a script touches shares one hash tag, {p<project id>}: a key's
 counters, its project's and both per model (accounts.quota.Subject), so the
-scripts are valid on Redis Cluster (all of a project's counters on one slot; a
-key moved to another project starts its counters afresh there). The clock is the gateway's (replicas must run NTP;
+admission script is a single-slot call, valid on Redis Cluster (all of a
+project's counters on one slot; a key moved to another project starts its
+counters afresh there). The settle script also pushes onto the one request-log
+outbox, which has no such tag: on Cluster that needs an outbox per project tag
+and a drain that walks them, which is not built (the gateway requires a single
+primary, docs/deploy.md). The clock is the gateway's (replicas must run NTP;
 skew only shifts bucket boundaries). requests and tokens per minute are sliding
 windows of one-second buckets, one hash per key (accounts/quota/__init__.py).
 """
@@ -352,8 +356,8 @@ SCRIPTS = (reserve_script, settle_script, drain_take_script, drain_done_script, 
 
 def _keys(subject: Subject, clock: Clock) -> list[str]:
     """A subject's Redis keys. Every subject of a project (its own, its keys', per model)
-    shares the hash tag {p<project id>}, so one script over all of them is valid on
-    Redis Cluster: a project's counters live on one slot."""
+    shares the hash tag {p<project id>}: a project's counters live on one slot, so one
+    script over all of them is a single-slot call."""
     prefix = f"gw:{{p{subject.tag}}}:{subject.name}"
     budget_window, _ = clock.budget_window(subject.budget_period)
     return [
