@@ -316,6 +316,13 @@ _cache: RowCache[Caller | None] = RowCache(
 )
 
 
+def callers_forget() -> None:
+    """Drop this process's cached key lookups: an Admin API change (archive, delete,
+    limits) applies at once in the process that made it, and within
+    API_KEY_CACHE_SECONDS in every other."""
+    _cache.clear()
+
+
 async def caller_lookup(raw: str) -> Caller | None:
     """The caller whose key's secret is `raw` (active or not), or None."""
     return await _cache.get(hash_key(raw), raw)

@@ -46,8 +46,11 @@ def _bad(param: str, message: str, code: str = "invalid_value") -> APIError:
 
 
 def array_param(query, name: str) -> list[str]:
-    """`name=a&name=b` (requests, the cookbook), `name[]=a` (openai-python) and commas."""
+    """`name=a&name=b` (requests, the cookbook), `name[]=a` (openai-python) and commas
+    (not for line items, whose names hold one: "m, input")."""
     values = [*query.getlist(name), *query.getlist(name + "[]")]
+    if name == "line_items":
+        return [value.strip() for value in values if value.strip()]
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 

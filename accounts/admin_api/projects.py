@@ -32,14 +32,24 @@ from accounts.admin_api.objects import (
     stamp,
 )
 from accounts.models import Project
+from accounts.services import callers_forget
 from llmgateway.db import orm
 from llmgateway.errors import APIError
 
 router = Router(auth=management_auth, tags=["admin: projects"])
 
 
-def _run(function, *args, **kwargs):
-    return orm(function)(*args, **kwargs)
+async def _run(function, *args, **kwargs):
+    return await orm(function)(*args, **kwargs)
+
+
+async def _changing(function, *args, **kwargs):
+    """Run a change that affects keys' lookups (archive, delete, rate limits), then drop
+    this process's cached lookups so it applies here at once."""
+    try:
+        return await orm(function)(*args, **kwargs)
+    finally:
+        callers_forget()
 
 
 # ---- projects ----------------------------------------------------------------------------
@@ -71,13 +81,13 @@ async def projects_retrieve(request: HttpRequest, project_id: str):
 
 @router.post("/projects/{project_id}", response=ProjectOut, operation_id="modifyProject")
 async def projects_modify(request: HttpRequest, project_id: str, body: ProjectUpdateIn):
-    project = await _run(svc.project_update, public_id=project_id, name=body.name)
+    project = await _changing(svc.project_update, public_id=project_id, name=body.name)
     return project_object(project)
 
 
 @router.post("/projects/{project_id}/archive", response=ProjectOut, operation_id="archiveProject")
 async def projects_archive(request: HttpRequest, project_id: str):
-    return project_object(await _run(svc.project_archive, public_id=project_id))
+    return project_object(await _changing(svc.project_archive, public_id=project_id))
 
 
 # ---- API keys ----------------------------------------------------------------------------
@@ -137,7 +147,7 @@ def _key_delete(project_id: str, key_id: str) -> dict[str, Any]:
     operation_id="deleteProjectApiKey",
 )
 async def keys_delete(request: HttpRequest, project_id: str, key_id: str):
-    return await _run(_key_delete, project_id, key_id)
+    return await _changing(_key_delete, project_id, key_id)
 
 
 # ---- service accounts --------------------------------------------------------------------
@@ -211,7 +221,7 @@ def _account_delete(project_id: str, account_id: str) -> dict[str, Any]:
     operation_id="deleteProjectServiceAccount",
 )
 async def accounts_delete(request: HttpRequest, project_id: str, account_id: str):
-    return await _run(_account_delete, project_id, account_id)
+    return await _changing(_account_delete, project_id, account_id)
 
 
 # ---- rate limits -------------------------------------------------------------------------
@@ -270,4 +280,4 @@ async def limits_update(request: HttpRequest, project_id: str, limit_id: str):
         raise APIError(400, "We could not parse the JSON body of your request.") from None
     if not isinstance(changes, dict):
         raise APIError(400, "The request body must be a JSON object.")
-    return await _run(_limit_update, project_id, limit_id, changes)
+    return await _changing(_limit_update, project_id, limit_id, changes)
