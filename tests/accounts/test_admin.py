@@ -300,3 +300,18 @@ def test_createadminkey_prints_the_secret_last(db):
     call_command("createadminkey", "--name", "cli", stdout=out)
     secret = out.getvalue().strip().splitlines()[-1]
     assert secret.startswith("sk-admin-") and admin_key_lookup(secret).name == "cli"
+
+
+def test_createapikey_puts_the_key_in_the_named_project(db):
+    from io import StringIO
+
+    import pytest
+    from django.core.management import CommandError, call_command
+
+    project = Project.objects.create(name="cli team")
+    out = StringIO()
+    call_command("createapikey", "--name", "cli", "--project", project.public_id, stdout=out)
+    public_id = out.getvalue().strip().splitlines()[-1].split("-")[2]
+    assert ApiKey.objects.get(public_id=public_id).project == project
+    with pytest.raises(CommandError, match="no active project"):
+        call_command("createapikey", "--name", "x", "--project", "proj_nope")
