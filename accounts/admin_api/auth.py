@@ -20,11 +20,9 @@ from llmgateway.errors import APIError
 
 
 def missing_scope(scope: str) -> APIError:
+    # OpenAI's words, as its Admin API reference's error table and sequence give them.
     return APIError(
-        403,
-        "You have insufficient permissions for this operation. Missing scopes: "
-        f"{scope}. Check that you have the correct role in your organization, and if "
-        "you're using a restricted API key, that it has the necessary scopes.",
+        403, f"You have insufficient permissions for this operation. Missing scopes: {scope}."
     )
 
 
