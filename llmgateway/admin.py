@@ -100,7 +100,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{config.name} {line}", level)
 
     fieldsets = (
-        (None, {"fields": ("name", "enabled", "model_type", "tool_format")}),
+        (None, {"fields": ("name", "enabled", "model_type", "tool_format", "reasoning_format")}),
         (
             "Triton",
             {
