@@ -67,9 +67,13 @@ class TagSplitter(ReasoningSplitter):
             at = buffer.find(self.end)
             if at == -1:
                 keep = partial_suffix(buffer, self.end)
-                self._held = buffer[len(buffer) - keep :] if keep else ""
-                return self._lstrip(buffer[: len(buffer) - keep]), ""
-            reasoning = self._lstrip(buffer[:at])
+                # Whitespace before the end tag is the template's, not the reasoning's:
+                # what could be that is held with what could be the tag.
+                out = buffer[: len(buffer) - keep]
+                shown = out.rstrip()
+                self._held = buffer[len(shown) :]
+                return self._lstrip(shown), ""
+            reasoning = self._lstrip(buffer[:at].rstrip())
             self.state, self.thinking, self._strip = "answer", False, True
             buffer = buffer[at + len(self.end) :]
         answer = self._lstrip(buffer)
@@ -79,7 +83,7 @@ class TagSplitter(ReasoningSplitter):
         held, self._held = self._held, ""
         self.thinking = False
         if self.state == "reasoning":
-            return self._lstrip(held), ""
+            return self._lstrip(held.rstrip()), ""
         return "", held
 
 
