@@ -320,7 +320,7 @@ async def responses_create(request: HttpRequest, payload: ResponseCreateIn) -> H
     except APIError as exc:
         if exc.code == "model_not_found":
             exc.status = 400  # the Responses API answers an unknown model with 400
-        raise
+        raise _renamed(exc) from exc.__cause__
     if store and not payload.stream:
         await endpoint.stored()
     return response
