@@ -47,9 +47,22 @@ def response_save(
         owner_id=owner_id,
         created_at=datetime.fromtimestamp(body["created_at"], UTC),
         model=body["model"][:255],
-        context=context,
-        body=body,
+        context=_storable(context),
+        body=_storable(body),
     )
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL characters in its text replaced by U+FFFD: PostgreSQL's jsonb
+    refuses them, and a conversation may carry one (accounts.logs.storable does the
+    same for logs)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    return value
 
 
 @orm

@@ -9,6 +9,7 @@ decoding and images as /v1/chat/completions. Only the wire format differs
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -33,6 +34,7 @@ from llmgateway.responses_store import (
 from llmgateway.runner.endpoint import Prepared, Target
 from llmgateway.textgen.reasoning import reasoning_format
 
+logger = logging.getLogger(__name__)
 router = Router(tags=["openai"])
 
 INCLUDABLE = (
@@ -225,11 +227,17 @@ class ResponsesEndpoint(ChatEndpoint):
         return self.responses_shaper
 
     async def stored(self, outcome: Any = None) -> None:
-        """Keep the answer (`store`), once it ended completed or incomplete."""
+        """Keep the answer (`store`), once it ended completed or incomplete.
+
+        A database that fails here costs the stored copy, not the answer the client
+        was charged for (logged; a later GET answers 404)."""
         shaper = self.responses_shaper
         if shaper is None or shaper.final is None:
             return  # failed or cut off: nothing to continue from
-        await response_save(owner_id=self.owner_id, body=shaper.final, context=self.context)
+        try:
+            await response_save(owner_id=self.owner_id, body=shaper.final, context=self.context)
+        except Exception:
+            logger.exception("storing response %s failed", shaper.id)
 
 
 def _owner(request: HttpRequest) -> int | None:

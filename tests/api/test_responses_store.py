@@ -202,3 +202,34 @@ def test_disconnect_is_one_row_and_not_stored(raw, devtriton):
     assert received <= row.completion_tokens < 400
     assert response_id.startswith("resp_")
     assert not StoredResponse.objects.filter(id=response_id).exists()
+
+
+def test_an_exhausted_key_is_refused(storing_gateway, django_db_blocker):
+    from accounts.services import key_create, owner_get_or_create
+
+    _, secret = key_create(
+        owner=owner_get_or_create(username="tight"), name="tight", budget_tokens=5
+    )
+    with (
+        OpenAI(base_url=storing_gateway.url + "/v1", api_key=secret, max_retries=0) as client,
+        pytest.raises(openai.RateLimitError) as caught,
+    ):
+        client.responses.create(model=CHAT_MODEL, input="[[say:too much]]")
+    assert caught.value.status_code == 429
+
+
+def test_streamed_answers_are_stored_and_referenced(oai):
+    with oai.responses.stream(model=CHAT_MODEL, input="[[say:streamed]]\x00") as events:
+        final = events.get_final_response()
+    assert oai.responses.retrieve(final.id).output_text == "streamed"
+    (item,) = list(oai.responses.input_items.list(final.id))
+    assert item.content[0].text == "[[say:streamed]]\ufffd"  # PostgreSQL's jsonb takes no NUL
+    # An earlier item referenced by id, in a continued conversation.
+    again = oai.responses.create(
+        model=CHAT_MODEL,
+        previous_response_id=final.id,
+        input=[{"type": "item_reference", "id": item.id}],
+    )
+    assert again.output_text == "streamed"
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model=CHAT_MODEL, input=[{"type": "item_reference", "id": "msg_x"}])
