@@ -19,7 +19,7 @@ from llmgateway.api.chat import ChatEndpoint, chat_validate
 from llmgateway.api.openai_schemas import ChatCompletionIn
 from llmgateway.api.respond import json_response, respond
 from llmgateway.api.responses_input import chat_messages, input_normalize, invalid_value
-from llmgateway.api.responses_schemas import ResponseCreateIn
+from llmgateway.api.responses_schemas import ResponseCreateIn, responses_validate
 from llmgateway.api.responses_shaper import ResponsesShaper
 from llmgateway.api.responses_tools import tool_choice_chat, tools_check
 from llmgateway.errors import APIError, invalid
@@ -37,18 +37,6 @@ from llmgateway.textgen.reasoning import reasoning_format
 logger = logging.getLogger(__name__)
 router = Router(tags=["openai"])
 
-INCLUDABLE = (
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-)
-UNSUPPORTED = ("conversation", "prompt", "context_management", "moderation")
-MIN_OUTPUT_TOKENS = 16
 JSON_WORD_MISSING = (
     "Response input messages must contain the word 'json' in some form to use 'text.format' "
     "of type 'json_object'."
@@ -59,80 +47,6 @@ PARAMS = {
     "max_completion_tokens": "max_output_tokens",
     "response_format": "text.format",
 }
-
-
-def unsupported(param: str) -> APIError:
-    return invalid(
-        f"Unsupported parameter: '{param}' is not supported with this model.",
-        param,
-        "unsupported_parameter",
-    )
-
-
-def responses_validate(payload: ResponseCreateIn) -> None:
-    """What OpenAI checks of the request beyond its types, and what is not built here."""
-    for name in payload.model_extra or {}:
-        raise invalid(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
-    if payload.conversation is not None and payload.previous_response_id is not None:
-        raise invalid(
-            "Mutually exclusive parameters: Ensure you are only providing one of: "
-            "'previous_response_id' or 'conversation'.",
-            "conversation",
-            "mutually_exclusive_parameters",
-        )
-    for name in UNSUPPORTED:
-        if getattr(payload, name) is not None:
-            raise unsupported(name)
-    if payload.background:
-        raise unsupported("background")
-    if payload.truncation == "auto":
-        raise invalid(
-            "truncation 'auto' is not supported by this server: an input over the model's "
-            "context is refused (truncation 'disabled').",
-            "truncation",
-            "unsupported_value",
-        )
-    tokens = payload.max_output_tokens
-    if tokens is not None and tokens < MIN_OUTPUT_TOKENS:
-        raise invalid(
-            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
-            f"{MIN_OUTPUT_TOKENS}, but got {tokens} instead.",
-            "max_output_tokens",
-            "integer_below_min_value",
-        )
-    if payload.top_logprobs:
-        raise invalid(
-            "top_logprobs is not supported: TensorRT-LLM returns only the chosen token's logprob.",
-            "top_logprobs",
-        )
-    for index, value in enumerate(payload.include or ()):
-        if value not in INCLUDABLE:
-            raise invalid_value(value, INCLUDABLE, f"include[{index}]")
-    if payload.stream_options is not None and not payload.stream:
-        raise invalid("stream_options is only allowed when stream is true.", "stream_options")
-    metadata = payload.metadata or {}
-    if len(metadata) > 16:
-        raise invalid("Invalid 'metadata': too many properties (at most 16).", "metadata")
-    for key, value in metadata.items():
-        if len(key) > 64 or len(value) > 512:
-            raise invalid(
-                f"Invalid 'metadata.{key}': keys are at most 64 characters, values 512.",
-                "metadata",
-            )
-    fmt = payload.text.format if payload.text else None
-    if fmt is not None and fmt.type == "json_schema":
-        if fmt.name is None:
-            raise invalid(
-                "Missing required parameter: 'text.format.name'.",
-                "text.format.name",
-                "missing_required_parameter",
-            )
-        if fmt.json_schema is None:
-            raise invalid(
-                "Missing required parameter: 'text.format.schema'.",
-                "text.format.schema",
-                "missing_required_parameter",
-            )
 
 
 def _response_format(payload: ResponseCreateIn) -> dict[str, Any] | None:
