@@ -42,6 +42,7 @@ JSON_WORD_MISSING = (
     "of type 'json_object'."
 )
 # Chat's parameter names as the Responses request calls them.
+LOGPROBS = "message.output_text.logprobs"
 PARAMS = {
     "messages": "input",
     "max_completion_tokens": "max_output_tokens",
@@ -88,6 +89,7 @@ def chat_payload(
         "temperature": payload.temperature,
         "top_p": payload.top_p,
         "parallel_tool_calls": payload.parallel_tool_calls,
+        "logprobs": True if LOGPROBS in (payload.include or ()) else None,
         "response_format": _response_format(payload),
         "user": payload.user,
     }
@@ -128,6 +130,16 @@ class ResponsesEndpoint(ChatEndpoint):
         if template["store"] and request.stream:
             self.on_settle = self.stored
 
+    async def check(self, target: Target) -> None:
+        if self.payload.logprobs and reasoning_format(target.config.reasoning_format).reasons:
+            # Which tokens are the answer's is not exact where a token straddles the
+            # reasoning's end, so logprobs are not offered rather than offered approximately.
+            raise invalid(
+                f"include '{LOGPROBS}' is not supported with a reasoning model on this server.",
+                "include",
+            )
+        await super().check(target)
+
     def shaper(self, target: Target, prepared: Prepared) -> ResponsesShaper:  # type: ignore[override]
         reasoning = self.request_in.reasoning
         self.responses_shaper = ResponsesShaper(
@@ -137,6 +149,8 @@ class ResponsesEndpoint(ChatEndpoint):
             continues_thought=self.continues_thought,
             reasoning=reasoning_format(target.config.reasoning_format),
             summary=bool(reasoning and (reasoning.summary or reasoning.generate_summary)),
+            engine=target.engine,
+            logprobs=bool(self.payload.logprobs),
         )
         return self.responses_shaper
 

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from llmgateway.api.chat_shaper import split_delta, split_whole
+from llmgateway.api.openai_common import chosen_tokens
 from llmgateway.api.responses_input import new_id
-from llmgateway.engine import BatchGeneration, Generation
+from llmgateway.engine import BatchGeneration, Engine, Generation, TokenLogprob
 from llmgateway.errors import APIError
 from llmgateway.runner.endpoint import ChoiceResult, deltas
 from llmgateway.textgen.reasoning import ReasoningFormat
@@ -43,6 +44,10 @@ class OutputBuilder:
         self._text: list[str] = []
         self._space = ""
         self.incomplete = False
+        # include message.output_text.logprobs: the entries of text not sent yet (they go
+        # with the next text delta; a call's are dropped), and the open message's.
+        self.logprobs: list[dict[str, Any]] = []
+        self._message_logprobs: list[dict[str, Any]] = []
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.events.append({"type": kind, **fields})
@@ -82,8 +87,14 @@ class OutputBuilder:
 
     def _append(self, text: str) -> None:
         self._text.append(text)
+        entries, self.logprobs = self.logprobs, []
+        self._message_logprobs += entries
         self._emit(
-            "response.output_text.delta", **self._scope(), content_index=0, delta=text, logprobs=[]
+            "response.output_text.delta",
+            **self._scope(),
+            content_index=0,
+            delta=text,
+            logprobs=entries,
         )
 
     def _start_message(self) -> None:
@@ -95,10 +106,12 @@ class OutputBuilder:
             "content": [],
         }
         self._start(item)
+        self._message_logprobs = []
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         self._emit("response.content_part.added", **self._scope(), content_index=0, part=part)
 
     def call(self, delta: ToolCallDelta) -> None:
+        self.logprobs = []  # a call's tokens have no place in OpenAI's shape
         if delta.id is not None or self._open is None or self._open["type"] != "function_call":
             self._start(
                 {
@@ -139,9 +152,13 @@ class OutputBuilder:
                 item["summary"] = [{"type": "summary_text", "text": text}]
             item["status"] = "completed"
         elif kind == "message":
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            if self.logprobs:  # what the end of the answer held back
+                self._message_logprobs += self.logprobs
+                self.logprobs = []
+            entries = self._message_logprobs
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": entries}
             self._emit(
-                "response.output_text.done", **scope, content_index=0, text=text, logprobs=[]
+                "response.output_text.done", **scope, content_index=0, text=text, logprobs=entries
             )
             self._emit("response.content_part.done", **scope, content_index=0, part=part)
             item["content"] = [part]
@@ -189,8 +206,12 @@ class ResponsesShaper:
         continues_thought: bool,
         reasoning: ReasoningFormat | None,
         summary: bool,
+        engine: Engine | None = None,
+        logprobs: bool = False,
     ) -> None:
         self.generation = generation
+        self.engine = engine
+        self.logprobs = logprobs
         self.template = template
         self.plan = plan
         self.continues_thought = continues_thought
@@ -251,12 +272,22 @@ class ResponsesShaper:
         self.final = self.snapshot(status, output=self.builder.items, usage=self._usage())
         return self.final
 
+    def _entries(self, tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
+        """Logprob entries as the Responses API writes them (chosen tokens only)."""
+        if not self.logprobs or not tokens:
+            return []
+        return [
+            {"token": name, "bytes": list(raw), "logprob": lp, "top_logprobs": []}
+            for name, raw, lp, _ in chosen_tokens(self.engine, tokens)
+        ]
+
     # ---- collected -------------------------------------------------------------------------
 
     def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
         (result,) = results
         text = result.text
         builder = self.builder
+        builder.logprobs = self._entries(result.tokens)
         if self.reasoning is not None:
             reasoning, text = split_whole(self.reasoning, text)
             builder.reasoning(reasoning)
@@ -313,6 +344,8 @@ class ResponsesShaper:
         called = False
         async with deltas(self.generation) as stream:
             async for delta in stream:
+                if self.logprobs:
+                    builder.logprobs += self._entries(delta.tokens)
                 if splitter is not None:
                     reasoning, text = split_delta(splitter, delta)
                     builder.reasoning(reasoning)

@@ -101,3 +101,9 @@ def test_a_call_after_thinking_and_none_inside_it(oai):
     )
     assert [i.type for i in called.output] == ["reasoning", "function_call"]
     assert json.loads(called.output[1].arguments) == {"city": "Bern"}
+
+
+def test_logprobs_are_refused_on_a_reasoning_model(raw):
+    body = {"model": THINK_MODEL, "input": PROMPT, "include": ["message.output_text.logprobs"]}
+    response = raw.post("/v1/responses", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "include"

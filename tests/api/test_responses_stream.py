@@ -154,3 +154,19 @@ def test_sdk_stream_equals_create(oai, kwargs):
             assert (a.name, a.arguments) == (b.name, b.arguments)
     assert streamed.usage.output_tokens == created.usage.output_tokens
     assert streamed.usage.input_tokens == created.usage.input_tokens
+
+
+def test_logprobs_when_included(raw, oai):
+    include = ["message.output_text.logprobs"]
+    events = stream(raw, model=CHAT_MODEL, input="[[say:Hi you]]", include=include)
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    streamed = [entry for e in deltas for entry in e["logprobs"]]
+    assert "".join(e["token"] for e in streamed) == "Hi you"
+    assert all(e["logprob"] < 0 and e["top_logprobs"] == [] for e in streamed)
+    assert bytes(b for e in streamed for b in e["bytes"]) == b"Hi you"
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert done["logprobs"] == streamed
+    created = oai.responses.create(model=CHAT_MODEL, input="[[say:Hi you]]", include=include)
+    assert [lp.model_dump() for lp in created.output[0].content[0].logprobs] == streamed
+    plain = oai.responses.create(model=CHAT_MODEL, input="[[say:Hi you]]")
+    assert plain.output[0].content[0].logprobs == []
