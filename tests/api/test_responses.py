@@ -170,3 +170,41 @@ def test_json_object_needs_the_word(raw):
     body = {"model": CHAT_MODEL, "input": "hi", "text": {"format": {"type": "json_object"}}}
     error = raw.post("/v1/responses", json=body).json()["error"]
     assert error["param"] == "input" and "json" in error["message"]
+
+
+TIME = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize(
+    "tool_choice",
+    [
+        {"type": "function", "name": "get_weather"},
+        "required",
+        {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_weather"}]},
+    ],
+)  # fmt: skip
+def test_forced_calls(oai, tool_choice):
+    # No directive: guided decoding (the recent interface) writes the call.
+    response = oai.responses.create(
+        model=CHAT_MODEL,
+        input="What is the weather?",
+        tools=[WEATHER, TIME],
+        tool_choice=tool_choice,
+    )
+    calls = [i for i in response.output if i.type == "function_call"]
+    assert calls and all(c.name == "get_weather" for c in calls), response.output
+    assert "city" in json.loads(calls[0].arguments)
+
+
+def test_tool_choice_none_and_one_call_only(oai):
+    answer = oai.responses.create(
+        model=HERMES_MODEL, input="[[say:no tools]]", tools=[WEATHER], tool_choice="none"
+    )
+    assert [i.type for i in answer.output] == ["message"]
+    two = '[[tool:get_weather:{"city": "A"}]][[tool:get_weather:{"city": "B"}]]'
+    both = oai.responses.create(model=HERMES_MODEL, input=two, tools=[WEATHER])
+    one = oai.responses.create(
+        model=HERMES_MODEL, input=two, tools=[WEATHER], parallel_tool_calls=False
+    )
+    assert [i.type for i in both.output] == ["function_call"] * 2
+    assert [i.type for i in one.output] == ["function_call"] and one.parallel_tool_calls is False
