@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from tests.api.conftest import HERMES_MODEL
+from tests.api.conftest import HERMES_MODEL, THINK_MODEL
 from tests.conftest import CHAT_MODEL
 
 CALL = '[[tool:get_weather:{"city": "Paris"}]]'
@@ -31,7 +31,7 @@ def test_sdk_parse(oai):
 # ---- the OpenAI Agents SDK ----------------------------------------------------------------
 
 
-def _agent(gateway):
+def _agent(gateway, model: str = HERMES_MODEL):
     agents = pytest.importorskip("agents")
     from openai import AsyncOpenAI
 
@@ -43,7 +43,7 @@ def _agent(gateway):
         return f"sunny in {city}"
 
     client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.api_key, max_retries=0)
-    model = agents.OpenAIResponsesModel(model=HERMES_MODEL, openai_client=client)
+    model = agents.OpenAIResponsesModel(model=model, openai_client=client)
     return agents, agents.Agent(
         name="weather", instructions="Be brief.", tools=[get_weather], model=model
     )
@@ -58,6 +58,20 @@ def test_agents_sdk_calls_a_tool_and_answers(storing_gateway):
     # The tool's result reached the model: the dev model repeats its last turn.
     assert "sunny in Paris" in result.final_output
     assert all(r.usage.output_tokens > 0 for r in result.raw_responses)
+
+
+def test_agents_sdk_replays_reasoning_items(storing_gateway):
+    # The second turn sends the first's reasoning item back; it is kept, not shown.
+    agents, agent = _agent(storing_gateway, THINK_MODEL)
+    result = agents.Runner.run_sync(agent, "[[think:I should look it up.]]" + CALL)
+    kinds = [item.type for item in result.new_items]
+    assert kinds == [
+        "reasoning_item",
+        "tool_call_item",
+        "tool_call_output_item",
+        "message_output_item",
+    ]
+    assert "sunny in Paris" in result.final_output
 
 
 def test_agents_sdk_streamed(storing_gateway):
