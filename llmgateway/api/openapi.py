@@ -39,6 +39,9 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: dict[str, int] | None = Field(
+        None, description="reasoning_tokens, on a model with a reasoning format."
+    )
 
 
 class Model(BaseModel):
@@ -75,6 +78,9 @@ class ChatMessageOut(BaseModel):
     )
     function_call: FunctionCallOut | None = Field(
         None, description="The legacy `functions` API's one call."
+    )
+    reasoning_content: str | None = Field(
+        None, description="A reasoning model's reasoning, apart from `content`."
     )
 
 
