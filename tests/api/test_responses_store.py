@@ -233,3 +233,20 @@ def test_streamed_answers_are_stored_and_referenced(oai):
     assert again.output_text == "streamed"
     with pytest.raises(openai.NotFoundError):
         oai.responses.create(model=CHAT_MODEL, input=[{"type": "item_reference", "id": "msg_x"}])
+
+
+def test_without_the_platform_responses_are_stored_for_everyone(extra_models, tmp_path):
+    from tests.conftest import gateway_running
+
+    env = {"GATEWAY_PLATFORM": "false", "REQUEST_LOG_CONTENT": "true"}
+    with (
+        gateway_running(tmp_path, env) as gateway,
+        OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0) as client,
+    ):
+        first = client.responses.create(model=CHAT_MODEL, input="[[say:open]]")
+        assert client.responses.retrieve(first.id).output_text == "open"
+        second = client.responses.create(
+            model=CHAT_MODEL, previous_response_id=first.id, input="[[say:again]]"
+        )
+        assert second.usage.input_tokens > first.usage.input_tokens
+    assert StoredResponse.objects.get(id=first.id).owner_id is None
