@@ -23,6 +23,7 @@ from llmgateway.api.responses_schemas import ResponseCreateIn, responses_validat
 from llmgateway.api.responses_shaper import ResponsesShaper
 from llmgateway.api.responses_tools import tool_choice_chat, tools_check
 from llmgateway.errors import APIError, invalid
+from llmgateway.models import StoredResponse
 from llmgateway.responses_store import (
     conversation_of,
     items_page,
@@ -41,8 +42,8 @@ JSON_WORD_MISSING = (
     "Response input messages must contain the word 'json' in some form to use 'text.format' "
     "of type 'json_object'."
 )
-# Chat's parameter names as the Responses request calls them.
 LOGPROBS = "message.output_text.logprobs"
+# Chat's parameter names as the Responses request calls them.
 PARAMS = {
     "messages": "input",
     "max_completion_tokens": "max_output_tokens",
@@ -266,7 +267,7 @@ def _not_found(response_id: str) -> APIError:
     return APIError(404, f"Response with id '{response_id}' not found.", param="response_id")
 
 
-async def _stored(request: HttpRequest, response_id: str):
+async def _stored(request: HttpRequest, response_id: str) -> StoredResponse:
     stored = await response_get(owner_id=_owner(request), response_id=response_id)
     if stored is None:
         raise _not_found(response_id)
