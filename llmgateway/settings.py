@@ -293,6 +293,9 @@ QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.
 REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
+# Days a stored /v1/responses answer (store: true) can be read back or continued;
+# `pruneresponses` deletes older ones. Stored only with REQUEST_LOG_CONTENT on.
+RESPONSES_RETENTION_DAYS = env_int("RESPONSES_RETENTION_DAYS", 30)
 # With Redis: how long the request-log outbox collects records before a gateway writes
 # them to the database in one INSERT (rows appear up to this late in the admin).
 REQUEST_LOG_DRAIN_SECONDS = env_float("REQUEST_LOG_DRAIN_SECONDS", 1.0)

@@ -53,6 +53,7 @@ def params_build(
     extra_stops: tuple[str, ...] = (),
     logprobs: bool = False,
     guide: tuple[str, str | None] | None = None,
+    reasoning: tuple[str, str] | None = None,
 ) -> SamplingParams:
     top_k = _or(payload.top_k, config.default_top_k)
     top_p = _or(payload.top_p, config.default_top_p)
@@ -73,6 +74,7 @@ def params_build(
         stop=_stops(payload.stop) + extra_stops,
         logprobs=logprobs,
         guide=guide,
+        reasoning=reasoning,
     )
 
 
