@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
+from llmgateway import tracing
 from llmgateway.accounting import Usage
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
@@ -391,6 +392,7 @@ class Generation:
         else:
             plans = [(0, seed, 1)]
         streams = []
+        metadata = tracing.grpc_metadata()  # the current span's context, for Triton to join
         try:
             for choice_index, plan_seed, sequences in plans:
                 rid = (
@@ -407,7 +409,11 @@ class Generation:
                     outputs=self._outputs(n_sequences=sequences),
                 )
                 stream = TritonStream(
-                    self.engine.backend, spec, proto, deadline_s=request.time_left()
+                    self.engine.backend,
+                    spec,
+                    proto,
+                    deadline_s=request.time_left(),
+                    metadata=metadata,
                 )
                 streams.append((choice_index, stream))
                 stream.open()

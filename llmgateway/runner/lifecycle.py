@@ -41,7 +41,7 @@ from django.http import HttpRequest
 
 from accounts.admission import admit as platform_admit
 from accounts.services import Caller
-from llmgateway import background, metrics
+from llmgateway import background, metrics, tracing
 from llmgateway.accounting import Admission, NullAdmission, Outcome, Reservation, Usage
 from llmgateway.context import request_context
 from llmgateway.engine import BatchGeneration, Generation
@@ -52,6 +52,7 @@ from llmgateway.errors import (
     model_not_found,
     server_error,
 )
+from llmgateway.logconfig import describe_exception
 from llmgateway.runner.endpoint import (
     ChoiceResult,
     Endpoint,
@@ -115,6 +116,7 @@ class Run:
         "generation",
         "used",
         "settled",
+        "span",
     )
 
     def __init__(self, request: HttpRequest, *, caller: Caller | None, endpoint: Endpoint):
@@ -127,14 +129,18 @@ class Run:
         # Whether the generation went to Triton (then its usage and metrics count).
         self.used = False
         self.settled = False
+        # The `triton` span (tracing on): from the generation's start to its settlement.
+        self.span = None
 
     async def answer(self) -> Answer:
         target = await self.resolve()
         await self.endpoint.check(target)
-        prepared = self.prepare(target)
+        with tracing.span("prepare"):
+            prepared = self.prepare(target)
         await self.reach(target)
         self.access(target)
-        await self.admit(target, prepared)
+        with tracing.span("admission"):
+            await self.admit(target, prepared)
         return await self.admitted(target, prepared)
 
     # ---- before admission: refusals settle nothing ---------------------------------------
@@ -145,6 +151,8 @@ class Run:
         Without a name (the seed's /generate) the only configured model is used.
         """
         name = self.endpoint.model
+        context = request_context(self.request)
+        context.model = name
         if name is None:
             rows = await model_list()
             if len(rows) != 1:
@@ -155,6 +163,7 @@ class Run:
                     "model",
                 )
             config = rows[0]
+            context.model = config.name
         else:
             config = await model_get(name=name)
             if config is None:
@@ -197,9 +206,11 @@ class Run:
             stream=self.endpoint.stream,
         )
         early = prepared.generation if prepared.vision is None else None
+        started = time.monotonic()
         self.admission = await platform_admit(
             self.request, caller=self.caller, reservation=reservation, early=early
         )
+        metrics.admission_waited(target.config.name, time.monotonic() - started)
 
     # ---- admitted: settled exactly once from here on ---------------------------------------
 
@@ -210,10 +221,15 @@ class Run:
             if prepared.vision is not None:
                 await self.load(prepared)
             self.used = True
-            if stream:
-                await self.start(prepared)
-            else:
-                results = await self.collect(prepared)
+            metrics.queue_waited(
+                target.config.name, time.monotonic() - request_context(self.request).started
+            )
+            self.span = tracing.span_start("triton", **{"gen_ai.request.model": target.config.name})
+            with tracing.current(self.span):  # the gRPC call carries it to Triton
+                if stream:
+                    await self.start(prepared)
+                else:
+                    results = await self.collect(prepared)
         except BaseException as exc:
             error = await self.settle_failure(exc)
             if error is not exc:
@@ -333,8 +349,22 @@ class Run:
         generation = self.generation
         first = generation.first_token_at if self.used else None
         ttft = (first - self.started) if first is not None else None
+        context = request_context(self.request)
+        context.time_to_first_token, context.error_type = ttft, error_type
         if self.used:
             usage = generation.usage
+            context.prompt_tokens = usage.prompt_tokens
+            context.completion_tokens = usage.completion_tokens
+            tracing.span_end(
+                self.span,
+                first_token_at=first,
+                error=error_type,
+                **{
+                    "llmgateway.status": status,
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                },
+            )
             metrics.generation_settled(
                 model=generation.engine.name,
                 streamed=self.endpoint.stream,
@@ -394,7 +424,11 @@ def model_visible(caller: Caller | None, name: str) -> bool:
 
 
 def from_triton(exc: TritonError) -> APIError:
-    """Map a Triton failure to what the client sees (never internal details)."""
+    """Map a Triton failure to what the client sees (never internal details); the log
+    gets the cause: Triton's message and the gRPC status."""
+    cause = exc.__cause__
+    detail = getattr(exc, "detail", "") or (describe_exception(cause) if cause else "")
+    logger.warning("Triton failed the request: %s (%s)", describe_exception(exc), detail or "-")
     if isinstance(exc, TritonUnavailable):
         return APIError(
             503,
