@@ -120,6 +120,10 @@ def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
         },
         "root": {"handlers": console, "level": level},
         "loggers": {
+            # Django's own handlers (DEFAULT_LOGGING: plain text to the console under
+            # DEBUG) removed: its lines go to the root's handler like every other.
+            "django": {"handlers": [], "propagate": True},
+            "django.server": {"handlers": [], "propagate": True},
             "django.request": {"level": "ERROR"},
             # SQL with its parameters (under DEBUG): a request log's prompt, with
             # REQUEST_LOG_CONTENT on, would be one of them. Never below INFO.
@@ -129,10 +133,10 @@ def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
             # Login failures and lockouts are warnings; its start-up banner is not news.
             "axes": {"level": "WARNING"},
             # uvicorn's error log (start-up, shutdown, protocol errors) in the same format.
-            # No level: uvicorn's --log-level keeps deciding it. Its access log is
-            # configured by uvicorn itself (`uvicorn_log_config`), so that turning it
-            # off (--no-access-log) stays off when Django configures logging later.
-            "uvicorn": {"handlers": console, "propagate": False},
+            # No level: uvicorn's --log-level keeps deciding it. Not its parent "uvicorn":
+            # dictConfig resets a configured logger's children, and uvicorn.access, off
+            # with --no-access-log, would log again. `serve` configures the access log
+            # through uvicorn itself (`uvicorn_log_config`).
             "uvicorn.error": {"handlers": console, "propagate": False},
         },
     }

@@ -428,7 +428,9 @@ def from_triton(exc: TritonError) -> APIError:
     gets the cause: Triton's message and the gRPC status."""
     cause = exc.__cause__
     detail = getattr(exc, "detail", "") or (describe_exception(cause) if cause else "")
-    logger.warning("Triton failed the request: %s (%s)", describe_exception(exc), detail or "-")
+    logger.warning(
+        "Triton failed the request: %s%s", describe_exception(exc), f" ({detail})" if detail else ""
+    )
     if isinstance(exc, TritonUnavailable):
         return APIError(
             503,
