@@ -3,6 +3,7 @@ receiver this test runs on loopback, which decodes them (ExportTraceServiceReque
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -11,12 +12,30 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.api.test_openai_conformance import user
-from tests.conftest import CHAT_MODEL, start_gateway, stop_gateway
+from tests.conftest import CHAT_MODEL, DEV_LIMITS, dev_model_upsert, start_gateway, stop_gateway
 
 CHAT = "/v1/chat/completions"
+
+
+def decode(body: bytes, content_type: str) -> ExportTraceServiceRequest:
+    """OTLP/HTTP's protobuf (the Python SDK's), or its JSON (Triton's C++ exporter), where
+    ids are hex strings rather than protobuf JSON's base64."""
+    if not content_type.startswith("application/json"):
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        return request
+    document = json.loads(body)
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for field in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(field):
+                        span[field] = base64.b64encode(bytes.fromhex(span[field])).decode()
+    return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
 
 
 class Receiver:
@@ -31,8 +50,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
+                request = decode(body, self.headers.get("content-type", ""))
                 with receiver.lock:
                     receiver.paths.append(self.path)
                     for resource_spans in request.resource_spans:
@@ -139,6 +157,63 @@ def test_a_failed_generation_s_span_says_so(traced, receiver):
     triton = spans["triton"]
     assert triton.status.code == triton.status.STATUS_CODE_ERROR
     assert triton.status.message == "inference_error"
+
+
+@pytest.fixture(scope="module")
+def traced_triton(receiver, model_configs, django_db_blocker, tmp_path_factory):
+    """A dev Triton of its own exporting its spans (OpenTelemetry mode) to the receiver,
+    served as the model "dev-chat-traced"."""
+    from llmgateway.devtriton.server import DevTriton, free_port
+
+    config = [
+        "mode=opentelemetry",
+        "rate=1",
+        "level=TIMESTAMPS",
+        f"opentelemetry,url={receiver.url}/v1/traces",
+        "opentelemetry,resource=service.name=dev-triton",
+        "opentelemetry,bsp_schedule_delay=50",
+    ]
+    server = DevTriton(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        state_dir=tmp_path_factory.mktemp("traced-triton"),
+        extra_args=[arg for item in config for arg in ("--trace-config", item)],
+    )
+    server.start()
+    try:
+        with django_db_blocker.unblock():
+            dev_model_upsert("dev-chat-traced", server, **DEV_LIMITS)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_triton_continues_the_trace(traced, receiver, traced_triton):
+    """The gRPC call carries `traceparent`: Triton's own spans (OpenTelemetry mode) are in
+    the request's trace, under the gateway's `triton` span."""
+    trace_id = uuid.uuid4().bytes
+    traceparent = f"00-{trace_id.hex()}-{uuid.uuid4().bytes[:8].hex()}-01"
+    body = {"model": "dev-chat-traced", "messages": user("[[say:hi]]"), "stream": True}
+    with traced.client() as client:
+        response = client.post(CHAT, json=body, headers={"traceparent": traceparent})
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 15
+    while True:
+        with receiver.lock:
+            triton_spans = [
+                s
+                for r, s in receiver.spans
+                if r.get("service.name") == "dev-triton" and s.trace_id == trace_id
+            ]
+        if triton_spans or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert triton_spans, "Triton exported no span of the request's trace"
+    ours = receiver.wait(trace_id, {"triton"})["triton"]
+    ids = {s.span_id for s in triton_spans}
+    roots = [s for s in triton_spans if s.parent_span_id not in ids]
+    assert roots and {s.parent_span_id for s in roots} == {ours.span_id}
 
 
 def test_tracing_is_off_without_its_variables(monkeypatch):
