@@ -73,6 +73,7 @@ class GatewayASGIHandler(ASGIHandler):
                 await background.shutdown(settings.GATEWAY_SHUTDOWN_SECONDS)
                 if tracing.enabled:
                     await asyncio.to_thread(tracing.flush)
+                metrics.process_exiting()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

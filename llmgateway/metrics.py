@@ -115,6 +115,19 @@ IN_FLIGHT = Gauge(
     ["route"],
     multiprocess_mode="livesum",
 )
+QUOTA_STORE_ERRORS = Counter(
+    "llmgateway_quota_store_errors",
+    "Requests answered 503 because the quota store (store: redis, or database without "
+    "REDIS_URL) failed while admitting them.",
+    ["store"],
+)
+STORE_UP = Gauge(
+    "llmgateway_store_up",
+    "1 if the store (database; redis when REDIS_URL is set) answered the last readiness "
+    "check (/health/ready), 0 if not (the lowest value over the workers).",
+    ["store"],
+    multiprocess_mode="livemin",
+)
 BUILD_INFO = Gauge(
     "llmgateway_build_info",
     "Always 1: the gateway's version and the Python and Django it runs on.",
@@ -169,6 +182,18 @@ def in_flight(route: str):
     return gauge
 
 
+def quota_store_failed() -> None:
+    if settings.METRICS_ENABLED:
+        _child(QUOTA_STORE_ERRORS, "redis" if settings.REDIS_URL else "database").inc()
+
+
+def stores_checked(status: dict[str, str]) -> None:
+    """The readiness check's {"database": "ok" | "unavailable", "redis": ...}."""
+    if settings.METRICS_ENABLED:
+        for store, state in status.items():
+            _child(STORE_UP, store).set(1 if state == "ok" else 0)
+
+
 def admission_waited(model: str, seconds: float) -> None:
     if settings.METRICS_ENABLED:
         _child(ADMISSION_WAIT, model).observe(seconds)
@@ -212,6 +237,14 @@ def exposition(request: HttpRequest) -> HttpResponse:
         registry = REGISTRY
     encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
     return HttpResponse(encoder(registry), content_type=content_type)
+
+
+def process_exiting() -> None:
+    """A worker stopping (lifespan shutdown): under multiprocess mode its "live" gauges
+    (in flight, store and endpoint states) leave the sums and minimums now, rather than
+    holding their last values until the next start clears the directory."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def multiprocess_prepare(workers: int) -> None:
