@@ -166,10 +166,11 @@ def route_of(path: str) -> str:
 def http_answered(request: HttpRequest, response: HttpResponse) -> None:
     if not settings.METRICS_ENABLED:
         return
-    route = route_of(request.path)
+    context = request_context(request)
+    route = context.route  # route_of(request.path), found when the request began
     method = request.method if request.method in METHODS else "other"
     _child(HTTP_REQUESTS, method, route, str(response.status_code)).inc()
-    _child(HTTP_STARTED, route).observe(time.monotonic() - request_context(request).started)
+    _child(HTTP_STARTED, route).observe(time.monotonic() - context.started)
 
 
 def in_flight(route: str):
