@@ -192,3 +192,18 @@ def test_log_format_is_checked():
 
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         logging_config(fmt="xml", level="INFO")
+
+
+def test_serve_gives_uvicorn_the_same_format_and_its_access_log():
+    from llmgateway.logconfig import logging_config, uvicorn_log_config
+
+    django_config = logging_config(fmt="json", level="INFO")
+    # Django's own configuration leaves uvicorn's access log alone (--no-access-log holds)...
+    assert "uvicorn.access" not in django_config["loggers"]
+    assert "uvicorn" not in django_config["loggers"]
+    # ... and `serve` hands uvicorn one with it, through the same handler and format.
+    config = uvicorn_log_config(django_config)
+    assert config["loggers"]["uvicorn.access"]["handlers"] == ["console"]
+    assert config["loggers"]["uvicorn.error"]["handlers"] == ["console"]
+    assert config["formatters"]["gateway"]["()"].endswith("JsonLineFormatter")
+    assert "uvicorn.access" not in django_config["loggers"]  # a copy, not the settings'

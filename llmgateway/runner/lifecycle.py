@@ -426,8 +426,8 @@ def model_visible(caller: Caller | None, name: str) -> bool:
 def from_triton(exc: TritonError) -> APIError:
     """Map a Triton failure to what the client sees (never internal details); the log
     gets the cause: Triton's message and the gRPC status."""
-    cause = exc.__cause__
-    detail = getattr(exc, "detail", "") or (describe_exception(cause) if cause else "")
+    cause = exc.__cause__  # a gRPC error: its status code and details
+    detail = describe_exception(cause) if cause is not None else getattr(exc, "detail", "")
     logger.warning(
         "Triton failed the request: %s%s", describe_exception(exc), f" ({detail})" if detail else ""
     )
