@@ -5,6 +5,7 @@ Triton's causes kept, and never a key's secret or a prompt."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -61,6 +62,17 @@ def logged(model_configs, owner_key, tmp_path_factory) -> Iterator[tuple[Served,
                 200,
                 400,  # several models configured: it must name one
             )
+            left_id = f"log-left-{uuid.uuid4().hex[:8]}"
+            served.ids["left"] = left_id
+            slow = {
+                "model": CHAT_MODEL,
+                "messages": user("[[delay:50]][[long:100]]"),
+                "stream": True,
+            }
+            with client.stream("POST", CHAT, json=slow, headers={"x-request-id": left_id}) as r:
+                for _ in r.iter_lines():
+                    break  # the first chunk, then hang up
+            time.sleep(0.5)  # the gateway notices and settles
         with gateway.client(api_key=WRONG_SECRET) as client:
             assert served.send(client, "wrong_key", CHAT, say).status_code == 401
     finally:
@@ -112,6 +124,13 @@ def test_a_stream_s_access_line_comes_after_its_last_token(logged):
     served, records, _ = logged
     (line,) = [r for r in of(records, served.ids["stream"]) if r["logger"] == "llmgateway.access"]
     assert line["status"] == 200 and line["completion_tokens"] > 0 and "ttft_ms" in line
+
+
+def test_a_client_that_leaves_is_a_499_access_line(logged):
+    served, records, _ = logged
+    (line,) = [r for r in of(records, served.ids["left"]) if r["logger"] == "llmgateway.access"]
+    assert line["status"] == 499 and line["error"] == "client_disconnected"
+    assert 0 < line["completion_tokens"] < 100 and "ttft_ms" in line
 
 
 def test_triton_s_error_cause_is_in_the_log(logged):
