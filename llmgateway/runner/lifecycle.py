@@ -207,10 +207,12 @@ class Run:
         )
         early = prepared.generation if prepared.vision is None else None
         started = time.monotonic()
-        self.admission = await platform_admit(
-            self.request, caller=self.caller, reservation=reservation, early=early
-        )
-        metrics.admission_waited(target.config.name, time.monotonic() - started)
+        try:
+            self.admission = await platform_admit(
+                self.request, caller=self.caller, reservation=reservation, early=early
+            )
+        finally:  # refusals (429, 503) waited too
+            metrics.admission_waited(target.config.name, time.monotonic() - started)
 
     # ---- admitted: settled exactly once from here on ---------------------------------------
 
