@@ -13,6 +13,11 @@ Spans go to an OTLP/HTTP collector through the SDK's batch processor: the standa
 OTEL_* variables apply (endpoint, headers, OTEL_SERVICE_NAME, OTEL_BSP_*).
 OTEL_TRACES_EXPORTER=console prints them instead; `none` turns tracing off.
 
+Why ASGI's instrumentation and not Django's or gRPC's: Django's ends its span when the
+view returns, before a stream's body is sent; gRPC's would wrap every call on Triton's
+channels, the readiness probes every two seconds included, while one call per generation
+needs the context, injected where it is made (`grpc_metadata`, read by engine.py).
+
 The packages are the optional `otel` extra (in the image and the test extra): off, this
 module imports none of them, and each hook below costs one attribute test.
 """
