@@ -332,6 +332,8 @@ class Generation:
         self.request = request
         self.usage = Usage(prompt_tokens=len(request.prompt_ids))
         self.first_token_at: float | None = None
+        # The runner's `triton` span (tracing.PendingSpan), started when this is sent.
+        self.trace: tracing.PendingSpan | None = None
         params = request.params
         record = getattr(settings, "REQUEST_LOG_CONTENT", False)
         self._choices = [
@@ -392,7 +394,7 @@ class Generation:
         else:
             plans = [(0, seed, 1)]
         streams = []
-        metadata = tracing.grpc_metadata()  # the current span's context, for Triton to join
+        metadata = tracing.grpc_metadata(self.trace)  # Triton continues the trace there
         try:
             for choice_index, plan_seed, sequences in plans:
                 rid = (
@@ -527,6 +529,15 @@ class BatchGeneration:
     def cancel(self) -> None:
         for generation in self.generations:
             generation.cancel()
+
+    @property
+    def trace(self) -> tracing.PendingSpan | None:
+        return self.generations[0].trace
+
+    @trace.setter
+    def trace(self, pending: tracing.PendingSpan | None) -> None:
+        for generation in self.generations:
+            generation.trace = pending
 
     def output_text(self) -> str | None:
         texts = [g.output_text() for g in self.generations]

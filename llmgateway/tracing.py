@@ -146,28 +146,42 @@ def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager:
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
-def span_start(name: str, **attributes: Any) -> Any:
-    """A child span of the current one, not made current; end it with `span_end`.
-    None when tracing is off."""
-    if not enabled:
-        return None
-    return _tracer.start_span(name, attributes=attributes)
+class PendingSpan:
+    """A child of the span current when it is made, started only when `start()` is first
+    called: the `triton` span begins when the generation is sent, which may be during
+    admission (an early start, accounts/admission.py) or after it, and is the parent
+    of Triton's own spans either way (`grpc_metadata`)."""
+
+    __slots__ = ("name", "attributes", "parent", "span")
+
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
+        from opentelemetry import context  # noqa: PLC0415
+
+        self.name, self.attributes = name, attributes
+        self.parent = context.get_current()
+        self.span: Any = None
+
+    def start(self) -> Any:
+        if self.span is None:
+            self.span = _tracer.start_span(self.name, self.parent, attributes=self.attributes)
+        return self.span
 
 
-def current(started: Any) -> contextlib.AbstractContextManager:
-    """Make `started` (from `span_start`, or None) the current span inside a `with`."""
-    if started is None:
-        return _NULL
-    from opentelemetry import trace  # noqa: PLC0415
-
-    return trace.use_span(started, end_on_exit=False)
+def pending_span(name: str, **attributes: Any) -> PendingSpan | None:
+    """A `PendingSpan` under the current span; None when tracing is off."""
+    return PendingSpan(name, attributes) if enabled else None
 
 
 def span_end(
-    started: Any, *, first_token_at: float | None = None, error: str | None = None, **attributes
+    pending: PendingSpan | None,
+    *,
+    first_token_at: float | None = None,
+    error: str | None = None,
+    **attributes,
 ) -> None:
-    """End a span from `span_start`, with a `first_token` event at `first_token_at`
+    """End a pending span if it started, with a `first_token` event at `first_token_at`
     (time.monotonic()) and an error status when `error` is given."""
+    started = pending.span if pending is not None else None
     if started is None:
         return
     if first_token_at is not None:
@@ -182,15 +196,16 @@ def span_end(
     started.end()
 
 
-def grpc_metadata() -> tuple[tuple[str, str], ...] | None:
-    """The current trace context as gRPC metadata (`traceparent`, `tracestate`) for a
-    call to Triton; None when tracing is off."""
-    if not enabled:
+def grpc_metadata(pending: PendingSpan | None) -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata (`traceparent`, `tracestate`) naming `pending` (started now if it
+    was not) as the parent of what Triton does; None when tracing is off."""
+    if pending is None:
         return None
+    from opentelemetry import trace  # noqa: PLC0415
     from opentelemetry.propagate import inject  # noqa: PLC0415
 
     carrier: dict[str, str] = {}
-    inject(carrier)
+    inject(carrier, context=trace.set_span_in_context(pending.start()))
     return tuple(carrier.items()) or None
 
 

@@ -189,13 +189,33 @@ def traced_triton(receiver, model_configs, django_db_blocker, tmp_path_factory):
         server.stop()
 
 
-def test_triton_continues_the_trace(traced, receiver, traced_triton):
+@pytest.fixture(scope="module")
+def limited_key(django_db_setup, django_db_blocker) -> str:
+    """A key with a token budget: its requests after an admitted one are sent to Triton
+    while their admission is decided (accounts/admission.py's early start)."""
+    from accounts.services import key_create, owner_get_or_create
+    from tests.conftest import ISSUED_SECRETS
+
+    with django_db_blocker.unblock():
+        owner = owner_get_or_create(username="tracing")
+        _, secret = key_create(
+            owner=owner, name="tracing: limited", budget_tokens=10**9, budget_period="total"
+        )
+    ISSUED_SECRETS.append(secret)
+    return secret
+
+
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "early-start"])
+def test_triton_continues_the_trace(traced, receiver, traced_triton, limited_key, limits):
     """The gRPC call carries `traceparent`: Triton's own spans (OpenTelemetry mode) are in
-    the request's trace, under the gateway's `triton` span."""
+    the request's trace, under the gateway's `triton` span, itself under the request's
+    span, also when the generation went to Triton during its admission."""
     trace_id = uuid.uuid4().bytes
     traceparent = f"00-{trace_id.hex()}-{uuid.uuid4().bytes[:8].hex()}-01"
     body = {"model": "dev-chat-traced", "messages": user("[[say:hi]]"), "stream": True}
-    with traced.client() as client:
+    with traced.client(api_key=limited_key if limits else "") as client:
+        if limits:  # admitted once: the next request of the key starts early
+            assert client.post(CHAT, json=body).status_code == 200
         response = client.post(CHAT, json=body, headers={"traceparent": traceparent})
     assert response.status_code == 200, response.text
     deadline = time.monotonic() + 15
@@ -210,7 +230,11 @@ def test_triton_continues_the_trace(traced, receiver, traced_triton):
             break
         time.sleep(0.1)
     assert triton_spans, "Triton exported no span of the request's trace"
-    ours = receiver.wait(trace_id, {"triton"})["triton"]
+    spans = receiver.wait(trace_id, {"triton", "POST /v1/chat/completions", "admission"})
+    ours = spans["triton"]
+    assert ours.parent_span_id == spans["POST /v1/chat/completions"].span_id
+    if limits:  # sent while admission was deciding: it starts inside the admission span
+        assert ours.start_time_unix_nano < spans["admission"].end_time_unix_nano
     ids = {s.span_id for s in triton_spans}
     roots = [s for s in triton_spans if s.parent_span_id not in ids]
     assert roots and {s.parent_span_id for s in roots} == {ours.span_id}
@@ -224,4 +248,5 @@ def test_tracing_is_off_without_its_variables(monkeypatch):
     assert tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
     assert tracing.wanted({"OTEL_TRACES_EXPORTER": "console"})
     # The test process itself never traces: nothing is imported or exported here.
-    assert not tracing.enabled and tracing.grpc_metadata() is None
+    assert not tracing.enabled and tracing.pending_span("triton") is None
+    assert tracing.grpc_metadata(None) is None

@@ -129,8 +129,8 @@ class Run:
         # Whether the generation went to Triton (then its usage and metrics count).
         self.used = False
         self.settled = False
-        # The `triton` span (tracing on): from the generation's start to its settlement.
-        self.span = None
+        # The `triton` span (tracing on): from the generation's sending to its settlement.
+        self.span: tracing.PendingSpan | None = None
 
     async def answer(self) -> Answer:
         target = await self.resolve()
@@ -139,8 +139,16 @@ class Run:
             prepared = self.prepare(target)
         await self.reach(target)
         self.access(target)
+        # Before admission, which may send the generation early (accounts/admission.py).
+        self.span = prepared.generation.trace = tracing.pending_span(
+            "triton", **{"gen_ai.request.model": target.config.name}
+        )
         with tracing.span("admission"):
-            await self.admit(target, prepared)
+            try:
+                await self.admit(target, prepared)
+            except BaseException as exc:  # refused: an early start's span ends here
+                tracing.span_end(self.span, error=getattr(exc, "kind", "refused"))
+                raise
         return await self.admitted(target, prepared)
 
     # ---- before admission: refusals settle nothing ---------------------------------------
@@ -226,12 +234,10 @@ class Run:
             metrics.queue_waited(
                 target.config.name, time.monotonic() - request_context(self.request).started
             )
-            self.span = tracing.span_start("triton", **{"gen_ai.request.model": target.config.name})
-            with tracing.current(self.span):  # the gRPC call carries it to Triton
-                if stream:
-                    await self.start(prepared)
-                else:
-                    results = await self.collect(prepared)
+            if stream:
+                await self.start(prepared)
+            else:
+                results = await self.collect(prepared)
         except BaseException as exc:
             error = await self.settle_failure(exc)
             if error is not exc:
