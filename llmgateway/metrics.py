@@ -92,7 +92,7 @@ GENERATION_SECONDS = Histogram(
 TIME_PER_OUTPUT_TOKEN = Histogram(
     "llmgateway_time_per_output_token_seconds",
     "Time between generated tokens after the first, per generation of two tokens or more "
-    "(its duration after the first token over its other tokens), by model.",
+    "a choice (its duration after the first token over a choice's other tokens), by model.",
     ["model"],
     buckets=TOKEN_BUCKETS,
 )
@@ -214,6 +214,7 @@ def generation_settled(
     completion_tokens: int,
     time_to_first_token: float | None,
     duration: float,
+    choices: int = 1,
 ) -> None:
     if not settings.METRICS_ENABLED:
         return
@@ -222,8 +223,10 @@ def generation_settled(
     _child(COMPLETION_TOKENS, model).inc(completion_tokens)
     if time_to_first_token is not None:
         _child(TIME_TO_FIRST_TOKEN, model).observe(time_to_first_token)
-        if completion_tokens > 1:
-            per_token = (duration - time_to_first_token) / (completion_tokens - 1)
+        # Choices are generated side by side: a choice's tokens, not all of them.
+        tokens = completion_tokens / max(choices, 1)
+        if tokens > 1:
+            per_token = (duration - time_to_first_token) / (tokens - 1)
             _child(TIME_PER_OUTPUT_TOKEN, model).observe(per_token)
     _child(GENERATION_SECONDS, model).observe(duration)
 

@@ -381,6 +381,7 @@ class Run:
                 completion_tokens=usage.completion_tokens,
                 time_to_first_token=ttft,
                 duration=time.monotonic() - self.started,
+                choices=generation.choice_count,
             )
         hook = self.endpoint.on_settle
         if not self.admission.records and hook is None:
