@@ -145,6 +145,11 @@ def test_processes_sharing_the_directory_report_together(tmp_path, model_configs
                 value(samples, "llmgateway_generation_duration_seconds_count", model=CHAT_MODEL)
                 == 12
             )
+            # One build_info (the highest over the processes, not one per pid); requests
+            # in flight summed over the live processes: this scrape alone.
+            assert len([k for k in samples if k[0] == "llmgateway_build_info"]) == 1
+            assert value(samples, "llmgateway_http_requests_in_flight", route="/metrics") == 1
+            assert value(samples, "llmgateway_queue_wait_seconds_count", model=CHAT_MODEL) == 12
     finally:
         for gateway in gateways:
             stop_gateway(gateway)
