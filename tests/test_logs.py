@@ -162,7 +162,10 @@ def test_extra_fields_are_reported_once(logged):
 def test_no_secret_and_no_prompt_in_any_line(logged, owner_key):
     _, _, text = logged
     assert owner_key not in text
-    assert owner_key.rsplit("-", 1)[-1] not in text  # nor the part after the public id
+    from accounts.models import KEY_PREFIX
+
+    secret_part = owner_key[len(KEY_PREFIX) :].partition("-")[2]
+    assert len(secret_part) >= 20 and secret_part not in text  # nor the part after the id
     assert WRONG_SECRET not in text
     assert MARKER not in text
     assert "hello" not in text  # the answer text (it is the prompt's [[say:]] too)
@@ -226,3 +229,14 @@ def test_serve_gives_uvicorn_the_same_format_and_its_access_log():
     assert config["loggers"]["uvicorn.error"]["handlers"] == ["console"]
     assert config["formatters"]["gateway"]["()"].endswith("JsonLineFormatter")
     assert "uvicorn.access" not in django_config["loggers"]  # a copy, not the settings'
+
+
+def test_a_sync_request_leaves_no_context_behind(client):
+    """Django's test client (WSGI, this thread): the context variable the middleware set
+    for the request is put back, so later lines in the thread do not carry its id."""
+    from llmgateway.context import current_request
+
+    assert current_request.get() is None
+    response = client.get("/health", headers={"x-request-id": "sync-1"})
+    assert response.status_code == 200 and response["x-request-id"] == "sync-1"
+    assert current_request.get() is None

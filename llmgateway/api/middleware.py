@@ -195,8 +195,10 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
 
     def before(self, request: HttpRequest) -> None:
         if not hasattr(request, "gateway"):  # the ASGI handler makes it on the API's paths
+            # Restored in after(): a WSGI thread (or a test's client) serves the next
+            # request, and logs between the two, with the same context variables.
+            request._previous_context = current_request.get()
             context_begin(request)
-            request._access_logged_here = True
         if request.method == "HEAD" and is_api_path(request.path):
             request.method = "GET"
 
@@ -205,8 +207,9 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
         metrics.http_answered(request, response)
         # The API's handler logs its requests once their response is sent (a stream's
         # tokens are known then); the admin's and a WSGI server's are logged here.
-        if getattr(request, "_access_logged_here", False):
+        if hasattr(request, "_previous_context"):
             access_log(request, response.status_code)
+            current_request.set(request._previous_context)
         return response
 
 

@@ -43,7 +43,7 @@ from accounts.admission import admit as platform_admit
 from accounts.services import Caller
 from llmgateway import background, metrics, tracing
 from llmgateway.accounting import Admission, NullAdmission, Outcome, Reservation, Usage
-from llmgateway.context import request_context
+from llmgateway.context import RequestContext, request_context
 from llmgateway.engine import BatchGeneration, Generation
 from llmgateway.errors import (
     APIError,
@@ -159,8 +159,9 @@ class Run:
         Without a name (the seed's /generate) the only configured model is used.
         """
         name = self.endpoint.model
-        context = request_context(self.request)
-        context.model = name
+        context = self._context()
+        if context is not None:  # for log lines
+            context.model = name
         if name is None:
             rows = await model_list()
             if len(rows) != 1:
@@ -171,7 +172,8 @@ class Run:
                     "model",
                 )
             config = rows[0]
-            context.model = config.name
+            if context is not None:
+                context.model = config.name
         else:
             config = await model_get(name=name)
             if config is None:
@@ -231,9 +233,9 @@ class Run:
             if prepared.vision is not None:
                 await self.load(prepared)
             self.used = True
-            metrics.queue_waited(
-                target.config.name, time.monotonic() - request_context(self.request).started
-            )
+            context = self._context()
+            arrived = context.started if context is not None else self.started
+            metrics.queue_waited(target.config.name, time.monotonic() - arrived)
             if stream:
                 await self.start(prepared)
             else:
@@ -357,12 +359,14 @@ class Run:
         generation = self.generation
         first = generation.first_token_at if self.used else None
         ttft = (first - self.started) if first is not None else None
-        context = request_context(self.request)
-        context.time_to_first_token, context.error_type = ttft, error_type
+        context = self._context()
+        if context is not None:  # for the access line
+            context.time_to_first_token, context.error_type = ttft, error_type
         if self.used:
             usage = generation.usage
-            context.prompt_tokens = usage.prompt_tokens
-            context.completion_tokens = usage.completion_tokens
+            if context is not None:
+                context.prompt_tokens = usage.prompt_tokens
+                context.completion_tokens = usage.completion_tokens
             tracing.span_end(
                 self.span,
                 first_token_at=first,
@@ -389,6 +393,11 @@ class Run:
         outcome = self._outcome(status, error_type, cancelled, finish_reasons, ttft)
         # A separate task, so cancelling this one does not stop it (background.py).
         await asyncio.shield(background.spawn(self._record(outcome, hook)))
+
+    def _context(self) -> RequestContext | None:
+        """The request's context; None for a request that never passed the edge (a
+        runner driven directly, as some tests do)."""
+        return getattr(self.request, "gateway", None)
 
     def _outcome(
         self,
