@@ -136,8 +136,11 @@ def test_health_answers_and_banner_names_the_server(dev_server):
 
 def test_log_lines_carry_the_request_id(dev_server):
     """Text format (the default): uvicorn's access line and the gateway's own, each with
-    the request's fields appended; the admin's requests get their access line too."""
+    the request's fields appended; the admin's requests get their access line too, and
+    probes only uvicorn's (the gateway's is at DEBUG)."""
     assert httpx.get(dev_server.url + "/health", headers={"x-request-id": "rs-health"}).is_success
+    with dev_server.client() as client:
+        assert client.get("/v1/models", headers={"x-request-id": "rs-models"}).is_success
     login = httpx.get(dev_server.url + "/admin/login/", headers={"x-request-id": "rs-admin"})
     assert login.status_code == 200
     deadline = time.monotonic() + 5
@@ -146,8 +149,9 @@ def test_log_lines_carry_the_request_id(dev_server):
     lines = dev_server.log_path.read_text(errors="replace").splitlines()
     uvicorn = [line for line in lines if " uvicorn.access " in line and "rs-health" in line]
     assert uvicorn and uvicorn[0].endswith("[request_id=rs-health route=/health]")
-    ours = [line for line in lines if " llmgateway.access GET /health 200 " in line]
-    assert any(line.endswith("[request_id=rs-health route=/health]") for line in ours)
+    assert not [line for line in lines if " llmgateway.access GET /health " in line]
+    ours = [line for line in lines if " llmgateway.access GET /v1/models 200 " in line]
+    assert ours and "request_id=rs-models" in ours[0] and "route=/v1/models" in ours[0]
     admin = [line for line in lines if " llmgateway.access GET /admin/login/ 200 " in line]
     assert admin and "request_id=rs-admin" in admin[0]
 

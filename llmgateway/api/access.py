@@ -2,7 +2,8 @@
 
 Logger `llmgateway.access` at INFO (LOG_ACCESS=false turns it off): method, path,
 status, latency, and for a generation its time to first token, tokens and how it
-ended. The request's id, key, model and route come with every line
+ended. Probes and scrapes (/health*, /metrics), a line every few seconds from each
+kubelet and Prometheus, are at DEBUG. The request's id, key, model and route come with every line
 (llmgateway/logconfig.py). Never a query string, a header or the body.
 """
 
@@ -18,8 +19,12 @@ from llmgateway.context import request_context
 logger = logging.getLogger("llmgateway.access")
 
 
+QUIET_PREFIXES = ("/health", "/metrics")
+
+
 def access_log(request: HttpRequest, status: int) -> None:
-    if not logger.isEnabledFor(logging.INFO):
+    level = logging.DEBUG if request.path.startswith(QUIET_PREFIXES) else logging.INFO
+    if not logger.isEnabledFor(level):
         return
     context = request_context(request)
     latency_ms = round((time.monotonic() - context.started) * 1000, 2)
@@ -40,4 +45,4 @@ def access_log(request: HttpRequest, status: int) -> None:
     if context.error_type:
         fields["error"] = context.error_type
         summary += f" error={context.error_type}"
-    logger.info(summary, extra=fields)
+    logger.log(level, summary, extra=fields)
