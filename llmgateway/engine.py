@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
+from llmgateway import tracing
 from llmgateway.accounting import Usage
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher, ThoughtGate
@@ -356,6 +357,8 @@ class Generation:
             reasoning_tokens=0 if request.params.reasoning else None,
         )
         self.first_token_at: float | None = None
+        # The runner's `triton` span (tracing.PendingSpan), started when this is sent.
+        self.trace: tracing.PendingSpan | None = None
         params = request.params
         record = getattr(settings, "REQUEST_LOG_CONTENT", False)
         self._choices = [
@@ -416,6 +419,7 @@ class Generation:
         else:
             plans = [(0, seed, 1)]
         streams = []
+        metadata = tracing.grpc_metadata(self.trace)  # Triton continues the trace there
         try:
             for choice_index, plan_seed, sequences in plans:
                 rid = (
@@ -432,7 +436,11 @@ class Generation:
                     outputs=self._outputs(n_sequences=sequences),
                 )
                 stream = TritonStream(
-                    self.engine.backend, spec, proto, deadline_s=request.time_left()
+                    self.engine.backend,
+                    spec,
+                    proto,
+                    deadline_s=request.time_left(),
+                    metadata=metadata,
                 )
                 streams.append((choice_index, stream))
                 stream.open()
@@ -548,6 +556,15 @@ class BatchGeneration:
     def cancel(self) -> None:
         for generation in self.generations:
             generation.cancel()
+
+    @property
+    def trace(self) -> tracing.PendingSpan | None:
+        return self.generations[0].trace
+
+    @trace.setter
+    def trace(self, pending: tracing.PendingSpan | None) -> None:
+        for generation in self.generations:
+            generation.trace = pending
 
     def output_text(self) -> str | None:
         texts = [g.output_text() for g in self.generations]

@@ -22,10 +22,23 @@ logger = logging.getLogger(__name__)
 SYSTEM_FINGERPRINT = None
 
 
+# Unknown field names already reported: newer SDKs send the same extras on every
+# request, so each name is logged once per process (the rest at DEBUG). Bounded, as a
+# client may invent names.
+_reported: set[str] = set()
+MAX_REPORTED = 256
+
+
 def log_ignored(payload: OpenAISchema, endpoint: str) -> None:
     extra = payload.model_extra
-    if extra:
-        logger.info("%s: ignoring unknown fields %s", endpoint, sorted(extra))
+    if not extra:
+        return
+    new = [name for name in extra if name not in _reported]
+    if new and len(_reported) < MAX_REPORTED:
+        _reported.update(new)
+        logger.info("%s: ignoring unknown fields %s (logged once each)", endpoint, sorted(new))
+    else:
+        logger.debug("%s: ignoring unknown fields %s", endpoint, sorted(extra))
 
 
 def sampling_validate(payload: SamplingIn) -> None:
