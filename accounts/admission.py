@@ -19,7 +19,7 @@ from accounts.alerts import budget_alerts_check
 from accounts.logs import log_record
 from accounts.quota import Decision, Subject, Verdict, quota_store
 from accounts.services import Caller
-from llmgateway import background
+from llmgateway import background, metrics
 from llmgateway.accounting import (
     Outcome,
     Reservation,
@@ -282,6 +282,7 @@ async def admit(
             raise
         except Exception as exc:
             logger.exception("quota store unavailable")
+            metrics.quota_store_failed()
             raise APIError(
                 503,
                 "Quota accounting is unavailable. Please retry shortly.",

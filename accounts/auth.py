@@ -7,6 +7,7 @@ from ninja.security import HttpBearer
 
 from accounts.models import ADMIN_KEY_PREFIX
 from accounts.services import Caller, caller_lookup, key_touch
+from llmgateway.context import request_context
 from llmgateway.errors import APIError
 
 # Azure OpenAI's `api-key` header, as Django names it in request.META.
@@ -55,6 +56,7 @@ class ApiKeyAuth(HttpBearer):
                 code="ip_not_allowed",
             )
         key_touch(caller.key)
+        request_context(request).key = caller.key.public_id  # for log lines: never the secret
         return caller
 
     def authenticate(self, request: HttpRequest, token: str) -> Caller | None:

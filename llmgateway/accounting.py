@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 # Money is counted (budgets, quota stores) as integers of 10^-MONEY_PLACES currency units:
 # prices have 4 decimal places per 1M tokens, so every cost is exact in these units.
@@ -71,17 +71,23 @@ class Usage:
     completion_tokens: int = 0
     # Of the prompt tokens, those served from a prefix cache, when Triton reports them.
     cached_tokens: int = 0
+    # Of the completion tokens, those of a reasoning model's reasoning (None: the
+    # model has no reasoning format, and usage says nothing of it).
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llmgateway', '0005_modelconfig_triton_addresses'),
+        ('llmgateway', '0006_reasoning_format_stored_responses'),
     ]
 
     operations = [
