@@ -122,6 +122,12 @@ class ProjectAdmin(admin.ModelAdmin):
     search_fields = ("name", "public_id")
     readonly_fields = ("public_id", "is_default", "created_at", "archived_at")
     inlines = [ProjectModelLimitInline]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "alert_webhook_url":
+            kwargs["assume_scheme"] = "https"  # Django 6's default, chosen now
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     fieldsets = (
         (None, {"fields": ("name", "public_id", "is_default", "created_at", "archived_at")}),
         (
