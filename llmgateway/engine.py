@@ -459,21 +459,19 @@ class Generation:
     def _deltas(
         self, choice_index: int | None, response: TritonResponse, echo: int, per_token: bool
     ) -> list[Delta]:
-        outputs = response.outputs
-        output_ids = outputs.get("output_ids")
-        if output_ids is None or output_ids.size == 0:
+        # Only the tensors read are decoded, flat: the best beam is the first row.
+        output_ids, lengths, scores, seq = response.flat(*TENSORS_READ)
+        if output_ids is None or output_ids[0].size == 0:
             return []  # an empty final response
+        flat, width = output_ids
         if choice_index is None:
-            seq = outputs.get("sequence_index")
-            choice_index = int(seq.reshape(-1)[0]) if seq is not None and seq.size else 0
-        best_beam = output_ids.reshape(-1, output_ids.shape[-1])[0]
-        lengths = outputs.get("sequence_length")
-        length = int(lengths.flat[0]) if lengths is not None else best_beam.shape[0]
-        ids = best_beam[echo:length].tolist()
+            choice_index = int(seq[0][0]) if seq is not None and seq[0].size else 0
+        length = min(int(lengths[0][0]), width) if lengths is not None else width
+        ids = flat[echo:length].tolist()
         logprobs = None
-        if "output_log_probs" in outputs:
-            flat = outputs["output_log_probs"].reshape(-1, outputs["output_log_probs"].shape[-1])[0]
-            logprobs = flat[-len(ids) :].tolist() if ids else []
+        if scores is not None:
+            row = scores[0][: scores[1]]
+            logprobs = row[-len(ids) :].tolist() if ids else []
         choice = self._choices[choice_index]
         before = choice.count
         delta = choice.feed(ids, logprobs, per_token)
@@ -481,6 +479,10 @@ class Generation:
         if self.first_token_at is None and choice.count:
             self.first_token_at = time.monotonic()
         return [delta] if delta is not None else []
+
+
+# What _deltas reads of a response, in its order (TritonResponse.flat).
+TENSORS_READ = ("output_ids", "sequence_length", "output_log_probs", "sequence_index")
 
 
 class BatchGeneration:

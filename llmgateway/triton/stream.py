@@ -32,7 +32,6 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -65,10 +64,52 @@ WIRE_TO_NUMPY = {
 }
 
 
-@dataclass(slots=True)
 class TritonResponse:
-    outputs: dict[str, np.ndarray]
-    final: bool
+    """One response of a stream: its tensors, decoded when asked for, and whether it is
+    the request's last.
+
+    A streamed token's response carries a few tensors, of which the engine reads two
+    (output_ids, sequence_length): `flat` decodes one tensor, without shaping it, and
+    nothing else. `outputs` decodes them all, shaped (the visual encoder, tests).
+    """
+
+    __slots__ = ("message", "final", "_outputs")
+
+    def __init__(self, message: service_pb2.ModelInferResponse, final: bool) -> None:
+        self.message = message
+        self.final = final
+        self._outputs: dict[str, np.ndarray] | None = None
+
+    def flat(self, *names: str) -> list[tuple[np.ndarray, int] | None]:
+        """Per name, that tensor as a 1-D array and the length of its last dimension (a
+        row of a [..., T] tensor is T elements), or None when the response lacks it.
+        One pass over the response's tensors, whatever the number of names."""
+        found: list[tuple[np.ndarray, int] | None] = [None] * len(names)
+        message = self.message
+        contents = message.raw_output_contents
+        for position, tensor in enumerate(message.outputs):
+            name = tensor.name
+            if name not in names or position >= len(contents):
+                continue
+            dtype = WIRE_TO_NUMPY.get(tensor.datatype)
+            if dtype is not None:
+                shape = tensor.shape
+                array = np.frombuffer(contents[position], dtype=dtype)
+                found[names.index(name)] = (array, shape[-1] if shape else 1)
+        return found
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            outputs: dict[str, np.ndarray] = {}
+            message = self.message
+            # One pass over tensors and their raw contents (a tensor without contents is skipped).
+            for tensor, raw in zip(message.outputs, message.raw_output_contents, strict=False):
+                dtype = WIRE_TO_NUMPY.get(tensor.datatype)
+                if dtype is not None:
+                    outputs[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+            self._outputs = outputs
+        return self._outputs
 
 
 # struct formats for one little-endian element of each wire type (Triton's raw
@@ -180,14 +221,9 @@ def _template(
 
 
 def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> TritonResponse:
-    outputs: dict[str, np.ndarray] = {}
-    # One pass over tensors and their raw contents (a tensor without contents is skipped).
-    for tensor, raw in zip(message.outputs, message.raw_output_contents, strict=False):
-        dtype = WIRE_TO_NUMPY.get(tensor.datatype)
-        if dtype is not None:
-            outputs[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+    """The response, its tensors left undecoded until read (TritonResponse)."""
     final = message.parameters.get("triton_final_response")
-    return TritonResponse(outputs, final.bool_param if final is not None else not decoupled)
+    return TritonResponse(message, final.bool_param if final is not None else not decoupled)
 
 
 # A call is not moved to another endpoint with less time than this left.
