@@ -20,7 +20,7 @@ import numpy as np
 from django.conf import settings
 
 from llmgateway.accounting import Usage
-from llmgateway.textgen.detokenizer import IncrementalDetokenizer
+from llmgateway.textgen.detokenizer import ByteDetokenizer, IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
 from llmgateway.triton.client import ModelSpec
@@ -128,8 +128,11 @@ class _Choice:
         record: bool = False,
     ):
         self.index = index
-        self.detok = IncrementalDetokenizer(
-            text_model.tokenizer, text_model.special_ids, prompt_ids
+        table = text_model.stream_bytes
+        self.detok = (
+            ByteDetokenizer(table, text_model.special_ids)
+            if table is not None
+            else IncrementalDetokenizer(text_model.tokenizer, text_model.special_ids, prompt_ids)
         )
         self.stops = StopMatcher(params.stop)
         self.count = 0
