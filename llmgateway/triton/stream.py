@@ -28,13 +28,16 @@ about a quarter of the gateway's CPU per non-streamed request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
+from django.conf import settings
 from tritonclient.grpc import service_pb2
 
 from llmgateway.triton.client import ModelSpec
@@ -49,6 +52,7 @@ from llmgateway.triton.pool import (
     retryable,
     rpc_failure,
 )
+from llmgateway.triton.reader import ThreadedCall
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +230,8 @@ def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> 
     return TritonResponse(message, final.bool_param if final is not None else not decoupled)
 
 
+# What _response returns for a request moved to another endpoint.
+MOVED = object()
 # A call is not moved to another endpoint with less time than this left.
 MIN_FAILOVER_S = 0.01
 UNAVAILABLE_MESSAGE = "The inference server is unreachable or not ready."
@@ -301,50 +307,93 @@ class TritonStream:
         self._release()
 
     async def responses(self) -> AsyncIterator[TritonResponse]:
+        """The responses one by one (see `batches`)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for response in batch:
+                    yield response
+
+    async def batches(self) -> AsyncIterator[list[TritonResponse]]:
+        """The responses, in lists of those that arrived together: one at a time with
+        grpc.aio (one message per read), all those queued since the last look with the
+        threaded reader (reader.py). A failure after responses of the same batch is
+        raised once they are handed over."""
         self.open()
         received = False
         try:
             while True:
-                try:
-                    message = await self._call.read()
-                except grpc.RpcError as exc:
-                    if self._fail(rpc_failure(exc), exc.details() or "", may_move=not received):
-                        continue
-                    raise rpc_error_map(exc) from exc
-                if message is grpc.aio.EOF:
-                    self._finished = True
-                    return
-                if message.error_message:
-                    kind = message_failure(message.error_message)
-                    if self._fail(kind, message.error_message, may_move=not received):
-                        continue
-                    self._finished = True
-                    logger.warning(
-                        "Triton error for %s: %s", self._request.id, message.error_message
-                    )
-                    if kind == MODEL_NOT_READY:
-                        raise TritonUnavailable(UNAVAILABLE_MESSAGE)
-                    raise TritonInferenceError(
-                        "The inference server failed the request.", detail=message.error_message
-                    )
-                response = parse_response(message.infer_response, self._spec.decoupled)
-                received = True
-                if response.final:
-                    # Nothing more will come for this request; the RPC's status
-                    # follows on its own (the client half-closed when it sent).
-                    self._finished = True
-                yield response
-                if response.final:
-                    return
+                call = self._call
+                if isinstance(call, ThreadedCall):
+                    items = await call.read_batch()
+                else:
+                    try:
+                        items = [await call.read()]
+                    except grpc.RpcError as exc:
+                        items = [exc]
+                batch: list[TritonResponse] = []
+                failure: Exception | None = None
+                for item in items:
+                    try:
+                        response = self._response(item, may_move=not received)
+                    except Exception as exc:
+                        if not batch:
+                            raise
+                        failure = exc
+                        break
+                    if response is MOVED:
+                        break  # nothing else came on the failed call
+                    if response is None:  # the end of the call
+                        self._finished = True
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(response)
+                    received = True
+                    if response.final:
+                        # Nothing more will come for this request; the RPC's status
+                        # follows on its own (the client half-closed when it sent).
+                        self._finished = True
+                        yield batch
+                        return
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
         finally:
             self.cancel()
+
+    def _response(self, item: Any, *, may_move: bool) -> TritonResponse | object | None:
+        """What one item read stands for: a response, None at the end of the call, MOVED
+        when the request went to another endpoint; a failure is raised."""
+        if isinstance(item, grpc.RpcError):
+            if self._fail(rpc_failure(item), item.details() or "", may_move=may_move):
+                return MOVED
+            raise rpc_error_map(item) from item
+        if item is grpc.aio.EOF:
+            return None
+        if item.error_message:
+            kind = message_failure(item.error_message)
+            if self._fail(kind, item.error_message, may_move=may_move):
+                return MOVED
+            self._finished = True
+            logger.warning("Triton error for %s: %s", self._request.id, item.error_message)
+            if kind == MODEL_NOT_READY:
+                raise TritonUnavailable(UNAVAILABLE_MESSAGE)
+            raise TritonInferenceError(
+                "The inference server failed the request.", detail=item.error_message
+            )
+        return parse_response(item.infer_response, self._spec.decoupled)
 
     def _start(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         # The gRPC deadline also reaches the server, which cancels the request there.
-        self._call = endpoint.backend.stream_infer(
-            self._request, timeout=self._deadline - time.monotonic()
-        )
+        timeout = self._deadline - time.monotonic()
+        if settings.TRITON_STREAM_READER == "thread":
+            self._call = ThreadedCall(
+                endpoint.backend.stream_infer_sync, self._request, timeout=timeout
+            )
+        else:
+            self._call = endpoint.backend.stream_infer(self._request, timeout=timeout)
 
     def _fail(self, kind: str, detail: str, *, may_move: bool) -> bool:
         """Record a failed call; True if the request was moved to another endpoint (once,
