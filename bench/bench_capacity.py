@@ -208,6 +208,7 @@ class Level:
     gap_p50_ms: float
     gap_p99_ms: float
     rss_kib_per_stream: float | None
+    ttft_p50_ms: float  # of the N streams started together
 
 
 class Path_:
@@ -276,6 +277,7 @@ async def run_level(path: Path_, streams: int, tokens: int) -> Level:
         gap_p50_ms=statistics.median(gaps) * 1000 if gaps else 0.0,
         gap_p99_ms=gaps[int(len(gaps) * 0.99) - 1] * 1000 if gaps else 0.0,
         rss_kib_per_stream=(peak[0] - path.idle_rss_mb) * 1024 / streams if path.pid else None,
+        ttft_p50_ms=statistics.median(r.ttft for r in results) * 1000,
     )
 
 
@@ -331,6 +333,7 @@ def report(levels: dict[int, dict[str, Level]], names: list[str]) -> None:
             "gw CPU ms/tok",
             "growth",
             "client ms/tok",
+            "TTFT p50 ms",
             "gap p50 ms",
             "gap p99 ms",
             "RSS KiB/stream",
@@ -361,6 +364,7 @@ def report(levels: dict[int, dict[str, Level]], names: list[str]) -> None:
                     fmt(lv.cpu_ms_per_token, ".4f"),
                     growth,
                     f"{lv.client_ms_per_token:.4f}",
+                    f"{lv.ttft_p50_ms:.2f}",
                     f"{lv.gap_p50_ms:.2f}",
                     f"{lv.gap_p99_ms:.1f}",
                     fmt(lv.rss_kib_per_stream, ".1f"),
