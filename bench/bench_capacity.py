@@ -340,7 +340,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 def report(levels: dict[int, dict[str, Level]], names: list[str]) -> None:
     ns = sorted(levels)
-    first = ns[0]
+    # Growth is read from 16 streams up: below that a level's CPU time is a few of the
+    # kernel's 10 ms ticks, and its per-request costs are not spread over many tokens.
+    first = next((n for n in ns if n >= 16), ns[0])
     rows = [
         [
             "N",
@@ -390,7 +392,7 @@ def report(levels: dict[int, dict[str, Level]], names: list[str]) -> None:
             )
     print(table(rows))
     print(
-        "growth: gateway CPU per token at N over its value at the smallest N. client ms/tok: "
+        "growth: gateway CPU per token at N over its value at the smallest N >= 16. client ms/tok: "
         "this process's CPU per token (for direct: the direct consumer's own cost).\n"
         f"limiter: this process above {LIMITER_SHARE:.2f} of a core (the load generator "
         "limits), or the machine's cores at 95% or more (the dev Triton shares them)."
