@@ -68,6 +68,8 @@ class ThreadedCall:
             self._put(EOF_)
         except grpc.RpcError as exc:
             self._put(exc)
+        except Exception as exc:  # a response that does not parse: the reader must not hang
+            self._put(exc)
 
     def _put(self, item: Any) -> None:
         self._queue.append(item)

@@ -73,8 +73,8 @@ class TritonResponse:
     the request's last.
 
     A streamed token's response carries a few tensors, of which the engine reads two
-    (output_ids, sequence_length): `flat` decodes one tensor, without shaping it, and
-    nothing else. `outputs` decodes them all, shaped (the visual encoder, tests).
+    (output_ids, sequence_length): `flat` decodes just the tensors named, without
+    shaping them. `outputs` decodes them all, shaped (the visual encoder, tests).
     """
 
     __slots__ = ("message", "final", "_outputs")
@@ -369,6 +369,11 @@ class TritonStream:
             if self._fail(rpc_failure(item), item.details() or "", may_move=may_move):
                 return MOVED
             raise rpc_error_map(item) from item
+        if isinstance(item, Exception):  # the threaded reader's thread failed otherwise
+            self._finished = True
+            raise TritonInferenceError(
+                "The inference server failed the request.", detail=str(item)
+            ) from item
         if item is grpc.aio.EOF:
             return None
         if item.error_message:
