@@ -38,13 +38,15 @@ class ThreadedCall:
 
     __slots__ = ("_call", "_queue", "_loop", "_waiter", "_scheduled")
 
-    def __init__(self, multicallable: Any, request: Any, *, timeout: float) -> None:
+    def __init__(
+        self, multicallable: Any, request: Any, *, timeout: float, metadata: Any = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._scheduled = False
         # The sync call starts the RPC at once; iterating it reads the responses.
-        self._call = multicallable(request, timeout=timeout)
+        self._call = multicallable(request, timeout=timeout, metadata=metadata)
         threading.Thread(target=self._pump, name="triton-stream", daemon=True).start()
 
     def cancel(self) -> None:

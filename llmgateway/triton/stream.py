@@ -268,8 +268,11 @@ class TritonStream:
         request: service_pb2.ModelInferRequest,
         *,
         deadline_s: float,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self._pool = pool
+        # gRPC metadata for Triton: the trace context (`traceparent`) when tracing is on.
+        self._metadata = metadata
         self._spec = spec
         self._request = request
         self._deadline = time.monotonic() + deadline_s
@@ -395,10 +398,15 @@ class TritonStream:
         timeout = self._deadline - time.monotonic()
         if settings.TRITON_STREAM_READER == "thread":
             self._call = ThreadedCall(
-                endpoint.backend.stream_infer_sync, self._request, timeout=timeout
+                endpoint.backend.stream_infer_sync,
+                self._request,
+                timeout=timeout,
+                metadata=self._metadata,
             )
         else:
-            self._call = endpoint.backend.stream_infer(self._request, timeout=timeout)
+            self._call = endpoint.backend.stream_infer(
+                self._request, timeout=timeout, metadata=self._metadata
+            )
 
     def _fail(self, kind: str, detail: str, *, may_move: bool) -> bool:
         """Record a failed call; True if the request was moved to another endpoint (once,
