@@ -339,6 +339,8 @@ def reserve(
     """Admit or refuse over every subject; an admission holds `tokens` and `cost` on each
     under the lease `lease_id` (a new one when None)."""
     lease_id = lease_id or uuid.uuid4().hex
+    if not subjects:  # nothing to enforce (the admission skips the store then anyway)
+        return Decision.of(Verdict.OK, (), [], 0, 0, lease_id)
     with transaction.atomic():
         counters = _lock_all(subjects, clock)
         live = _expire_holds(counters, clock)

@@ -248,3 +248,11 @@ def test_spend_per_key_project_and_model_in_the_usage_page(committed):
     assert report["key"][f"sk-gw-{public}"].spend == total
     charts = usage_charts(report)
     assert any("Spend per project" in chart for chart in charts["project"])
+
+
+async def test_a_key_without_limits_is_admitted_by_either_store(store, make_key):
+    key = await sync_to_async(lambda: record(make_key()[0]))()
+    assert key.subjects() == ()
+    decision = await store.reserve(key, 10)
+    assert decision.verdict is Verdict.OK
+    await store.settle(key, decision.lease_id, 5, log())
