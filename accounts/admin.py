@@ -27,6 +27,7 @@ redirected like any re-submission.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -43,8 +44,17 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from accounts.models import ApiKey, KeyUsage, RequestLog, new_public_id
-from accounts.services import key_revoke, key_secret_issue
+from accounts.models import (
+    AdminKey,
+    ApiKey,
+    BudgetAlert,
+    KeyModelLimit,
+    Project,
+    ProjectModelLimit,
+    RequestLog,
+    new_public_id,
+)
+from accounts.services import key_revoke, key_rotate, key_secret_issue
 from accounts.usage import usage_charts, usage_report
 
 USAGE_DAYS = (1, 7, 14, 30, 90)
@@ -74,6 +84,118 @@ def _creation_public_id(token: str) -> str | None:
         return None
 
 
+def _secret_page(
+    request, site, what: str, name: str, display: str, secret: str, note: str, back: str
+) -> HttpResponse:
+    """A secret shown once, in the response to the request that made it (never stored)."""
+    context = {
+        **site.each_context(request),
+        "title": what,
+        "what": what,
+        "name": name,
+        "display": display,
+        "secret": secret,
+        "note": note,
+        "back": back,
+    }
+    response = TemplateResponse(request, "admin/accounts/secret_shown.html", context)
+    response["cache-control"] = "no-store"
+    return response
+
+
+class KeyModelLimitInline(admin.TabularInline):
+    model = KeyModelLimit
+    extra = 0
+
+
+class ProjectModelLimitInline(admin.TabularInline):
+    model = ProjectModelLimit
+    extra = 0
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = (
+        "name", "public_id", "created_at", "archived_at", "rpm_limit", "tpm_limit",
+        "max_concurrency", "budget_tokens", "budget_amount", "budget_period",
+    )  # fmt: skip
+    search_fields = ("name", "public_id")
+    readonly_fields = ("public_id", "is_default", "created_at", "archived_at")
+    inlines = [ProjectModelLimitInline]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "alert_webhook_url":
+            kwargs["assume_scheme"] = "https"  # Django 6's default, chosen now
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    fieldsets = (
+        (None, {"fields": ("name", "public_id", "is_default", "created_at", "archived_at")}),
+        (
+            "Limits shared by the project's keys",
+            {
+                "fields": (
+                    "rpm_limit",
+                    "tpm_limit",
+                    "max_concurrency",
+                    ("budget_tokens", "budget_amount", "budget_period"),
+                    "alert_webhook_url",
+                )
+            },
+        ),
+    )
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = (
+        "project", "budget", "threshold", "window", "created_at", "delivered_at", "attempts",
+        "last_error",
+    )  # fmt: skip
+    list_filter = ("budget", "threshold")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(AdminKey)
+class AdminKeyAdmin(admin.ModelAdmin):
+    """Admin API keys: the secret is made when the key is added and shown on that
+    response only (like `manage.py createadminkey`)."""
+
+    list_display = ("name", "display", "created_at", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = ("display", "created_at", "revoked_at", "last_used_at")
+    fields = ("name", "display", "expires_at", "created_at", "revoked_at", "last_used_at")
+    actions = ["revoke"]
+
+    @admin.display(description="key")
+    def display(self, key: AdminKey) -> str:
+        return key.display if key.public_id else "(made when saved)"
+
+    def save_model(self, request: HttpRequest, obj: AdminKey, form, change: bool) -> None:
+        if not change:
+            fresh, raw = AdminKey.issue(name=obj.name, expires_at=obj.expires_at)
+            obj.public_id, obj.secret_hash, obj.last_four = (
+                fresh.public_id, fresh.secret_hash, fresh.last_four,
+            )  # fmt: skip
+            obj._secret = raw  # this response only; never stored
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request: HttpRequest, obj: AdminKey, post_url_continue=None):
+        return _secret_page(
+            request, self.admin_site, "Admin API key created", obj.name, obj.display,
+            obj._secret, "It can call /v1/organization/ only.",
+            reverse("admin:accounts_adminkey_changelist"),
+        )  # fmt: skip
+
+    @admin.action(description="Revoke selected admin keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AdminKey]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} admin key(s).", messages.SUCCESS)
+
+
 class ApiKeyAddForm(forms.ModelForm):
     """The add form; its token makes submitting one form twice create one key."""
 
@@ -96,6 +218,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "display",
+        "project",
         "owner",
         "created_at",
         "expires_at",
@@ -107,14 +230,15 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "budget_tokens",
         "budget_period",
     )
-    list_filter = ("revoked_at", "budget_period", "all_models")
+    list_filter = ("revoked_at", "budget_period", "all_models", "project")
     search_fields = ("name", "public_id", "owner__username")
-    readonly_fields = ("display", "created_at", "revoked_at", "last_used_at")
+    readonly_fields = ("display", "created_at", "revoked_at", "last_used_at", "rotation")
     filter_horizontal = ("allowed_models",)
     autocomplete_fields = ("owner",)
-    actions = ["revoke"]
+    inlines = [KeyModelLimitInline]
+    actions = ["revoke", "rotate_now", "rotate_hour", "rotate_day", "rotate_week"]
     fieldsets = (
-        (None, {"fields": ("name", "owner", "display", "expires_at", "revoked_at")}),
+        (None, {"fields": ("name", "owner", "project", "display", "expires_at", "revoked_at")}),
         ("Models", {"fields": ("all_models", "allowed_models")}),
         (
             "Quota",
@@ -123,12 +247,56 @@ class ApiKeyAdmin(admin.ModelAdmin):
                     "rpm_limit",
                     "tpm_limit",
                     "max_concurrency",
-                    ("budget_tokens", "budget_period"),
+                    ("budget_tokens", "budget_amount", "budget_period"),
                 )
             },
         ),
+        ("Access", {"fields": ("allowed_networks", "rotation")}),
         ("Use", {"fields": ("created_at", "last_used_at")}),
     )
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {**super().get_changeform_initial_data(request), "project": Project.default().pk}
+
+    @admin.display(description="previous secret")
+    def rotation(self, key: ApiKey) -> str:
+        until = key.previous_valid_until
+        if not key.previous_secret_hash or until is None or until <= timezone.now():
+            return "none valid"
+        return f"valid until {until:%Y-%m-%d %H:%M:%S} UTC"
+
+    def _rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey], grace: timedelta):
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        if len(keys) != 1:
+            self.message_user(request, "Rotate one key at a time.", messages.ERROR)
+            return None
+        key = keys[0]
+        raw = key_rotate(key=key, grace=grace)
+        note = (
+            f"The previous secret stays valid until {key.previous_valid_until:%Y-%m-%d %H:%M} UTC."
+            if grace
+            else "The previous secret no longer works (within a second)."
+        )
+        return _secret_page(
+            request, self.admin_site, "New secret for the key", key.name, key.display, raw,
+            note, reverse("admin:accounts_apikey_change", args=[key.pk]),
+        )  # fmt: skip
+
+    @admin.action(description="Rotate the secret (old one stops now)")
+    def rotate_now(self, request, queryset):
+        return self._rotate(request, queryset, timedelta(0))
+
+    @admin.action(description="Rotate the secret (old one valid 1 more hour)")
+    def rotate_hour(self, request, queryset):
+        return self._rotate(request, queryset, timedelta(hours=1))
+
+    @admin.action(description="Rotate the secret (old one valid 1 more day)")
+    def rotate_day(self, request, queryset):
+        return self._rotate(request, queryset, timedelta(days=1))
+
+    @admin.action(description="Rotate the secret (old one valid 7 more days)")
+    def rotate_week(self, request, queryset):
+        return self._rotate(request, queryset, timedelta(days=7))
 
     @admin.display(description="key")
     def display(self, key: ApiKey) -> str:
@@ -172,9 +340,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if not change:
             obj.public_id = form.cleaned_data["public_id"]  # no secret yet: see the docstring
+        if not change and obj.project_id is None:
+            obj.project = Project.default()
         super().save_model(request, obj, form, change)
-        if not change:
-            KeyUsage.objects.get_or_create(key=obj)
 
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None):
         return self._redirect_created(request, obj)
@@ -324,6 +492,7 @@ class RequestLogAdmin(admin.ModelAdmin):
             "day_choices": USAGE_DAYS,
             "report": report,
             "charts": usage_charts(report),
+            "currency": settings.GATEWAY_CURRENCY.upper(),
             "generated_at": timezone.now(),
         }
         return TemplateResponse(request, "admin/accounts/usage.html", context)

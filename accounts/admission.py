@@ -15,11 +15,19 @@ from typing import ClassVar
 from django.conf import settings
 from django.http import HttpRequest
 
+from accounts.alerts import budget_alerts_check
 from accounts.logs import log_record
-from accounts.quota import Decision, Verdict, quota_store
-from accounts.services import Caller, KeyRecord
+from accounts.quota import Decision, Subject, Verdict, quota_store
+from accounts.services import Caller
 from llmgateway import background, metrics
-from llmgateway.accounting import Outcome, Reservation, Startable, Usage
+from llmgateway.accounting import (
+    Outcome,
+    Reservation,
+    Startable,
+    Usage,
+    money_amount,
+    money_units,
+)
 from llmgateway.context import request_context
 from llmgateway.errors import APIError
 
@@ -38,56 +46,94 @@ def duration(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def ratelimit_headers(key: KeyRecord, decision: Decision) -> dict[str, str]:
+def _tightest(decision: Decision, limit_of, used_of) -> tuple[int, int] | None:
+    """(limit, remaining) of the subject with the least left, among those with a limit."""
+    best: tuple[int, int] | None = None
+    for subject, used in zip(decision.subjects, decision.used, strict=False):
+        limit = limit_of(subject)
+        if limit is None:
+            continue
+        remaining = max(limit - used_of(used), 0)
+        if best is None or remaining < best[1]:
+            best = (limit, remaining)
+    return best
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the tighter of the key's and the project's
+    limits (their per-model limits included): the one with the least remaining."""
     headers: dict[str, str] = {}
     reset = duration(decision.reset_ms)
-    if key.rpm_limit is not None:
-        headers["x-ratelimit-limit-requests"] = str(key.rpm_limit)
-        headers["x-ratelimit-remaining-requests"] = str(max(key.rpm_limit - decision.rpm_used, 0))
+    requests = _tightest(decision, lambda s: s.rpm_limit, lambda u: u.rpm)
+    if requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(requests[0])
+        headers["x-ratelimit-remaining-requests"] = str(requests[1])
         headers["x-ratelimit-reset-requests"] = reset
-    if key.tpm_limit is not None:
-        headers["x-ratelimit-limit-tokens"] = str(key.tpm_limit)
-        headers["x-ratelimit-remaining-tokens"] = str(max(key.tpm_limit - decision.tpm_used, 0))
+    tokens = _tightest(decision, lambda s: s.tpm_limit, lambda u: u.tpm)
+    if tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(tokens[0])
+        headers["x-ratelimit-remaining-tokens"] = str(tokens[1])
         headers["x-ratelimit-reset-tokens"] = reset
     return headers
 
 
-def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
-    headers = ratelimit_headers(key, decision)
+def _whose(subject: Subject) -> str:
+    owner = "this key" if subject.scope == "key" else "this key's project"
+    return f"{owner} for model '{subject.model}'" if subject.model else owner
+
+
+def refusal(decision: Decision, tokens: int, cost: int) -> APIError:
+    headers = ratelimit_headers(decision)
+    subject = decision.subject or Subject(0, "", "key")
+    whose = _whose(subject)
     if decision.verdict is Verdict.BUDGET:
-        left = max((key.budget_tokens or 0) - decision.budget_used, 0)
+        left = max((subject.budget_tokens or 0) - decision.budget_used, 0)
         return APIError(
             429,
-            "You exceeded your current quota: this key's token budget "
-            f"({key.budget_tokens} per {key.budget_period}) has {left} tokens left, and this "
-            f"request reserves {tokens} (prompt plus max tokens).",
+            f"You exceeded your current quota: {whose}'s token budget "
+            f"({subject.budget_tokens} per {subject.budget_period}) has {left} tokens left, "
+            f"and this request reserves {tokens} (prompt plus max tokens).",
             type="insufficient_quota",
             code="insufficient_quota",
             headers={**headers, "x-should-retry": "false"},
         )
-    if decision.verdict is Verdict.TOKENS and key.tpm_limit and tokens > key.tpm_limit:
+    if decision.verdict is Verdict.MONEY:
+        currency = settings.GATEWAY_CURRENCY.upper()
+        budget = money_amount(subject.budget_money or 0).normalize()
+        left = money_amount(max((subject.budget_money or 0) - decision.money_used, 0))
+        return APIError(
+            429,
+            f"You exceeded your current quota: {whose}'s budget ({budget} {currency} per "
+            f"{subject.budget_period}) has {left.normalize()} {currency} left, and this "
+            f"request may cost up to {money_amount(cost).normalize()} {currency}.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers={**headers, "x-should-retry": "false"},
+        )
+    if decision.verdict is Verdict.TOKENS and subject.tpm_limit and tokens > subject.tpm_limit:
         # No wait lets it through: OpenAI's "Request too large", which clients must not retry.
         return APIError(
             429,
-            f"Request too large for this key on tokens per min (TPM): limit {key.tpm_limit}, "
-            f"requested {tokens}. The input or output tokens must be reduced in order to run "
-            "successfully.",
+            f"Request too large for {whose} on tokens per min (TPM): limit "
+            f"{subject.tpm_limit}, requested {tokens}. The input or output tokens must be "
+            "reduced in order to run successfully.",
             type="tokens",
             code="rate_limit_exceeded",
             headers={**headers, "x-should-retry": "false"},
         )
     if decision.verdict is Verdict.CONCURRENCY:
-        wait_ms, what = CONCURRENCY_RETRY_MS, f"concurrent requests: limit {key.max_concurrency}"
+        wait_ms = CONCURRENCY_RETRY_MS
+        what = f"concurrent requests: limit {subject.max_concurrency}"
         kind = "requests"
     elif decision.verdict is Verdict.REQUESTS:
-        wait_ms, what = decision.retry_ms, f"requests per min (RPM): limit {key.rpm_limit}"
+        wait_ms, what = decision.retry_ms, f"requests per min (RPM): limit {subject.rpm_limit}"
         kind = "requests"
     else:
         wait_ms, kind = decision.retry_ms, "tokens"
-        what = f"tokens per min (TPM): limit {key.tpm_limit}, requested {tokens}"
+        what = f"tokens per min (TPM): limit {subject.tpm_limit}, requested {tokens}"
     return APIError(
         429,
-        f"Rate limit reached for this key on {what}. Please try again in {duration(wait_ms)}.",
+        f"Rate limit reached for {whose} on {what}. Please try again in {duration(wait_ms)}.",
         type=kind,
         code="rate_limit_exceeded",
         headers={
@@ -105,6 +151,7 @@ class KeyAdmission:
     reservation: Reservation
     lease_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
+    subjects: tuple[Subject, ...] = ()
     settled: bool = False
     records: ClassVar[bool] = True
 
@@ -114,6 +161,8 @@ class KeyAdmission:
             return
         self.settled = True
         usage = outcome.usage
+        prices = self.reservation.prices
+        cost = prices.cost(usage) if prices is not None else None
         try:
             record = log_record(
                 self.request,
@@ -124,13 +173,24 @@ class KeyAdmission:
                 error_type=outcome.error_type,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                cost=cost,
                 finish_reason=outcome.finish_reason,
                 ttft_s=outcome.time_to_first_token,
                 streamed=outcome.streamed,
                 cancelled=outcome.cancelled,
                 response_text=outcome.response_text,
             )
-            await quota_store().settle(self.caller.key, self.lease_id, usage.total_tokens, record)
+            await quota_store().settle(
+                self.caller.key,
+                self.lease_id,
+                usage.total_tokens,
+                record,
+                subjects=self.subjects,
+                cost=money_units(cost) if cost is not None else 0,
+            )
+            if self.lease_id is not None:
+                budget_alerts_check(self.caller.key, self.subjects)
         except Exception:
             # The client has its answer; a lost settlement expires with its lease.
             logger.exception("settling request %s failed", request_context(self.request).request_id)
@@ -195,9 +255,17 @@ async def admit(
     key = caller.key
     context = request_context(request)
     tokens = reservation.prompt_tokens + reservation.max_tokens
+    prices = reservation.prices
+    # A money budget reserves the most the request can cost, and settles to the cost.
+    cost = (
+        money_units(prices.most(reservation.prompt_tokens, reservation.max_tokens)) if prices else 0
+    )
     lease_id, headers = None, {}
-    if key.has_limits:
-        task = asyncio.ensure_future(quota_store().reserve(key, tokens))
+    subjects = key.subjects(reservation.model)
+    if subjects:
+        task = asyncio.ensure_future(
+            quota_store().reserve(key, tokens, subjects=subjects, cost=cost)
+        )
         claimed = early is not None and early_starts.claim(key.id)
         admitted = False
         try:
@@ -208,7 +276,7 @@ async def admit(
         except asyncio.CancelledError:
             # The client left while Redis or the database was admitting it: give back
             # whatever was reserved rather than leaving it to expire.
-            abandoned = KeyAdmission(request, caller, reservation, None)
+            abandoned = KeyAdmission(request, caller, reservation, None, subjects=subjects)
             context.admission = abandoned
             task.add_done_callback(abandoned.abandoned)
             raise
@@ -230,9 +298,12 @@ async def admit(
             elif task.done() and not task.cancelled() and task.exception() is None:
                 early_starts.decided(key.id, task.result().verdict is Verdict.OK, False)
         if not admitted:
-            raise refusal(key, decision, tokens)
-        lease_id, headers = decision.lease_id, ratelimit_headers(key, decision)
-    admission = KeyAdmission(request, caller, reservation, lease_id, headers)
+            if decision.verdict in (Verdict.BUDGET, Verdict.MONEY) and decision.subject:
+                kind = "tokens" if decision.verdict is Verdict.BUDGET else "money"
+                budget_alerts_check(key, (decision.subject,), exhausted=kind)
+            raise refusal(decision, tokens, cost)
+        lease_id, headers = decision.lease_id, ratelimit_headers(decision)
+    admission = KeyAdmission(request, caller, reservation, lease_id, headers, subjects)
     context.admission = admission
     return admission
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
+from accounts.models import ADMIN_KEY_PREFIX
 from accounts.services import Caller, caller_lookup, key_touch
 from llmgateway.context import request_context
 from llmgateway.errors import APIError
@@ -31,13 +32,29 @@ class ApiKeyAuth(HttpBearer):
             raise _unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
             )
+        if raw.startswith(ADMIN_KEY_PREFIX):
+            raise _unauthorized(
+                "Admin API keys cannot be used for non-administration endpoints. "
+                "Use a project API key."
+            )
         caller = await caller_lookup(raw)
         if caller is None:
             raise _unauthorized("Incorrect API key provided.")
         if caller.key.revoked:
             raise _unauthorized("This API key has been revoked.")
+        if caller.key.project_archived:
+            raise _unauthorized("This API key's project has been archived.")
         if not caller.key.is_active():
             raise _unauthorized("This API key has expired.")
+        address = request.META.get("REMOTE_ADDR")
+        if not caller.key.admits_address(address):
+            # The request-log middleware writes this request's one row (the key is valid).
+            raise APIError(
+                403,
+                f"Your IP address ({address or 'unknown'}) is not allowed to use this API key.",
+                type="invalid_request_error",
+                code="ip_not_allowed",
+            )
         key_touch(caller.key)
         request_context(request).key = caller.key.public_id  # for log lines: never the secret
         return caller

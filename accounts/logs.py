@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import orjson
@@ -53,6 +54,8 @@ def log_record(
     error_type: str | None = None,
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
+    cached_tokens: int = 0,
+    cost: Decimal | None = None,
     finish_reason: str | None = None,
     ttft_s: float | None = None,
     streamed: bool = False,
@@ -67,12 +70,16 @@ def log_record(
         "request_id": storable(context.request_id[:200]),
         "api_key_id": key.id if key is not None else None,
         "key_public_id": key.public_id if key is not None else "",
+        "project_id": key.project_id or None if key is not None else None,
         "model": storable(model),
         "endpoint": storable((endpoint or request.path)[:64]),
         "status": status,
         "error_type": storable((error_type or "")[:64]),
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
+        "cached_tokens": cached_tokens,
+        # A string: exact through JSON (the Redis outbox) and into the numeric column.
+        "cost": str(cost) if cost is not None else None,
         "finish_reason": storable((finish_reason or "")[:32]),
         "latency_ms": round((time.monotonic() - context.started) * 1000, 3),
         "ttft_ms": round(ttft_s * 1000, 3) if ttft_s is not None else None,
@@ -109,7 +116,9 @@ def storable(text: str | None) -> str | None:
 
 
 def log_row(record: dict) -> RequestLog:
-    fields = dict(record)
+    fields = {"cached_tokens": 0, **record}
+    if fields.get("cost") is not None:
+        fields["cost"] = Decimal(fields["cost"])
     fields["log_id"] = uuid.UUID(fields["log_id"])
     fields["created_at"] = datetime.fromtimestamp(fields["created_at"], UTC)
     return RequestLog(**fields)
@@ -127,12 +136,15 @@ _JSON_COLUMNS = {
     "request_id": "text",
     "api_key_id": "bigint",
     "key_public_id": "text",
+    "project_id": "bigint",
     "model": "text",
     "endpoint": "text",
     "status": "int",
     "error_type": "text",
     "prompt_tokens": "bigint",
     "completion_tokens": "bigint",
+    "cached_tokens": "bigint",
+    "cost": "numeric",
     "finish_reason": "text",
     "latency_ms": "float8",
     "ttft_ms": "float8",
@@ -146,9 +158,12 @@ _JSON_COLUMNS = {
 
 def _json_insert_sql() -> str:
     names = ", ".join(connection.ops.quote_name(c) for c in _JSON_COLUMNS)
-    values = ", ".join(
-        "to_timestamp(x.created_at)" if c == "created_at" else f"x.{c}" for c in _JSON_COLUMNS
-    )
+    # Records from before a column existed lack it: the defaults fill in.
+    special = {
+        "created_at": "to_timestamp(x.created_at)",
+        "cached_tokens": "COALESCE(x.cached_tokens, 0)",
+    }
+    values = ", ".join(special.get(c, f"x.{c}") for c in _JSON_COLUMNS)
     types = ", ".join(f"{c} {t}" for c, t in _JSON_COLUMNS.items())
     return (
         f"INSERT INTO {RequestLog._meta.db_table} ({names}) SELECT {values} "

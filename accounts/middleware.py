@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 def is_logged_path(path: str) -> bool:
-    return is_api_path(path) and not path.startswith(("/health", "/metrics"))
+    """Inference requests: not probes, metrics or the Admin API (no model, no tokens)."""
+    return is_api_path(path) and not path.startswith(("/health", "/metrics", "/v1/organization"))
 
 
 def _error_code(response: HttpResponse) -> str | None:
@@ -84,6 +85,7 @@ async def _write(record: dict, presented: str, status: int) -> None:
                 return
         if caller is not None:
             record["api_key_id"], record["key_public_id"] = caller.key.id, caller.key.public_id
+            record["project_id"] = caller.key.project_id
     try:
         await quota_store().log(record)
     except Exception:

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import re
 import secrets
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from llmgateway.models import ModelConfig
@@ -58,10 +63,155 @@ class BudgetPeriod(models.TextChoices):
     TOTAL = "total", "in total"
 
 
+# Money budgets are counted as integers of 10^-MONEY_PLACES currency units (see
+# llmgateway/accounting.py); Redis's Lua compares them as doubles, exact below 2^53,
+# so a money budget stays below this many currency units.
+MAX_BUDGET_AMOUNT = Decimal(900_000)
+PROJECT_PREFIX = "proj_"
+
+
+def networks_validate(value: str) -> None:
+    """An IP allow-list: CIDRs or addresses, separated by commas or whitespace."""
+    for part in re.split(r"[\s,]+", value or ""):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValidationError(f"{part!r} is not an IP address or CIDR.") from None
+
+
+def new_project_id() -> str:
+    return PROJECT_PREFIX + secrets.token_hex(12)
+
+
+def _budget_amount() -> models.DecimalField:
+    return models.DecimalField(
+        "money budget",
+        max_digits=16,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(MAX_BUDGET_AMOUNT)],
+        help_text="In the configured currency (GATEWAY_CURRENCY), per budget period. "
+        "Blank: no money budget.",
+    )
+
+
+class Project(models.Model):
+    """A team's share of the gateway: it owns keys, and its limits bind all of them
+    together on top of each key's own (accounts/quota)."""
+
+    public_id = models.CharField(max_length=40, unique=True, editable=False, default=new_project_id)
+    name = models.CharField(max_length=200)
+    is_default = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    archived_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Blank: no limit."
+    )
+    tpm_limit = models.PositiveBigIntegerField(
+        "tokens per minute", null=True, blank=True, help_text="Blank: no limit."
+    )
+    max_concurrency = models.PositiveIntegerField(
+        "concurrent requests", null=True, blank=True, help_text="Blank: no limit."
+    )
+    budget_tokens = models.PositiveBigIntegerField(
+        "token budget", null=True, blank=True, help_text="Blank: no budget."
+    )
+    budget_amount = _budget_amount()
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    alert_webhook_url = models.URLField(
+        "budget alert webhook",
+        max_length=1000,
+        blank=True,
+        help_text="POSTed once when spend crosses 80% and 100% of a budget. Blank: none.",
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def default(cls) -> Project:
+        project = cls.objects.filter(is_default=True).order_by("id").first()
+        if project is None:
+            project = cls.objects.create(name="Default project", is_default=True)
+        return project
+
+    @property
+    def archived(self) -> bool:
+        return self.archived_at is not None
+
+
+class BudgetAlert(models.Model):
+    """One threshold of one budget of a project crossed in one budget period: the row is
+    the once-only claim (unique), made by whichever process saw the crossing first, and
+    records its webhook delivery (accounts/alerts.py)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
+    window = models.CharField(max_length=16)  # the budget period's label, e.g. 2026-12
+    budget = models.CharField(max_length=8)  # "tokens" or "money"
+    threshold = models.PositiveSmallIntegerField()  # percent
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "window", "budget", "threshold"], name="budget_alert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} {self.budget} {self.threshold}% ({self.window})"
+
+
+class ModelLimit(models.Model):
+    """Requests and tokens per minute for one model, on top of the owner's own limits."""
+
+    model = models.CharField(max_length=128, help_text="A model name clients send.")
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Blank: no limit."
+    )
+    tpm_limit = models.PositiveBigIntegerField(
+        "tokens per minute", null=True, blank=True, help_text="Blank: no limit."
+    )
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return self.model
+
+
+class ProjectModelLimit(ModelLimit):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_limits")
+
+    class Meta:
+        verbose_name = "per-model limit"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "model"], name="project_model_limit")
+        ]
+
+
 class ApiKey(models.Model):
     name = models.CharField(max_length=100)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="keys")
+    # Set when the key was made for a service account (Admin API): OpenAI's key owner.
+    service_account = models.ForeignKey(
+        "ServiceAccount", null=True, blank=True, on_delete=models.CASCADE, related_name="keys"
     )
     public_id = models.CharField(max_length=24, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
@@ -90,9 +240,21 @@ class ApiKey(models.Model):
     budget_tokens = models.PositiveBigIntegerField(
         "token budget", null=True, blank=True, help_text="Blank: no budget."
     )
+    budget_amount = _budget_amount()
     budget_period = models.CharField(
         max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
     )
+    allowed_networks = models.TextField(
+        "IP allow-list",
+        blank=True,
+        validators=[networks_validate],
+        help_text="CIDRs (or addresses), one per line or comma-separated, matched against the "
+        "client address (behind a proxy, as FORWARDED_ALLOW_IPS lets uvicorn read it). "
+        "Blank: any address.",
+    )
+    # Rotation: the previous secret's hash stays valid until this moment.
+    previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -124,33 +286,119 @@ class ApiKey(models.Model):
     def matches(self, raw: str) -> bool:
         return self.has_secret and hmac.compare_digest(self.secret_hash, hash_key(raw))
 
+    def matches_previous(self, raw: str, now) -> bool:
+        """The secret a rotation replaced, while its grace period lasts."""
+        if not self.previous_secret_hash or self.previous_valid_until is None:
+            return False
+        if self.previous_valid_until <= now:
+            return False
+        return hmac.compare_digest(self.previous_secret_hash, hash_key(raw))
 
-class KeyUsage(models.Model):
-    """Quota counters of one key for the database backend (accounts/quota/database.py).
+
+class KeyModelLimit(ModelLimit):
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="model_limits")
+
+    class Meta:
+        verbose_name = "per-model limit"
+        constraints = [models.UniqueConstraint(fields=["key", "model"], name="key_model_limit")]
+
+
+class ServiceAccount(models.Model):
+    """OpenAI's project service account: a named, non-human owner of project keys."""
+
+    public_id = models.CharField(max_length=40, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="service_accounts")
+    name = models.CharField(max_length=200)
+    role = models.CharField(max_length=8, default="member")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ADMIN_KEY_PREFIX = "sk-admin-"
+
+
+class AdminKey(models.Model):
+    """A credential for the Admin API (/v1/organization/) only, never for inference.
+
+    Hashed like API keys, under the same pepper but a different prefix, so neither kind
+    of secret is ever accepted as the other.
+    """
+
+    name = models.CharField(max_length=100)
+    public_id = models.CharField(max_length=24, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    last_four = models.CharField(max_length=4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "admin API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
+
+    @property
+    def display(self) -> str:
+        return f"{ADMIN_KEY_PREFIX}{self.public_id}…{self.last_four}"
+
+    @classmethod
+    def issue(cls, **fields) -> tuple[AdminKey, str]:
+        key = cls(public_id=new_public_id(), **fields)
+        raw = f"{ADMIN_KEY_PREFIX}{key.public_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+        key.secret_hash, key.last_four = hash_key(raw), raw[-4:]
+        return key, raw
+
+    def matches(self, raw: str) -> bool:
+        return bool(self.secret_hash) and hmac.compare_digest(self.secret_hash, hash_key(raw))
+
+
+def parse_admin_public_id(raw: str) -> str | None:
+    if not raw.startswith(ADMIN_KEY_PREFIX):
+        return None
+    public_id, sep, secret = raw[len(ADMIN_KEY_PREFIX) :].partition("-")
+    if not sep or not secret or len(public_id) != PUBLIC_ID_BYTES * 2:
+        return None
+    return public_id
+
+
+class QuotaCounter(models.Model):
+    """The database store's counters of one quota subject (accounts/quota/database.py):
+    a key ("k12"), a project ("p3"), or either for one model ("k12:m:<model>").
 
     rpm and tpm are sliding windows of one-second buckets ({"<epoch second>": count},
     accounts.quota.Window); the budget's window is a period label ("2025-06-01",
-    "2025-06", "total").
+    "2025-06", "total"); money in integer units (llmgateway.accounting.MONEY_SCALE).
     """
 
-    key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, primary_key=True)
+    subject = models.CharField(max_length=200, primary_key=True)
     touched_at = models.DateTimeField(null=True)
     rpm_buckets = models.JSONField(default=dict)
     tpm_buckets = models.JSONField(default=dict)
     budget_window = models.CharField(max_length=16, blank=True)
     budget_used = models.BigIntegerField(default=0)
+    money_used = models.BigIntegerField(default=0)
 
 
-class QuotaLease(models.Model):
-    """One admitted, not yet settled request (database backend)."""
+class QuotaHold(models.Model):
+    """What one admitted, not yet settled request holds on one subject (database store)."""
 
-    id = models.CharField(max_length=40, primary_key=True)
-    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
-    expires_at = models.DateTimeField(db_index=True)
+    lease_id = models.CharField(max_length=40, db_index=True)
+    subject = models.CharField(max_length=200, db_index=True)
+    expires_at = models.DateTimeField()
     reserved = models.BigIntegerField()
+    cost = models.BigIntegerField(default=0)
     # The tpm bucket (epoch second) the reservation was counted in; null without a tpm limit.
     tpm_window = models.BigIntegerField(null=True)
     budget_window = models.CharField(max_length=16, blank=True)
+    money = models.BooleanField(default=False)
 
 
 class RequestLog(models.Model):
@@ -172,12 +420,17 @@ class RequestLog(models.Model):
         related_name="+",
     )
     key_public_id = models.CharField(max_length=24, blank=True)
+    project_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     model = models.CharField(max_length=128, blank=True)
     endpoint = models.CharField(max_length=64)
     status = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    # Exact, from the model's prices at settlement (llmgateway.accounting.Prices); null when
+    # the model has no prices.
+    cost = models.DecimalField(max_digits=24, decimal_places=10, null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     latency_ms = models.FloatField()
     ttft_ms = models.FloatField(null=True, blank=True)

@@ -8,22 +8,29 @@ in use is reloaded ahead of expiry, off its requests' path (llmgateway/cache.py)
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, KeyUsage, hash_key, parse_public_id
+from accounts.models import ApiKey, Project, hash_key, parse_public_id
+from accounts.subjects import QuotaPlan, Subject
 from llmgateway import background
+from llmgateway.accounting import money_units
 from llmgateway.cache import RowCache
 from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LAST_USED_EVERY = 60.0  # seconds between last_used_at writes per key and process
 MAX_CACHED = 10_000
@@ -44,10 +51,26 @@ class KeyRecord:
     max_concurrency: int | None
     budget_tokens: int | None
     budget_period: str
+    project_id: int = 0
+    project_public_id: str = ""
+    project_archived: bool = False
+    budget_money: int | None = None
+    networks: tuple[IPNetwork, ...] = ()  # the IP allow-list; empty: any address
+    project_alert_url: str = ""  # the project's budget alert webhook (accounts/alerts.py)
+    quota: QuotaPlan | None = None  # None: the key's own limits only
 
     @classmethod
     def from_row(cls, key: ApiKey) -> KeyRecord:
+        """`key` with its project and model limits loaded (select/prefetch_related)."""
+        project = key.project
         return cls(
+            project_id=project.pk,
+            project_public_id=project.public_id,
+            project_archived=project.archived_at is not None,
+            project_alert_url=project.alert_webhook_url,
+            budget_money=_units(key.budget_amount),
+            networks=networks_parse(key.allowed_networks),
+            quota=quota_plan(key),
             id=key.pk,
             public_id=key.public_id,
             name=key.name,
@@ -63,13 +86,99 @@ class KeyRecord:
 
     @property
     def has_limits(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.rpm_limit, self.tpm_limit, self.max_concurrency, self.budget_tokens)
+        return bool(self.subjects())
+
+    def subjects(self, model: str = "") -> tuple[Subject, ...]:
+        """The quota subjects a request for `model` is admitted against."""
+        if self.quota is not None:
+            return self.quota.subjects(model)
+        own = Subject(
+            tag=self.project_id,
+            name=f"k{self.id}",
+            scope="key",
+            rpm_limit=self.rpm_limit,
+            tpm_limit=self.tpm_limit,
+            max_concurrency=self.max_concurrency,
+            budget_tokens=self.budget_tokens,
+            budget_money=self.budget_money,
+            budget_period=self.budget_period,
+        )
+        return (own,) if own.has_limits else ()
+
+    def key_subject(self) -> Subject:
+        return (
+            self.quota.key
+            if self.quota is not None
+            else Subject(self.project_id, f"k{self.id}", "key")
         )
 
     def is_active(self) -> bool:
-        return not self.revoked and (self.expires_at is None or self.expires_at > timezone.now())
+        return (
+            not self.revoked
+            and not self.project_archived
+            and (self.expires_at is None or self.expires_at > timezone.now())
+        )
+
+    def admits_address(self, address: str | None) -> bool:
+        """Whether the IP allow-list lets `address` (the client address: REMOTE_ADDR, which uvicorn takes from X-Forwarded-For only from FORWARDED_ALLOW_IPS) in."""
+        if not self.networks:
+            return True
+        if not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip.version == n.version and ip in n for n in self.networks)
+
+
+def _units(amount: Decimal | None) -> int | None:
+    return None if amount is None else money_units(amount)
+
+
+def networks_parse(text: str) -> tuple[IPNetwork, ...]:
+    """An allow-list's CIDRs (comma- or newline-separated); raises ValueError if one is bad."""
+    parts = [p for p in re.split(r"[\s,]+", text or "") if p]
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+
+def quota_plan(key: ApiKey) -> QuotaPlan:
+    """The subjects of `key`: its own limits, its project's, and both per model."""
+    project = key.project
+    tag = project.pk
+
+    def model_subjects(prefix: str, scope: str, rows) -> dict[str, Subject]:
+        return {
+            row.model: Subject(
+                tag,
+                f"{prefix}:m:{row.model}",
+                scope,
+                model=row.model,
+                rpm_limit=row.rpm_limit,
+                tpm_limit=row.tpm_limit,
+            )
+            for row in rows
+        }
+
+    def own(name: str, scope: str, row) -> Subject:
+        return Subject(
+            tag,
+            name,
+            scope,
+            rpm_limit=row.rpm_limit,
+            tpm_limit=row.tpm_limit,
+            max_concurrency=row.max_concurrency,
+            budget_tokens=row.budget_tokens,
+            budget_money=_units(row.budget_amount),
+            budget_period=row.budget_period,
+        )
+
+    return QuotaPlan(
+        key=own(f"k{key.pk}", "key", key),
+        project=own(f"p{project.pk}", "project", project),
+        key_models=model_subjects(f"k{key.pk}", "key", key.model_limits.all()),
+        project_models=model_subjects(f"p{project.pk}", "project", project.model_limits.all()),
+    )
 
 
 def key_allows(key: KeyRecord, model_name: str) -> bool:
@@ -100,18 +209,30 @@ class Caller:
 
 
 def key_create(
-    *, owner, name: str, models: list[str] | None = None, **limits
+    *,
+    owner,
+    name: str,
+    models: list[str] | None = None,
+    project: Project | None = None,
+    model_limits: dict[str, tuple[int | None, int | None]] | None = None,
+    **limits,
 ) -> tuple[ApiKey, str]:
     """Save a new key; return it with its secret, which is shown once and never stored.
 
     `models` None allows every model; a list allows exactly those ModelConfig names.
+    `project` None puts it in the default project. `model_limits`: model → (rpm, tpm).
     """
+    from accounts.models import KeyModelLimit
     from llmgateway.models import ModelConfig
 
     with transaction.atomic():
-        key, raw = ApiKey.issue(owner=owner, name=name, all_models=models is None, **limits)
+        project = project or Project.default()
+        key, raw = ApiKey.issue(
+            owner=owner, name=name, all_models=models is None, project=project, **limits
+        )
         key.save()
-        KeyUsage.objects.create(key=key)
+        for model, (rpm, tpm) in (model_limits or {}).items():
+            KeyModelLimit.objects.create(key=key, model=model, rpm_limit=rpm, tpm_limit=tpm)
         if models is not None:
             rows = list(ModelConfig.objects.filter(name__in=models))
             missing = set(models) - {r.name for r in rows}
@@ -139,6 +260,25 @@ def key_secret_issue(*, key: ApiKey) -> str | None:
     return raw
 
 
+def key_rotate(*, key: ApiKey, grace: timedelta) -> str:
+    """Give `key` a new secret; the old one keeps working for `grace` (zero: not at all).
+
+    Returns the new secret, shown once. Both secrets reach every replica within
+    API_KEY_CACHE_SECONDS, and the old one stops within that time after its grace ends.
+    """
+    previous = key.secret_hash
+    raw = key.new_secret()
+    key.previous_secret_hash = previous if grace > timedelta(0) else ""
+    key.previous_valid_until = timezone.now() + grace if grace > timedelta(0) else None
+    key.save(
+        update_fields=[
+            "secret_hash", "last_four", "previous_secret_hash", "previous_valid_until",
+            "updated_at",
+        ]
+    )  # fmt: skip
+    return raw
+
+
 def key_revoke(*, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
@@ -157,8 +297,15 @@ def _load(raw: str) -> Caller | None:
     public_id = parse_public_id(raw)
     if public_id is None:
         return None
-    key = ApiKey.objects.filter(public_id=public_id).prefetch_related("allowed_models").first()
-    if key is None or not key.matches(raw):
+    key = (
+        ApiKey.objects.filter(public_id=public_id)
+        .select_related("project")
+        .prefetch_related("allowed_models", "model_limits", "project__model_limits")
+        .first()
+    )
+    if key is None:
+        return None
+    if not key.matches(raw) and not key.matches_previous(raw, timezone.now()):
         return None
     return Caller.from_row(key)
 
@@ -167,6 +314,13 @@ def _load(raw: str) -> Caller | None:
 _cache: RowCache[Caller | None] = RowCache(
     orm(_load), ttl=lambda: settings.API_KEY_CACHE_SECONDS, max_entries=MAX_CACHED
 )
+
+
+def callers_forget() -> None:
+    """Drop this process's cached key lookups: an Admin API change (archive, delete,
+    limits) applies at once in the process that made it, and within
+    API_KEY_CACHE_SECONDS in every other."""
+    _cache.clear()
 
 
 async def caller_lookup(raw: str) -> Caller | None:

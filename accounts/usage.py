@@ -1,4 +1,5 @@
-"""The admin usage page's numbers and charts: per day, per key, per model.
+"""The admin usage page's numbers and charts: per day, per key, per project, per model,
+requests, tokens, spend (each row's recorded cost) and latency.
 
 Charts are inline SVG drawn here, so the page works offline with no script
 or CDN. Aggregation reads the raw request logs of the chosen window; keep the
@@ -12,12 +13,14 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from accounts.models import RequestLog
+from accounts.models import Project, RequestLog
 
 BAR_COLORS = ("#417690", "#79aec8", "#c0392b")
 
@@ -28,13 +31,17 @@ class Bucket:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    spend: Decimal = Decimal(0)
     latencies: list[float] = field(default_factory=list)
 
-    def add(self, status: int, prompt: int, completion: int, latency: float) -> None:
+    def add(
+        self, status: int, prompt: int, completion: int, latency: float, cost: Decimal | None
+    ) -> None:
         self.requests += 1
         self.errors += status >= 400
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+        self.spend += cost or 0
         self.latencies.append(latency)
 
     @property
@@ -58,18 +65,20 @@ class Bucket:
 def usage_report(*, days: int) -> dict[str, dict[str, Bucket]]:
     since = timezone.now() - timedelta(days=days)
     rows = RequestLog.objects.filter(created_at__gte=since).values_list(
-        "created_at", "key_public_id", "model", "status", "prompt_tokens",
-        "completion_tokens", "latency_ms",
+        "created_at", "key_public_id", "project_id", "model", "status", "prompt_tokens",
+        "completion_tokens", "latency_ms", "cost",
     )  # fmt: skip
+    projects = dict(Project.objects.values_list("pk", "name"))
     report: dict[str, dict[str, Bucket]] = {
         "day": defaultdict(Bucket),
         "key": defaultdict(Bucket),
+        "project": defaultdict(Bucket),
         "model": defaultdict(Bucket),
     }
-    for created, key, model, status, prompt, completion, latency in rows.iterator():
-        values = (status, prompt, completion, latency)
+    for created, key, project, model, *values in rows.iterator():
         report["day"][created.date().isoformat()].add(*values)
         report["key"][f"sk-gw-{key}" if key else "(no key)"].add(*values)
+        report["project"][projects.get(project, "(none)") if project else "(none)"].add(*values)
         report["model"][model or "(none)"].add(*values)
     start = (timezone.now() - timedelta(days=days - 1)).date()
     days_list = [(start + timedelta(days=i)).isoformat() for i in range(days)]
@@ -198,6 +207,11 @@ def usage_charts(report: dict[str, dict[str, Bucket]]) -> dict[str, list[SafeStr
                     ("prompt", [b.prompt_tokens for b in values]),
                     ("completion", [b.completion_tokens for b in values]),
                 ],
+            ),
+            bar_chart(
+                f"Spend per {name} ({settings.GATEWAY_CURRENCY.upper()})",
+                labels,
+                [("spend", [float(b.spend) for b in values])],
             ),
             bar_chart(
                 f"Latency per {name}",

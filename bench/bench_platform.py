@@ -13,7 +13,9 @@ temporary worktree: this version against that one, measured in the same rounds. 
 --early-start-off, another worker runs with QUOTA_EARLY_START=false; with
 --redis-delay-ms, the gateways reach Redis through bench.delay_proxy, which adds
 that delay each way (a Redis across the network); with --store database the quota
-counters live in PostgreSQL (REDIS_URL unset). Targets (issue 4): everything on, at most +1.5 ms
+counters live in PostgreSQL (REDIS_URL unset). "on, key + project" is the same platform
+gateway with a key whose project has limits too (key and project admitted together).
+Targets (issue 4): everything on, at most +1.5 ms
 p50 over the direct call at concurrency 1, at least 0.5x its rate at 16, and no
 memory growth over a 10-minute run.
 """
@@ -58,18 +60,28 @@ def setup_database() -> None:
     common_setup(platform=True)
 
 
-def bench_key() -> str:
-    """A key with every limit set (so every check runs) and none binding; its secret."""
+LIMITS = {
+    "rpm_limit": 10_000_000,
+    "tpm_limit": 10_000_000_000,
+    "max_concurrency": 1000,
+    "budget_tokens": 10**15,
+    "budget_period": "total",
+}
+
+
+def bench_key(*, project: bool = False) -> str:
+    """A key with every limit set (so every check runs) and none binding; its secret.
+
+    `project`: the key is in a project of its own with the same limits, so admission
+    checks key and project together (issue 17's "key + project" path); otherwise it is
+    in the default project, which has none (key-only admission).
+    """
+    from accounts.models import Project
     from accounts.services import key_create, owner_get_or_create
 
+    home = Project.objects.create(name="bench", **LIMITS) if project else None
     _, secret = key_create(
-        owner=owner_get_or_create(username="bench"),
-        name="bench",
-        rpm_limit=10_000_000,
-        tpm_limit=10_000_000_000,
-        max_concurrency=1000,
-        budget_tokens=10**15,
-        budget_period="total",
+        owner=owner_get_or_create(username="bench"), name="bench", project=home, **LIMITS
     )
     return secret
 
@@ -86,6 +98,7 @@ async def bench(args) -> None:
     redis.Redis.from_url(REDIS).flushdb()
     async with dev_stack(workdir) as triton:
         secret = await asyncio.to_thread(bench_key)
+        project_secret = await asyncio.to_thread(bench_key, project=True)
         env = {"DATABASE_URL": DATABASE, "SQLITE_PATH": ""}
         # --store database: quota counters in PostgreSQL (REDIS_URL unset) instead.
         redis_url = REDIS if args.store == "redis" else ""
@@ -140,17 +153,25 @@ async def bench(args) -> None:
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
             headers = {"authorization": f"Bearer {secret}"}
 
-            def via(port: int):
+            def via(port: int, key: str | None = None):
+                sent = {"authorization": f"Bearer {key}"} if key else headers
+
                 async def call() -> None:
                     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    async with session.post(url, json=body, headers=headers) as response:
+                    async with session.post(url, json=body, headers=sent) as response:
                         assert response.status == 200, await response.text()
                         await response.read()
 
                 return call
 
-            paths = {"direct": direct, "platform off": via(off_port), "platform on": via(on_port)}
+            paths = {
+                "direct": direct,
+                "platform off": via(off_port),
+                "platform on": via(on_port),
+                "on, key + project": via(on_port, project_secret),
+            }
             cpu_pids = {"platform off": off.pid, "platform on": on.pid}
+            cpu_pids["on, key + project"] = on.pid
             if args.early_start_off:
                 paths["on, early start off"] = via(late_port)
                 cpu_pids["on, early start off"] = late.pid

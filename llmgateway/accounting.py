@@ -19,7 +19,48 @@ With the platform off (settings.GATEWAY_PLATFORM) a request's admission is a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
+
+# Money is counted (budgets, quota stores) as integers of 10^-MONEY_PLACES currency units:
+# prices have 4 decimal places per 1M tokens, so every cost is exact in these units.
+MONEY_PLACES = 10
+MONEY_SCALE = 10**MONEY_PLACES
+PER_TOKENS = Decimal(1_000_000)
+
+
+def money_units(amount: Decimal) -> int:
+    """`amount` of currency as integer money units (exact for prices' 4 places)."""
+    return int(amount.scaleb(MONEY_PLACES).to_integral_value())
+
+
+def money_amount(units: int) -> Decimal:
+    return Decimal(units).scaleb(-MONEY_PLACES)
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """A model's prices per 1M tokens (ModelConfig), in settings.GATEWAY_CURRENCY."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None  # None: cached prompt tokens cost the input price
+
+    def cost(self, usage: Usage) -> Decimal:
+        """The exact cost of `usage` (Decimal arithmetic throughout, no rounding)."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        total = (
+            (usage.prompt_tokens - cached) * self.input
+            + cached * cached_price
+            + usage.completion_tokens * self.output
+        )
+        return total / PER_TOKENS
+
+    def most(self, prompt_tokens: int, max_tokens: int) -> Decimal:
+        """The most a request can cost: every prompt token at the dearer input price."""
+        dearest = max(self.input, self.cached_input or Decimal(0))
+        return (prompt_tokens * dearest + max_tokens * self.output) / PER_TOKENS
 
 
 @dataclass(slots=True)
@@ -28,6 +69,8 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those served from a prefix cache, when Triton reports them.
+    cached_tokens: int = 0
     # Of the completion tokens, those of a reasoning model's reasoning (None: the
     # model has no reasoning format, and usage says nothing of it).
     reasoning_tokens: int | None = None
@@ -68,6 +111,7 @@ class Reservation:
     prompt_tokens: int
     max_tokens: int  # the most this request may generate, over all choices
     stream: bool
+    prices: Prices | None = None
 
 
 class Startable(Protocol):

@@ -48,6 +48,13 @@ class RowCache(Generic[V]):
         self._clock = clock
         self._entries: dict[Hashable, tuple[float, V]] = {}
         self._loading: dict[Hashable, asyncio.Future[V]] = {}
+        self._cleared = float("-inf")
+
+    def clear(self) -> None:
+        """Forget every entry now; a load already in flight is not stored either (it may
+        have read the rows before the change that made this clear necessary)."""
+        self._entries.clear()
+        self._cleared = self._clock()
 
     async def get(self, key: Hashable, *args: Any) -> V:
         """The value for `key`, loaded (when it must be) by `load(*args)`."""
@@ -89,6 +96,8 @@ class RowCache(Generic[V]):
             if len(self._entries) >= self._max_entries and key not in self._entries:
                 self._entries.clear()
             current = self._entries.get(key)
+            if started < self._cleared:
+                return value  # read before a clear(): serve it to its waiters, keep nothing
             if current is None or current[0] <= started:  # never replace a newer load
                 self._entries[key] = (started, value)
             return value

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from llmgateway.accounting import Prices
 from llmgateway.addresses import targets_parse
 from llmgateway.textgen.reasoning import reasoning_format, reasoning_format_choices
 from llmgateway.textgen.tools import tool_format_choices
@@ -104,6 +107,35 @@ class ModelConfig(models.Model):
     image_tokens = models.PositiveIntegerField(
         default=256, help_text="Prompt positions (encoder output rows) per image."
     )
+    # Prices per 1M tokens in settings.GATEWAY_CURRENCY (llmgateway/accounting.py): blank
+    # means unpriced (costs 0 and no money is reserved for it).
+    input_price = models.DecimalField(
+        "input price",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Per 1M prompt tokens, in the configured currency. Blank: unpriced.",
+    )
+    cached_input_price = models.DecimalField(
+        "cached-input price",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Per 1M cached prompt tokens. Blank: the input price.",
+    )
+    output_price = models.DecimalField(
+        "output price",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Per 1M generated tokens. Blank: unpriced.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -119,6 +151,16 @@ class ModelConfig(models.Model):
             raise ValidationError({"default_max_tokens": "Must not exceed max_output_tokens."})
         if self.max_output_tokens >= self.context_length:
             raise ValidationError({"max_output_tokens": "Must be below context_length."})
+
+    @property
+    def prices(self) -> Prices | None:
+        if self.input_price is None and self.output_price is None:
+            return None
+        return Prices(
+            input=self.input_price or Decimal(0),
+            output=self.output_price or Decimal(0),
+            cached_input=self.cached_input_price,
+        )
 
     @property
     def accepts_images(self) -> bool:

@@ -304,6 +304,19 @@ QUOTA_LEASE_SECONDS = env_float("QUOTA_LEASE_SECONDS", GATEWAY_REQUEST_TIMEOUT +
 # request was admitted (accounts.admission.EarlyStarts): saves the quota store's round
 # trip. Off: nothing reaches Triton before it is admitted.
 QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
+# The currency of every model price and money budget (lowercase ISO 4217, as OpenAI's
+# Costs API reports it).
+GATEWAY_CURRENCY = env_str("GATEWAY_CURRENCY", "usd").lower()
+# Budget alert webhooks (accounts/alerts.py): tries per alert, the first wait between
+# tries (doubling after each), and seconds per try. The receiver must be a public address
+# unless VISION_ALLOWED_HOSTS / VISION_ALLOWED_NETWORKS list it (the image-fetch rules).
+BUDGET_ALERT_ATTEMPTS = env_int("BUDGET_ALERT_ATTEMPTS", 5)
+BUDGET_ALERT_RETRY_SECONDS = env_float("BUDGET_ALERT_RETRY_SECONDS", 2.0)
+BUDGET_ALERT_TIMEOUT = env_float("BUDGET_ALERT_TIMEOUT", 10.0)
+# The Admin API's ceilings for a project's per-model rate limits (what an unset limit
+# reads as in /v1/organization/projects/{id}/rate_limits; higher values are refused).
+ADMIN_API_MAX_RPM = env_int("ADMIN_API_MAX_RPM", 1_000_000)
+ADMIN_API_MAX_TPM = env_int("ADMIN_API_MAX_TPM", 10_000_000_000)
 # Store prompt and response text in request logs (off: token counts and metadata only).
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.

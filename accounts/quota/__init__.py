@@ -1,4 +1,10 @@
-"""Per-key quotas: requests and tokens per minute, concurrent requests, a token budget.
+"""Quotas: requests and tokens per minute, concurrent requests, token and money budgets.
+
+A request is admitted against every quota *subject* that applies to it: its key,
+the key's limits for the requested model, the key's project, and the project's
+limits for the model (`Subject`, `QuotaPlan`). Admission over all of them is one
+atomic step in each store (one Lua script in Redis, one transaction in the
+database): either every subject admits and all are charged, or none is.
 
 Every admission reserves the request's worst case (prompt tokens plus the most it
 may generate) against tokens-per-minute and the budget, and takes a concurrency
@@ -30,6 +36,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 
+from accounts.subjects import QuotaPlan, Subject
+
+__all__ = ["QuotaPlan", "Subject"]  # re-exported: they belong to quotas' vocabulary
+
 if TYPE_CHECKING:
     from accounts.services import KeyRecord
 
@@ -45,6 +55,18 @@ class Verdict(enum.IntEnum):
     TOKENS = 2
     CONCURRENCY = 3
     BUDGET = 4
+    MONEY = 5  # a money budget (llmgateway.accounting: integer money units)
+
+
+@dataclass(frozen=True, slots=True)
+class Used:
+    """One subject's counters as an admission found them (its own charge included)."""
+
+    rpm: int
+    tpm: int
+    budget: int
+    money: int
+    reset_ms: int
 
 
 @dataclass(slots=True)
@@ -60,16 +82,49 @@ class Decision:
     # request to fit (retry-after).
     retry_ms: int = 0
     lease_id: str | None = None
+    money_used: int = 0
+    # The subjects admitted against and each one's counters; the counters above are
+    # those of `subject`: the one that refused, or the first (the key) when admitted.
+    subjects: tuple[Subject, ...] = ()
+    used: tuple[Used, ...] = ()
+    subject: Subject | None = None
+
+    @classmethod
+    def of(
+        cls,
+        verdict: Verdict,
+        subjects: tuple[Subject, ...],
+        used: list[Used],
+        who: int,
+        retry_ms: int,
+        lease_id: str | None,
+    ) -> Decision:
+        """`who`: the index of the refusing subject (0 when admitted)."""
+        mine = used[who] if used else Used(0, 0, 0, 0, 0)
+        return cls(
+            verdict,
+            mine.rpm,
+            mine.tpm,
+            mine.budget,
+            max((u.reset_ms for u in used), default=0),
+            retry_ms,
+            lease_id if verdict is Verdict.OK else None,
+            mine.money,
+            subjects,
+            tuple(used),
+            subjects[who] if subjects else None,
+        )
 
 
 @dataclass(slots=True)
 class Snapshot:
-    """A key's counters now: for the admin and for tests."""
+    """A subject's counters now: for the admin and for tests."""
 
     rpm_used: int
     tpm_used: int
     budget_used: int
     leases: int
+    money_used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +211,28 @@ def lease_seconds() -> float:
 
 
 class QuotaStore(Protocol):
-    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
-        """Admit or refuse atomically; when admitted, hold `tokens` under a new lease."""
+    async def reserve(
+        self,
+        key: KeyRecord,
+        tokens: int,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> Decision:
+        """Admit or refuse atomically over every subject (default: the key's subjects for
+        no particular model); when admitted, hold `tokens` and `cost` (money units) on
+        each under a new lease."""
         ...
 
     async def settle(
-        self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
     ) -> None:
         """Charge `tokens` instead of the lease's reservation and write the log record.
 
@@ -174,8 +245,9 @@ class QuotaStore(Protocol):
         """Write a log record for a request that was never admitted (spooled likewise)."""
         ...
 
-    async def snapshot(self, key: KeyRecord) -> Snapshot:
-        """The key's counters in the current windows (expired leases not yet released)."""
+    async def snapshot(self, key: KeyRecord, subject: Subject | None = None) -> Snapshot:
+        """A subject's counters in the current windows (expired leases not yet released);
+        the key's own by default."""
         ...
 
 

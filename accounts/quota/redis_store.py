@@ -1,8 +1,10 @@
 """Quota counters in Redis, shared by every replica (REDIS_URL set).
 
-Admission is one Lua script: it releases expired leases, checks the budget,
-requests per minute, tokens per minute and concurrency, and only if all pass
-increments them and records the lease. Redis runs a script atomically, so:
+Admission is one Lua script over every subject of the request (the key, the
+key's project, and either's limits for the model): it releases expired leases,
+checks each one's budgets (tokens, money), requests per minute, tokens per minute
+and concurrency, and only if all pass, for every subject, increments them and
+records the lease on each. Redis runs a script atomically, so:
 
 - check-then-increment races are excluded across every process and replica:
   no other admission or settlement of any key interleaves with a script (the
@@ -39,8 +41,14 @@ admission released it on expiry (recorded in the key's `expired` hash for a
 day), so a replay of a settlement already applied charges nothing. While the
 database is out the outbox keeps every record and the drain retries; a record
 the database refuses for good moves to DEAD_LETTERS, never dropped.
-All of a key's Redis keys share the hash tag {<key id>}, so the scripts are
-valid on Redis Cluster. The clock is the gateway's (replicas must run NTP;
+Every counter a script touches shares one hash tag, {p<project id>}: a key's
+counters, its project's and both per model (accounts.quota.Subject), so the
+admission script is a single-slot call, valid on Redis Cluster (all of a
+project's counters on one slot; a key moved to another project starts its
+counters afresh there). The settle script also pushes onto the one request-log
+outbox, which has no such tag: on Cluster that needs an outbox per project tag
+and a drain that walks them, which is not built (the gateway requires a single
+primary, docs/deploy.md). The clock is the gateway's (replicas must run NTP;
 skew only shifts bucket boundaries). requests and tokens per minute are sliding
 windows of one-second buckets, one hash per key (accounts/quota/__init__.py).
 """
@@ -65,6 +73,8 @@ from accounts.quota import (
     Clock,
     Decision,
     Snapshot,
+    Subject,
+    Used,
     Verdict,
     Window,
     lease_seconds,
@@ -79,7 +89,14 @@ from accounts.quota.resp import (
     RespClient,
     Script,
 )
-from accounts.quota.spool import Entry, SpoolReplayer, log_entry, settle_entry, spool, spooled_key
+from accounts.quota.spool import (
+    Entry,
+    SpoolReplayer,
+    log_entry,
+    settle_entry,
+    spool,
+    spooled_subjects,
+)
 from accounts.services import KeyRecord
 from llmgateway import background
 from llmgateway.db import orm
@@ -99,35 +116,50 @@ DRAIN_RETRY_MAX = 5.0
 # A bucket hash outlives its newest bucket's window by a few seconds.
 WINDOW_KEEP_MS = (WINDOW_BUCKETS + 5) * BUCKET_MS
 
-# KEYS: leases (zset id→expiry ms), held (hash id→"tokens|tpm bucket|budget key"),
-#       rpm buckets (hash second→count), tpm buckets (hash second→tokens), budget counter,
-#       expired (hash: leases released on expiry, not charged yet)
-# ARGV: now ms, lease id, lease expiry ms, tokens, rpm limit, tpm limit,
-#       concurrency limit, budget limit (-1: none), current bucket, oldest counted bucket,
-#       ms from a bucket's start until it stops counting, bucket hash ttl ms,
-#       budget ttl ms (0: none)
-# Returns {verdict, rpm used, tpm used, budget used, reset ms, retry ms}.
+# Both scripts work over N quota subjects (accounts.quota.Subject: the key, the project,
+# either for one model), SUBJECT_KEYS Redis keys each, all under one hash tag.
+# Per subject: leases (zset id→expiry ms), held (hash id→"tokens|cost|tpm bucket|budget
+# key|money key"), rpm buckets (hash second→count), tpm buckets (hash second→tokens),
+# budget counter, money counter, expired (hash: leases released on expiry, not charged yet).
+#
+# RESERVE ARGV: now ms, lease id, lease expiry ms, tokens, cost (money units), current
+#   bucket, oldest counted bucket, ms from a bucket's start until it stops counting,
+#   bucket hash ttl ms, number of subjects; then per subject: rpm limit, tpm limit,
+#   concurrency limit, token budget, money budget (-1: none), budget ttl ms (0: none).
+# Returns {verdict, refusing subject (1-based; 0 when admitted), retry ms, then per
+#   subject checked: rpm used, tpm used, budget used, money used, reset ms}.
+# Every subject is checked before any is charged: all admit and all are charged, or
+# nothing changes but the release of expired leases.
 RESERVE = """
 local now = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, id in ipairs(expired) do
-  local held = redis.call('HGET', KEYS[2], id)
-  if held then
-    local amount, tpmbucket, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
-    if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[4], tpmbucket) == 1 then
-      redis.call('HINCRBY', KEYS[4], tpmbucket, -tonumber(amount))
-    end
-    if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
-      redis.call('DECRBY', budgetkey, amount)
-    end
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HSET', KEYS[6], id, 1)
-    redis.call('PEXPIRE', KEYS[6], EXPIRED_KEEP_MS)
-  end
+local tokens, cost = tonumber(ARGV[4]), tonumber(ARGV[5])
+local bucket, oldest, span = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local keep, n = tonumber(ARGV[9]), tonumber(ARGV[10])
+local function parse(held)
+  return string.match(held, '^(%-?%d+)|(%-?%d+)|([^|]*)|([^|]*)|(.*)$')
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
-
-local bucket, oldest, span = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local function expire(k)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[k + 1], '-inf', now)
+  for _, id in ipairs(expired) do
+    local held = redis.call('HGET', KEYS[k + 2], id)
+    if held then
+      local amount, money, tpmbucket, budgetkey, moneykey = parse(held)
+      if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[k + 4], tpmbucket) == 1 then
+        redis.call('HINCRBY', KEYS[k + 4], tpmbucket, -tonumber(amount))
+      end
+      if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
+        redis.call('DECRBY', budgetkey, amount)
+      end
+      if moneykey ~= '' and redis.call('EXISTS', moneykey) == 1 then
+        redis.call('DECRBY', moneykey, money)
+      end
+      redis.call('HDEL', KEYS[k + 2], id)
+      redis.call('HSET', KEYS[k + 7], id, 1)
+      redis.call('PEXPIRE', KEYS[k + 7], EXPIRED_KEEP_MS)
+    end
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', now) end
+end
 -- A sliding window: drop buckets that no longer count, total the rest (oldest first).
 local function window(hash)
   local flat = redis.call('HGETALL', hash)
@@ -137,9 +169,9 @@ local function window(hash)
     if b < oldest then
       stale[#stale + 1] = flat[i]
     else
-      local n = tonumber(flat[i + 1])
-      total = total + n
-      live[#live + 1] = {b, n}
+      local c = tonumber(flat[i + 1])
+      total = total + c
+      live[#live + 1] = {b, c}
     end
   end
   if #stale > 0 then redis.call('HDEL', hash, unpack(stale)) end
@@ -147,7 +179,6 @@ local function window(hash)
   return total, live
 end
 local function leaves(b) return b * 1000 + span - now end
--- Until no bucket counted now holds anything (admitted requests return leaves(bucket)).
 local function reset(live)
   local newest = nil
   for _, item in ipairs(live) do
@@ -156,7 +187,6 @@ local function reset(live)
   if newest == nil then return 0 end
   return leaves(newest)
 end
--- Until `need` more fits under `limit`, as the oldest buckets leave the window.
 local function fits(live, used, need, limit)
   for _, item in ipairs(live) do
     used = used - item[2]
@@ -165,81 +195,120 @@ local function fits(live, used, need, limit)
   return reset(live)
 end
 
-local tokens = tonumber(ARGV[4])
-local rpm_limit, tpm_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
-local conc_limit, budget_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
-local rpm, rpm_live = window(KEYS[3])
-local tpm, tpm_live = window(KEYS[4])
-local budget = tonumber(redis.call('GET', KEYS[5]) or '0')
-local live = redis.call('ZCARD', KEYS[1])
+local out = {0, 0, 0}
+local state = {}
+for i = 1, n do
+  local k, a = (i - 1) * SUBJECT_KEYS, 10 + (i - 1) * 6
+  expire(k)
+  local rpm_limit, tpm_limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local conc_limit, budget_limit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local money_limit = tonumber(ARGV[a + 5])
+  local rpm, rpm_live = window(KEYS[k + 3])
+  local tpm, tpm_live = window(KEYS[k + 4])
+  local budget = tonumber(redis.call('GET', KEYS[k + 5]) or '0')
+  local money = tonumber(redis.call('GET', KEYS[k + 6]) or '0')
+  local live = redis.call('ZCARD', KEYS[k + 1])
+  local verdict, retry = 0, 0
+  if budget_limit >= 0 and budget + tokens > budget_limit then verdict = 4
+  elseif money_limit >= 0 and money + cost > money_limit then verdict = 5
+  elseif rpm_limit >= 0 and rpm + 1 > rpm_limit then
+    verdict, retry = 1, fits(rpm_live, rpm, 1, rpm_limit)
+  elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then
+    verdict, retry = 2, fits(tpm_live, tpm, tokens, tpm_limit)
+  elseif conc_limit >= 0 and live + 1 > conc_limit then verdict = 3
+  end
+  local resets = math.max(reset(rpm_live), reset(tpm_live))
+  state[i] = {rpm, tpm, budget, money, resets}
+  if verdict ~= 0 then
+    out[1], out[2], out[3] = verdict, i, retry
+    for _, v in ipairs(state[i]) do out[#out + 1] = v end
+    return out
+  end
+end
 
-local verdict, retry = 0, 0
-if budget_limit >= 0 and budget + tokens > budget_limit then verdict = 4
-elseif rpm_limit >= 0 and rpm + 1 > rpm_limit then
-  verdict, retry = 1, fits(rpm_live, rpm, 1, rpm_limit)
-elseif tpm_limit >= 0 and tpm + tokens > tpm_limit then
-  verdict, retry = 2, fits(tpm_live, tpm, tokens, tpm_limit)
-elseif conc_limit >= 0 and live + 1 > conc_limit then verdict = 3
-end
-if verdict ~= 0 then
-  return {verdict, rpm, tpm, budget, math.max(reset(rpm_live), reset(tpm_live)), retry}
-end
-
-local keep, budget_ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
-redis.call('HINCRBY', KEYS[3], bucket, 1)
-redis.call('PEXPIRE', KEYS[3], keep)
-rpm = rpm + 1
-local tpmbucket, budgetkey = '', ''
-if tpm_limit >= 0 then
-  redis.call('HINCRBY', KEYS[4], bucket, tokens)
-  redis.call('PEXPIRE', KEYS[4], keep)
-  tpm = tpm + tokens
-  tpmbucket = tostring(bucket)
-end
-if budget_limit >= 0 then
-  budget = redis.call('INCRBY', KEYS[5], tokens)
-  if budget_ttl > 0 then redis.call('PEXPIRE', KEYS[5], budget_ttl) end
-  budgetkey = KEYS[5]
-end
 local expiry = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], expiry, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], tokens .. '|' .. tpmbucket .. '|' .. budgetkey)
-redis.call('PEXPIREAT', KEYS[1], expiry + 60000)
-redis.call('PEXPIREAT', KEYS[2], expiry + 60000)
-return {0, rpm, tpm, budget, leaves(bucket), 0}
+for i = 1, n do
+  local k, a = (i - 1) * SUBJECT_KEYS, 10 + (i - 1) * 6
+  local tpm_limit, budget_limit = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+  local money_limit, budget_ttl = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local s = state[i]
+  redis.call('HINCRBY', KEYS[k + 3], bucket, 1)
+  redis.call('PEXPIRE', KEYS[k + 3], keep)
+  s[1] = s[1] + 1
+  local tpmbucket, budgetkey, moneykey = '', '', ''
+  if tpm_limit >= 0 then
+    redis.call('HINCRBY', KEYS[k + 4], bucket, tokens)
+    redis.call('PEXPIRE', KEYS[k + 4], keep)
+    s[2] = s[2] + tokens
+    tpmbucket = tostring(bucket)
+  end
+  if budget_limit >= 0 then
+    s[3] = redis.call('INCRBY', KEYS[k + 5], tokens)
+    if budget_ttl > 0 then redis.call('PEXPIRE', KEYS[k + 5], budget_ttl) end
+    budgetkey = KEYS[k + 5]
+  end
+  if money_limit >= 0 then
+    s[4] = redis.call('INCRBY', KEYS[k + 6], cost)
+    if budget_ttl > 0 then redis.call('PEXPIRE', KEYS[k + 6], budget_ttl) end
+    moneykey = KEYS[k + 6]
+  end
+  s[5] = leaves(bucket)
+  redis.call('ZADD', KEYS[k + 1], expiry, ARGV[2])
+  redis.call('HSET', KEYS[k + 2], ARGV[2],
+    tokens .. '|' .. cost .. '|' .. tpmbucket .. '|' .. budgetkey .. '|' .. moneykey)
+  redis.call('PEXPIREAT', KEYS[k + 1], expiry + 60000)
+  redis.call('PEXPIREAT', KEYS[k + 2], expiry + 60000)
+  for _, v in ipairs(s) do out[#out + 1] = v end
+end
+return out
 """
 
-# KEYS: leases, held, outbox, tpm buckets, current budget counter, expired
-# ARGV: lease id, tokens used, log record JSON ('' for none), charge tpm (0/1),
-#       charge budget (0/1), current bucket, bucket hash ttl ms, budget ttl ms
-# A lease is charged once: while held, or after its expiry released it (it is then in
-# `expired`). Neither means it was settled already: a replay (spool.py) charges nothing.
+# KEYS: outbox, then SUBJECT_KEYS per subject (as RESERVE).
+# ARGV: lease id, tokens used, cost used (money units), log record JSON ('' for none),
+#       current bucket, bucket hash ttl ms, number of subjects; then per subject: charge
+#       tpm (0/1), charge budget (0/1), charge money (0/1), budget ttl ms.
+# A lease is charged once per subject: while held, or after its expiry released it (it
+# is then in `expired`). Neither means it was settled already: a replay (spool.py)
+# charges nothing.
 SETTLE = """
-local used = tonumber(ARGV[2])
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if held then
-  local amount, tpmbucket, budgetkey = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
-  local diff = used - tonumber(amount)
-  if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[4], tpmbucket) == 1 then
-    redis.call('HINCRBY', KEYS[4], tpmbucket, diff)
-  end
-  if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
-    redis.call('INCRBY', budgetkey, diff)
-  end
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-elseif ARGV[1] ~= '' and redis.call('HDEL', KEYS[6], ARGV[1]) == 1 then
-  -- The lease expired and its reservation was released: charge the usage now.
-  if ARGV[4] == '1' then
-    redis.call('HINCRBY', KEYS[4], ARGV[6], used)
-    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[7]))
-  end
-  if ARGV[5] == '1' then
-    redis.call('INCRBY', KEYS[5], used)
-    if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8])) end
+local used, spent = tonumber(ARGV[2]), tonumber(ARGV[3])
+local bucket, keep, n = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+for i = 1, n do
+  local k, a = 1 + (i - 1) * SUBJECT_KEYS, 7 + (i - 1) * 4
+  local held = redis.call('HGET', KEYS[k + 2], ARGV[1])
+  if held then
+    local amount, money, tpmbucket, budgetkey, moneykey =
+      string.match(held, '^(%-?%d+)|(%-?%d+)|([^|]*)|([^|]*)|(.*)$')
+    local diff = used - tonumber(amount)
+    if tpmbucket ~= '' and redis.call('HEXISTS', KEYS[k + 4], tpmbucket) == 1 then
+      redis.call('HINCRBY', KEYS[k + 4], tpmbucket, diff)
+    end
+    if budgetkey ~= '' and redis.call('EXISTS', budgetkey) == 1 then
+      redis.call('INCRBY', budgetkey, diff)
+    end
+    if moneykey ~= '' and redis.call('EXISTS', moneykey) == 1 then
+      redis.call('INCRBY', moneykey, spent - tonumber(money))
+    end
+    redis.call('HDEL', KEYS[k + 2], ARGV[1])
+    redis.call('ZREM', KEYS[k + 1], ARGV[1])
+  elseif ARGV[1] ~= '' and redis.call('HDEL', KEYS[k + 7], ARGV[1]) == 1 then
+    -- The lease expired and its reservation was released: charge the usage now.
+    local ttl = tonumber(ARGV[a + 4])
+    if ARGV[a + 1] == '1' then
+      redis.call('HINCRBY', KEYS[k + 4], bucket, used)
+      redis.call('PEXPIRE', KEYS[k + 4], keep)
+    end
+    if ARGV[a + 2] == '1' then
+      redis.call('INCRBY', KEYS[k + 5], used)
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[k + 5], ttl) end
+    end
+    if ARGV[a + 3] == '1' then
+      redis.call('INCRBY', KEYS[k + 6], spent)
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[k + 6], ttl) end
+    end
   end
 end
-if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[1], ARGV[4]) end
 return 1
 """
 
@@ -272,24 +341,33 @@ return 1
 """
 
 
-reserve_script = Script(RESERVE.replace("EXPIRED_KEEP_MS", str(EXPIRED_KEEP_MS)))
-settle_script = Script(SETTLE)
+SUBJECT_KEYS = 7
+reserve_script = Script(
+    RESERVE.replace("EXPIRED_KEEP_MS", str(EXPIRED_KEEP_MS)).replace(
+        "SUBJECT_KEYS", str(SUBJECT_KEYS)
+    )
+)
+settle_script = Script(SETTLE.replace("SUBJECT_KEYS", str(SUBJECT_KEYS)))
 drain_take_script = Script(DRAIN_TAKE)
 drain_done_script = Script(DRAIN_DONE)
 release_lock_script = Script(RELEASE_LOCK)
 SCRIPTS = (reserve_script, settle_script, drain_take_script, drain_done_script, release_lock_script)
 
 
-def _keys(key: KeyRecord, clock: Clock) -> list[str]:
-    tag = f"gw:{{{key.id}}}"
-    budget_window, _ = clock.budget_window(key.budget_period)
+def _keys(subject: Subject, clock: Clock) -> list[str]:
+    """A subject's Redis keys. Every subject of a project (its own, its keys', per model)
+    shares the hash tag {p<project id>}: a project's counters live on one slot, so one
+    script over all of them is a single-slot call."""
+    prefix = f"gw:{{p{subject.tag}}}:{subject.name}"
+    budget_window, _ = clock.budget_window(subject.budget_period)
     return [
-        f"{tag}:leases",
-        f"{tag}:held",
-        f"{tag}:rpm",
-        f"{tag}:tpm",
-        f"{tag}:budget:{budget_window}",
-        f"{tag}:expired",
+        f"{prefix}:leases",
+        f"{prefix}:held",
+        f"{prefix}:rpm",
+        f"{prefix}:tpm",
+        f"{prefix}:budget:{budget_window}",
+        f"{prefix}:money:{budget_window}",
+        f"{prefix}:expired",
     ]
 
 
@@ -315,62 +393,83 @@ class RedisStore:
             client = self._clients[loop] = RespClient(self.url, scripts=SCRIPTS)
         return client
 
-    async def reserve(self, key: KeyRecord, tokens: int) -> Decision:
+    async def reserve(
+        self,
+        key: KeyRecord,
+        tokens: int,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> Decision:
         self.replayer.check_once()
+        subjects = key.subjects() if subjects is None else subjects
         clock = Clock.read()
         lease_id = uuid.uuid4().hex
         try:
-            result = await self._reserve(key, tokens, clock, lease_id)
+            result = await self._reserve(subjects, tokens, cost, clock, lease_id)
         except RedisNoAnswer:
             # It may have run with only its answer lost: release the lease if so.
-            await self.replayer.keep([settle_entry("redis", key, lease_id, 0, None)])
+            entry = settle_entry("redis", key, lease_id, 0, None, subjects=subjects)
+            await self.replayer.keep([entry])
             raise
-        verdict, rpm, tpm, budget, reset_ms, retry_ms = (int(v) for v in result)
-        admitted = verdict == Verdict.OK
-        return Decision(
-            Verdict(verdict),
-            rpm,
-            tpm,
-            budget,
-            reset_ms,
-            retry_ms,
-            lease_id if admitted else None,
-        )
+        values = [int(v) for v in result]
+        verdict, who, retry_ms = Verdict(values[0]), values[1], values[2]
+        used = [Used(*values[i : i + 5]) for i in range(3, len(values), 5)]
+        if verdict is Verdict.OK:
+            return Decision.of(verdict, subjects, used, 0, 0, lease_id)
+        # Only the refusing subject's counters come back: report those.
+        refused = subjects[who - 1 :] + subjects[: who - 1]
+        return Decision.of(verdict, refused, used, 0, retry_ms, None)
 
-    async def _reserve(self, key: KeyRecord, tokens: int, clock: Clock, lease_id: str) -> list:
-        _, budget_ttl = clock.budget_window(key.budget_period)
-        return await reserve_script(
-            self.client(),
-            keys=_keys(key, clock),
-            args=[
-                clock.now_ms,
-                lease_id,
-                clock.now_ms + int(lease_seconds() * 1000),
-                tokens,
-                limit_arg(key.rpm_limit),
-                limit_arg(key.tpm_limit),
-                limit_arg(key.max_concurrency),
-                limit_arg(key.budget_tokens),
-                clock.bucket,
-                clock.oldest_bucket,
-                (WINDOW_BUCKETS + 1) * BUCKET_MS,
-                WINDOW_KEEP_MS,
+    async def _reserve(
+        self, subjects: tuple[Subject, ...], tokens: int, cost: int, clock: Clock, lease_id: str
+    ) -> list:
+        keys: list[str] = []
+        args: list = [
+            clock.now_ms,
+            lease_id,
+            clock.now_ms + int(lease_seconds() * 1000),
+            tokens,
+            cost,
+            clock.bucket,
+            clock.oldest_bucket,
+            (WINDOW_BUCKETS + 1) * BUCKET_MS,
+            WINDOW_KEEP_MS,
+            len(subjects),
+        ]
+        for subject in subjects:
+            keys += _keys(subject, clock)
+            _, budget_ttl = clock.budget_window(subject.budget_period)
+            args += [
+                limit_arg(subject.rpm_limit),
+                limit_arg(subject.tpm_limit),
+                limit_arg(subject.max_concurrency),
+                limit_arg(subject.budget_tokens),
+                limit_arg(subject.budget_money),
                 budget_ttl * 1000,
-            ],
-        )
+            ]
+        return await reserve_script(self.client(), keys=keys, args=args)
 
     async def settle(
-        self, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
     ) -> None:
         """Issue the settle script; if Redis cannot take it, the log row goes to the
         database directly and the settlement to the spool, replayed when Redis is back."""
         self.replayer.check_once()
-        entry = settle_entry("redis", key, lease_id, tokens, log)
+        subjects = key.subjects() if subjects is None else subjects
+        entry = settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost)
 
         def failed(exc: BaseException) -> None:
             background.spawn(self._settle_failed(entry, exc))
 
-        keys, args = _settle_call(key, lease_id, tokens, log)
+        keys, args = _settle_call(subjects, lease_id, tokens, cost, log)
         try:
             # Issued, not awaited: see Script.issue. The response goes out after the
             # settlement is on its way to Redis, ahead of anything sent later.
@@ -411,7 +510,11 @@ class RedisStore:
         refused = await orm(database_replay)(rest) if rest else []
         for entry in here:
             keys, args = _settle_call(
-                spooled_key(entry), entry["lease_id"], entry["tokens"], entry["log"]
+                spooled_subjects(entry),
+                entry["lease_id"],
+                entry["tokens"],
+                entry.get("cost", 0),
+                entry["log"],
             )
             await settle_script(self.client(), keys=keys, args=args)
         if any(entry["log"] for entry in here):
@@ -424,34 +527,43 @@ class RedisStore:
         except (RedisConnectionError, RedisReplyError):
             return False
 
-    async def snapshot(self, key: KeyRecord) -> Snapshot:
+    async def snapshot(self, key: KeyRecord, subject: Subject | None = None) -> Snapshot:
         clock = Clock.read()
-        leases, _, rpm, tpm, budget, _ = _keys(key, clock)
+        subject = subject or key.key_subject()
+        leases, _, rpm, tpm, budget, money, _ = _keys(subject, clock)
         client = self.client()
         rpm_used = Window(_pairs(await client.call("HGETALL", rpm)), clock).used
         tpm_used = Window(_pairs(await client.call("HGETALL", tpm)), clock).used
         budget_used = int(await client.call("GET", budget) or 0)
-        return Snapshot(rpm_used, tpm_used, budget_used, await client.call("ZCARD", leases))
+        money_used = int(await client.call("GET", money) or 0)
+        live = await client.call("ZCARD", leases)
+        return Snapshot(rpm_used, tpm_used, budget_used, live, money_used)
 
 
 def _settle_call(
-    key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+    subjects: tuple[Subject, ...], lease_id: str | None, tokens: int, cost: int, log: dict | None
 ) -> tuple[list, list]:
     """The settle script's keys and arguments."""
     clock = Clock.read()
-    leases, held, _, tpm_key, budget_key, expired = _keys(key, clock)
-    _, budget_ttl = clock.budget_window(key.budget_period)
-    keys = [leases, held, OUTBOX, tpm_key, budget_key, expired]
-    args = [
+    keys: list[str] = [OUTBOX]
+    args: list = [
         lease_id or "",
         tokens,
+        cost,
         orjson.dumps(log) if log is not None else "",
-        int(key.tpm_limit is not None),
-        int(key.budget_tokens is not None),
         clock.bucket,
         WINDOW_KEEP_MS,
-        budget_ttl * 1000,
+        len(subjects),
     ]
+    for subject in subjects:
+        keys += _keys(subject, clock)
+        _, budget_ttl = clock.budget_window(subject.budget_period)
+        args += [
+            int(subject.tpm_limit is not None),
+            int(subject.budget_tokens is not None),
+            int(subject.budget_money is not None),
+            budget_ttl * 1000,
+        ]
     return keys, args
 
 

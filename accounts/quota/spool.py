@@ -23,7 +23,8 @@ to an outage, and nothing is applied twice:
   rather than blocking the spool.
 
 Entries: {"kind": "settle" | "log", "store": "database" | "redis", "key": {...}
-or null, "lease_id": str or null, "tokens": int, "log": record or null}.
+or null, "subjects": [quota subjects], "lease_id": str or null, "tokens": int,
+"cost": int (money units), "log": record or null}.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from django.conf import settings
 from llmgateway import background
 
 if TYPE_CHECKING:
+    from accounts.quota import Subject
     from accounts.services import KeyRecord
 
 logger = logging.getLogger(__name__)
@@ -60,23 +62,43 @@ Entry = dict
 
 
 def settle_entry(
-    store: str, key: KeyRecord, lease_id: str | None, tokens: int, log: dict | None
+    store: str,
+    key: KeyRecord,
+    lease_id: str | None,
+    tokens: int,
+    log: dict | None,
+    *,
+    subjects: tuple[Subject, ...] | None = None,
+    cost: int = 0,
 ) -> Entry:
-    """A settlement to apply later: what the store's settle needs of the key, and the rest."""
+    """A settlement to apply later: what the store's settle needs of the key (its quota
+    subjects), and the rest."""
     fields = {
         "id": key.id,
         "tpm_limit": key.tpm_limit,
         "budget_tokens": key.budget_tokens,
         "budget_period": key.budget_period,
     }
+    subjects = key.subjects() if subjects is None else subjects
     return {
         "kind": "settle",
         "store": store,
         "key": fields,
+        "subjects": [s.as_dict() for s in subjects],
         "lease_id": lease_id,
         "tokens": tokens,
+        "cost": cost,
         "log": log,
     }
+
+
+def spooled_subjects(entry: Entry) -> tuple[Subject, ...]:
+    """The quota subjects of a spooled settlement."""
+    from accounts.quota import Subject
+
+    if "subjects" in entry:
+        return tuple(Subject.from_dict(s) for s in entry["subjects"])
+    return spooled_key(entry).subjects()  # written by a version before projects
 
 
 def log_entry(store: str, record: dict) -> Entry:

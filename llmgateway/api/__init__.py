@@ -91,4 +91,10 @@ def build_api() -> NinjaAPI:
     api.add_router("", generate.router, auth=auth)
     for router in (model_list.router, chat.router, completions.router, responses.router):
         api.add_router("/v1", router, auth=auth)
+    if settings.GATEWAY_PLATFORM:
+        # The Admin API: admin keys only (its routers carry their own auth).
+        from accounts.admin_api import projects_router, usage_router
+
+        api.add_router("/v1/organization", projects_router)
+        api.add_router("/v1/organization", usage_router)
     return api

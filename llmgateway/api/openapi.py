@@ -177,6 +177,7 @@ class Readiness(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "Invalid request; `param` names the field at fault.",
     401: "No API key, or one that is unknown, revoked or expired.",
+    403: "Admin API: an API key (not an admin key); the message names the missing scope.",
     404: "No such model, or one this key may not use (code model_not_found).",
     413: "The body is larger than GATEWAY_MAX_BODY_BYTES.",
     429: "A limit of the key is reached (requests or tokens per minute, concurrency, "
@@ -292,6 +293,9 @@ ROUTES: dict[tuple[str, str], RouteDoc] = {
 # Operations this table does not know yet (a route added later) still get the envelope
 # for what any route may answer: a bad request, a missing key, a server error.
 DEFAULT_ERRORS = (400, 401, 500)
+# The Admin API (accounts/admin_api/): its bodies come from its routers' response schemas.
+ADMIN_PREFIX = "/v1/organization/"
+ADMIN_ERRORS = (400, 401, 403, 404, 500)
 
 
 def _schemas() -> dict[str, Any]:
@@ -360,5 +364,14 @@ def document_responses(schema: S) -> S:
     components.setdefault("schemas", {}).update(_schemas())
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
-            _document(operation, ROUTES.get((method, path)))
+            if path.startswith(ADMIN_PREFIX):
+                _document_admin(operation)
+            else:
+                _document(operation, ROUTES.get((method, path)))
     return schema
+
+
+def _document_admin(operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    for status in ADMIN_ERRORS:
+        responses[status] = _error(status)

@@ -214,6 +214,7 @@ class Run:
             prompt_tokens=sum(len(r.prompt_ids) for r in prepared.requests),
             max_tokens=sum(r.params.max_tokens * r.n for r in prepared.requests),
             stream=self.endpoint.stream,
+            prices=target.config.prices,
         )
         early = prepared.generation if prepared.vision is None else None
         started = time.monotonic()

@@ -62,8 +62,10 @@ def committed(django_db_blocker) -> Iterator[None]:
 @pytest.fixture
 def make_key(committed, model_configs):
     """make_key(**limits) -> (ApiKey, secret), committed; `models=[...]` limits models."""
+    from accounts.quota.database import retry_when_locked
     from accounts.services import key_create, owner_get_or_create
 
+    @retry_when_locked  # SQLite: a gateway under test may be writing logs right now
     def make(models: list[str] | None = None, **limits):
         owner = owner_get_or_create(username="quota-tests")
         key, secret = key_create(

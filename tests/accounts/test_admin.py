@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from django.contrib.sessions.models import Session
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import ApiKey, RequestLog
+from accounts.models import ApiKey, Project, RequestLog
 from accounts.services import key_create
 from tests.conftest import CHAT_MODEL, V08_MODEL
 
 ADD_URL = "/admin/accounts/apikey/add/"
+# The per-model limits inline's management form, with no rows.
+NO_INLINES = {
+    "model_limits-TOTAL_FORMS": "0",
+    "model_limits-INITIAL_FORMS": "0",
+    "model_limits-MIN_NUM_FORMS": "0",
+    "model_limits-MAX_NUM_FORMS": "1000",
+}
 SECRET_INPUT = 'id="api-key-secret" type="text" readonly size="80" value="'
 
 
@@ -24,10 +32,12 @@ def add_form(client, admin_user, name: str) -> dict:
     return {
         "name": name,
         "owner": admin_user.pk,
+        "project": Project.default().pk,
         "all_models": "on",
         "rpm_limit": "60",
         "budget_period": "month",
         "creation_token": token[1],
+        **NO_INLINES,
     }
 
 
@@ -154,6 +164,8 @@ def test_revoke_action_and_quota_editing(admin_client, admin_user):
     form = {
         "name": key.name,
         "owner": admin_user.pk,
+        "project": key.project_id,
+        **NO_INLINES,
         "all_models": "on",
         "tpm_limit": "5000",
         "max_concurrency": "4",
@@ -214,7 +226,9 @@ def test_usage_page_draws_charts_offline(admin_client):
     for i in range(20):
         _log(f"usage-{i}", 200 if i % 5 else 500, latency_ms=float(i))
     page = admin_client.get("/admin/accounts/requestlog/usage/?days=7").content.decode()
-    assert page.count('class="usage-chart"') == 9  # three charts per day, key and model
+    # Four charts (requests, tokens, spend, latency) per day, key, project and model.
+    assert page.count('class="usage-chart"') == 16
+    assert "Spend per project (USD)" in page
     assert "Latency per day" in page and "p95" in page
     assert "cdn" not in page.lower()
     assert CHAT_MODEL in page
@@ -233,3 +247,71 @@ def test_check_triton_action_reports_readiness_and_inputs(admin_client, model_co
     assert "n&gt;1: one request (num_return_sequences); guided decoding: yes (xgrammar)" in page
     assert "n&gt;1: one request per choice; guided decoding: no (response_format json" in page
     assert "dev-down: not ready" in page
+
+
+def test_projects_admin_keys_and_rotation_in_the_console(admin_client, admin_user):
+    """A project with limits and per-model limits; an admin key whose secret is shown
+    once, on the add's response; a key rotated with a grace period."""
+    from accounts.models import AdminKey
+    from accounts.projects import admin_key_lookup
+
+    response = admin_client.post(
+        "/admin/accounts/project/add/",
+        {
+            "name": "console team", "rpm_limit": "100", "budget_amount": "12.5",
+            "budget_period": "month", "alert_webhook_url": "",
+            "model_limits-TOTAL_FORMS": "1", "model_limits-INITIAL_FORMS": "0",
+            "model_limits-MIN_NUM_FORMS": "0", "model_limits-MAX_NUM_FORMS": "1000",
+            "model_limits-0-model": CHAT_MODEL, "model_limits-0-rpm_limit": "7",
+        },
+    )  # fmt: skip
+    assert response.status_code == 302, response.content[:3000]
+    project = Project.objects.get(name="console team")
+    assert str(project.budget_amount) == "12.5000"
+    assert project.model_limits.get().rpm_limit == 7
+
+    added = admin_client.post("/admin/accounts/adminkey/add/", {"name": "automation"})
+    secret = shown_secret(added)
+    assert secret and secret.startswith("sk-admin-")
+    assert "no-store" in added["cache-control"]
+    assert admin_key_lookup(secret) == AdminKey.objects.get(name="automation")
+    listing = admin_client.get("/admin/accounts/adminkey/").content.decode()
+    assert secret not in listing
+
+    key, old = key_create(owner=admin_user, name="to rotate", project=project)
+    rotated = admin_client.post(
+        "/admin/accounts/apikey/", {"action": "rotate_hour", "_selected_action": [key.pk]}
+    )
+    new = shown_secret(rotated)
+    key.refresh_from_db()
+    assert new and new != old and key.matches(new)
+    assert key.matches_previous(old, timezone.now())
+    assert not key.matches_previous(old, timezone.now() + timedelta(hours=1, seconds=1))
+
+
+def test_createadminkey_prints_the_secret_last(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.projects import admin_key_lookup
+
+    out = StringIO()
+    call_command("createadminkey", "--name", "cli", stdout=out)
+    secret = out.getvalue().strip().splitlines()[-1]
+    assert secret.startswith("sk-admin-") and admin_key_lookup(secret).name == "cli"
+
+
+def test_createapikey_puts_the_key_in_the_named_project(db):
+    from io import StringIO
+
+    import pytest
+    from django.core.management import CommandError, call_command
+
+    project = Project.objects.create(name="cli team")
+    out = StringIO()
+    call_command("createapikey", "--name", "cli", "--project", project.public_id, stdout=out)
+    public_id = out.getvalue().strip().splitlines()[-1].split("-")[2]
+    assert ApiKey.objects.get(public_id=public_id).project == project
+    with pytest.raises(CommandError, match="no active project"):
+        call_command("createapikey", "--name", "x", "--project", "proj_nope")

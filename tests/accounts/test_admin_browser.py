@@ -355,7 +355,8 @@ def test_4_usage_page_draws_the_charts(ui, committed, live_gateway, superuser):
         return {"boxes": boxes, "bars": bars, "row": key_row, "css": stylesheets}
 
     seen = ui.run(usage)
-    assert len(seen["boxes"]) == 9  # requests, tokens, latency per day, key and model
+    # requests, tokens, spend, latency per day, key, project and model
+    assert len(seen["boxes"]) == 16
     for box in seen["boxes"]:
         assert box and box["width"] >= 700 and box["height"] >= 200, box
     assert any(height > 0 for height in seen["bars"]), seen["bars"]
@@ -384,7 +385,13 @@ def test_5_the_created_page_may_be_served_by_another_process(
                 re.findall(r'name="(csrfmiddlewaretoken|creation_token)" value="([^"]+)"', form)
             )
             owner = get_user_model().objects.get(username=superuser)
-            body = {**fields, "name": name, "owner": owner.pk, "budget_period": "month"}
+            from accounts.models import Project
+
+            body = {
+                **fields, "name": name, "owner": owner.pk, "budget_period": "month",
+                "project": Project.default().pk, "model_limits-TOTAL_FORMS": "0",
+                "model_limits-INITIAL_FORMS": "0",
+            }  # fmt: skip
             posted = first.post("/admin/accounts/apikey/add/", data=body)
             assert posted.status_code == 302, posted.text[:2000]
             location = posted.headers["location"]
@@ -474,7 +481,7 @@ def test_6_usage_chart_labels_are_whole_and_apart(ui, committed, usage_logs):
     seen = ui.run(read)
     assert len(seen["day-table"]) == 14
     for name in ("day", "key", "model"):
-        assert len(seen[name]) == 3, name
+        assert len(seen[name]) == 4, name  # requests, tokens, spend, latency
         for chart in seen[name]:
             texts = [tick["text"] for tick in chart["ticks"]]
             # Every group has its label (14 days, a dozen models fit unthinned), whole.

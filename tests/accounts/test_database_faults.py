@@ -24,7 +24,7 @@ import pytest
 import redis
 from django.db import connection
 
-from accounts.models import KeyUsage, QuotaLease, RequestLog
+from accounts.models import QuotaCounter, QuotaHold, RequestLog
 from tests.accounts.conftest import BACKENDS, wait_for_logs
 from tests.conftest import CHAT_MODEL, LiveGateway, start_gateway, stop_gateway
 from tests.faults import RedisServer, TcpProxy
@@ -133,7 +133,7 @@ def test_every_route_answers_503_within_the_bound(fault, proxy, make_key, tmp_pa
             len(ROUTES)
         )
         assert api_calls  # the table holds generating routes as well as the model list
-        assert QuotaLease.objects.filter(key_id=key.pk).count() == 0
+        assert QuotaHold.objects.filter(subject=f"k{key.pk}").count() == 0
     finally:
         stop_gateway(gateway)
 
@@ -223,11 +223,11 @@ def load(gateway: LiveGateway, prefix: str, stop: threading.Event, tally: Tally)
 def charged(key, backend: str, redis_url: str | None) -> tuple[int, int]:
     """(tokens charged to the key's budget, leases left)."""
     if backend == "database":
-        usage = KeyUsage.objects.get(key_id=key.pk)
-        return usage.budget_used, QuotaLease.objects.filter(key_id=key.pk).count()
+        usage = QuotaCounter.objects.get(subject=f"k{key.pk}")
+        return usage.budget_used, QuotaHold.objects.filter(subject=f"k{key.pk}").count()
     client = redis.Redis.from_url(redis_url)
     try:
-        tag = f"gw:{{{key.pk}}}"
+        tag = f"gw:{{p{key.project_id}}}:k{key.pk}"
         budget = int(client.get(f"{tag}:budget:total") or 0)
         return budget, client.zcard(f"{tag}:leases") + client.hlen(f"{tag}:held")
     finally:

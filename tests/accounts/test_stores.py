@@ -67,9 +67,9 @@ def test_database_store_holds_the_budget_across_threads(make_key, model_configs)
 
     def one(_):
         try:
-            decision = database_store.reserve(key, 30, Clock.read())
+            decision = database_store.reserve(key.subjects(), 30, Clock.read())
             if decision.verdict is Verdict.OK:
-                database_store.settle(key, decision.lease_id, 25, log(), Clock.read())
+                database_store.settle(key.subjects(), decision.lease_id, 25, log(), Clock.read())
                 return 25
             return 0
         finally:
@@ -82,15 +82,15 @@ def test_database_store_holds_the_budget_across_threads(make_key, model_configs)
 
 
 def test_database_store_creates_a_missing_usage_row(make_key, model_configs):
-    """A key whose KeyUsage row is gone (made outside key_create) is counted from zero."""
-    from accounts.models import KeyUsage
+    """A subject whose QuotaCounter row is gone (or was never made) is counted from zero."""
+    from accounts.models import QuotaCounter as KeyUsage
 
     key = record(make_key(budget_tokens=100, budget_period="total", rpm_limit=5)[0])
-    KeyUsage.objects.filter(key_id=key.id).delete()
-    decision = database_store.reserve(key, 30, Clock.read())
+    KeyUsage.objects.filter(subject=f"k{key.id}").delete()
+    decision = database_store.reserve(key.subjects(), 30, Clock.read())
     assert decision.verdict is Verdict.OK and decision.budget_used == 30
-    database_store.settle(key, decision.lease_id, 20, log(), Clock.read())
-    usage = KeyUsage.objects.get(key_id=key.id)
+    database_store.settle(key.subjects(), decision.lease_id, 20, log(), Clock.read())
+    usage = KeyUsage.objects.get(subject=f"k{key.id}")
     assert usage.budget_used == 20 and sum(usage.rpm_buckets.values()) == 1
     snapshot = database_store.snapshot(key, Clock.read())
     assert (snapshot.budget_used, snapshot.rpm_used, snapshot.leases) == (20, 1, 0)

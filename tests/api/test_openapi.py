@@ -186,6 +186,57 @@ def test_error_answers_are_the_declared_envelope(document, live_gateway, one_rpm
     assert statuses >= {400, 401, 404, 429, 503}, statuses
 
 
+@pytest.fixture(scope="module")
+def admin_secret(model_configs, django_db_blocker) -> str:
+    """A committed admin key (the gateway process must see it)."""
+    from accounts.projects import admin_key_create
+
+    with django_db_blocker.unblock():
+        return admin_key_create(name=f"openapi {uuid.uuid4().hex[:6]}")[1]
+
+
+def test_admin_api_answers_are_what_the_document_declares(document, live_gateway, admin_secret):
+    import time
+
+    secret = admin_secret
+    admin = httpx.Client(
+        base_url=live_gateway.url, headers={"authorization": f"Bearer {secret}"}, timeout=30
+    )
+    with admin:
+        project = admin.post("/v1/organization/projects", json={"name": "openapi"})
+        assert project.status_code == 200, project.text
+        pid = project.json()["id"]
+        key = admin.post(f"/v1/organization/projects/{pid}/api_keys", json={"name": "k"})
+        start = int(time.time()) - 3600
+        answers = [
+            ("post", "/v1/organization/projects", project),
+            ("get", "/v1/organization/projects", admin.get("/v1/organization/projects")),
+            ("get", "/v1/organization/projects/{project_id}", admin.get(f"/v1/organization/projects/{pid}")),
+            ("post", "/v1/organization/projects/{project_id}/api_keys", key),
+            ("get", "/v1/organization/projects/{project_id}/api_keys",
+             admin.get(f"/v1/organization/projects/{pid}/api_keys")),
+            ("get", "/v1/organization/projects/{project_id}/rate_limits",
+             admin.get(f"/v1/organization/projects/{pid}/rate_limits")),
+            ("post", "/v1/organization/projects/{project_id}/service_accounts",
+             admin.post(f"/v1/organization/projects/{pid}/service_accounts", json={"name": "s"})),
+            ("get", "/v1/organization/usage/completions",
+             admin.get("/v1/organization/usage/completions", params={"start_time": start})),
+            ("get", "/v1/organization/costs",
+             admin.get("/v1/organization/costs", params={"start_time": start})),
+            ("get", "/v1/organization/projects/{project_id}", admin.get("/v1/organization/projects/proj_x")),
+            ("get", "/v1/organization/costs", admin.get("/v1/organization/costs")),
+        ]  # fmt: skip
+        with live_gateway.client() as user:
+            answers.append(
+                ("get", "/v1/organization/projects", user.get("/v1/organization/projects"))
+            )
+    statuses = set()
+    for method, path, response in answers:
+        statuses.add(response.status_code)
+        check(document, declared(document, method, path, response.status_code), response.json())
+    assert statuses == {200, 400, 403, 404}
+
+
 def test_docs_are_off_with_docs_enabled_false(tmp_path, owner_key):
     gateway = start_gateway(tmp_path, {"DOCS_ENABLED": "false"}, api_key=owner_key)
     try:

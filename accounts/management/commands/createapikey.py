@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from accounts.models import BudgetPeriod
+from accounts.models import BudgetPeriod, Project
 from accounts.services import key_create, owner_get_or_create
 from llmgateway.cli import (
     INT32_MAX,
@@ -40,6 +40,11 @@ class Command(OneLineErrors, BaseCommand):
             "--owner", default="admin", type=text(150), help="Username (created if missing)."
         )
         parser.add_argument("--models", help="Comma-separated model names. Default: all.")
+        parser.add_argument(
+            "--project",
+            type=text(40),
+            help="The project's id (proj_...). Default: the default project.",
+        )
         parser.add_argument(
             "--rpm", type=whole_number(1, INT32_MAX), help="Requests per minute. Default: no limit."
         )
@@ -73,8 +78,14 @@ class Command(OneLineErrors, BaseCommand):
     def handle(self, *args, **options) -> None:
         models = options["models"]
         expires = options["expires_in_days"]
+        project = None
+        if options["project"]:
+            project = Project.objects.filter(public_id=options["project"]).first()
+            if project is None or project.archived:
+                raise CommandError(f"no active project {options['project']!r}")
         try:
             key, raw = key_create(
+                project=project,
                 owner=owner_get_or_create(username=options["owner"]),
                 name=options["name"],
                 models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
