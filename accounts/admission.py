@@ -52,20 +52,25 @@ def ratelimit_headers(key: KeyRecord, decision: Decision) -> dict[str, str]:
     return headers
 
 
-def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
+def refusal(key: KeyRecord, decision: Decision, tokens: int | None) -> APIError:
+    """The 429 for `decision`; `tokens` None: refused before the request was tokenized."""
     headers = ratelimit_headers(key, decision)
     if decision.verdict is Verdict.BUDGET:
         left = max((key.budget_tokens or 0) - decision.budget_used, 0)
+        reserves = (
+            f", and this request reserves {tokens} (prompt plus max tokens)"
+            if tokens is not None
+            else ""
+        )
         return APIError(
             429,
             "You exceeded your current quota: this key's token budget "
-            f"({key.budget_tokens} per {key.budget_period}) has {left} tokens left, and this "
-            f"request reserves {tokens} (prompt plus max tokens).",
+            f"({key.budget_tokens} per {key.budget_period}) has {left} tokens left{reserves}.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers={**headers, "x-should-retry": "false"},
         )
-    if decision.verdict is Verdict.TOKENS and key.tpm_limit and tokens > key.tpm_limit:
+    if decision.verdict is Verdict.TOKENS and key.tpm_limit and (tokens or 0) > key.tpm_limit:
         # No wait lets it through: OpenAI's "Request too large", which clients must not retry.
         return APIError(
             429,
@@ -84,7 +89,9 @@ def refusal(key: KeyRecord, decision: Decision, tokens: int) -> APIError:
         kind = "requests"
     else:
         wait_ms, kind = decision.retry_ms, "tokens"
-        what = f"tokens per min (TPM): limit {key.tpm_limit}, requested {tokens}"
+        what = f"tokens per min (TPM): limit {key.tpm_limit}"
+        if tokens is not None:
+            what += f", requested {tokens}"
     return APIError(
         429,
         f"Rate limit reached for this key on {what}. Please try again in {duration(wait_ms)}.",
@@ -180,6 +187,49 @@ class EarlyStarts:
 
 
 early_starts = EarlyStarts()
+
+
+# Until a precheck's refusal may clear: its snapshot does not say when the window frees.
+PRECHECK_RETRY_MS = 1000
+
+
+async def admit_precheck(*, caller: Caller) -> None:
+    """Refuse (429) a key that is already at its rpm, tpm or budget, before its
+    request's prompt is prepared; nothing is reserved.
+
+    For large requests only (the runner asks before preparing one off the loop): it
+    costs a read of the key's counters, and it spares the tokenizer a request that
+    admission would refuse anyway (a key with no budget left could otherwise have a
+    19 MB prompt tokenized; issue 19). It only reads, so a race lets a request
+    through to `admit`, which decides atomically as before. Concurrency is left to
+    `admit`: the snapshot counts leases that expired without being released yet.
+    A quota store that cannot answer is left to `admit` too (its 503).
+    """
+    key = caller.key
+    if not key.has_limits:
+        return
+    try:
+        now = await quota_store().snapshot(key)
+    except Exception:
+        logger.warning("quota precheck skipped: the quota store did not answer", exc_info=True)
+        return
+    verdict = Verdict.OK
+    if key.budget_tokens is not None and now.budget_used >= key.budget_tokens:
+        verdict = Verdict.BUDGET
+    elif key.rpm_limit is not None and now.rpm_used >= key.rpm_limit:
+        verdict = Verdict.REQUESTS
+    elif key.tpm_limit is not None and now.tpm_used >= key.tpm_limit:
+        verdict = Verdict.TOKENS
+    if verdict is not Verdict.OK:
+        decision = Decision(
+            verdict,
+            rpm_used=now.rpm_used,
+            tpm_used=now.tpm_used,
+            budget_used=now.budget_used,
+            reset_ms=PRECHECK_RETRY_MS,
+            retry_ms=PRECHECK_RETRY_MS,
+        )
+        raise refusal(key, decision, None)
 
 
 async def admit(

@@ -31,6 +31,9 @@ class RequestContext:
     # or its client left while it was being admitted); the log middleware writes the row
     # of every request that has none.
     admission: Admission | None = None
+    # The model the request names, once the runner has it: the request log of a request
+    # refused before admission reads it here rather than parsing a large body again.
+    model: str | None = None
 
 
 def request_context(request: HttpRequest) -> RequestContext:

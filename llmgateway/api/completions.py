@@ -71,6 +71,12 @@ class CompletionEndpoint(Endpoint):
     payload: CompletionIn
     prompts: tuple[str, ...] = ()  # the prompts' texts (prepare)
 
+    def prompt_lengths(self) -> list[int]:
+        prompt = self.payload.prompt
+        if isinstance(prompt, str):
+            return [len(prompt)]
+        return [len(p) for p in prompt if isinstance(p, str)]  # token ids: counted as such
+
     def prepare(self, target: Target, request_id: str) -> Prepared:
         payload, config, engine = self.payload, target.config, target.engine
         prompts = _prompts(payload, engine)
