@@ -47,7 +47,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
-from llmgateway import background
+from llmgateway import background, metrics
 from llmgateway.api.middleware import context_begin
 from llmgateway.api.sse import EventStream
 from llmgateway.compat import response_close_quietly, response_on_close
@@ -64,11 +64,15 @@ class GatewayASGIHandler(ASGIHandler):
             await super().__call__(scope, receive, send)
 
     async def lifespan(self, receive, send) -> None:
+        probe = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                probe = metrics.loop_lag_probe_start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if probe is not None:
+                    probe.cancel()
                 await background.shutdown(settings.GATEWAY_SHUTDOWN_SECONDS)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
