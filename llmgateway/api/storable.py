@@ -17,12 +17,12 @@ from typing import Any
 
 from llmgateway.errors import APIError, invalid
 
-NUL_ESCAPES = (b"\\u0000",)
+NUL_ESCAPE = b"\\u0000"
 
 
 def nul_check(body: bytes, parsed: Any) -> None:
     """Raise a 400 naming the first field of `parsed` whose text holds a NUL."""
-    if not any(escape in body for escape in NUL_ESCAPES):
+    if NUL_ESCAPE not in body:
         return  # no NUL escape in the raw body ("\\\\u0000" is text, found by the walk)
     path = _nul_path(parsed, "")
     if path is not None:

@@ -260,3 +260,19 @@ def test_a_key_at_its_limit_is_refused_before_its_large_prompt_is_looked_at(make
     # 429 rather than the 400 its length would get: admission's checks come first.
     assert response.status_code == 429, response.text
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_key_without_budget_is_refused_before_its_large_prompt_is_looked_at(
+    make_key, live_gateway
+):
+    from accounts.models import KeyUsage
+
+    key, secret = make_key(budget_tokens=100, budget_period="total")
+    # Spent, as the database quota store (the live gateway's) keeps it.
+    KeyUsage.objects.filter(key=key).update(budget_window="total", budget_used=100)
+    large = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": TOO_LONG}]}
+    with httpx.Client(base_url=live_gateway.url, headers=bearer(secret), timeout=30) as client:
+        response = client.post("/v1/chat/completions", json=large)
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_quota" and "has 0 tokens left." in error["message"]
