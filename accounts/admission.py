@@ -180,6 +180,10 @@ class EarlyStarts:
         self._pending.add(key_id)
         return True
 
+    def refused_last(self, key_id: int) -> bool:
+        """Whether the key's last decision in this process was a refusal."""
+        return self._admitted.get(key_id) is False
+
     def decided(self, key_id: int, admitted: bool, claimed: bool) -> None:
         self._admitted[key_id] = admitted
         if claimed:
@@ -189,17 +193,21 @@ class EarlyStarts:
 early_starts = EarlyStarts()
 
 
-# Until a precheck's refusal may clear: its snapshot does not say when the window frees.
-PRECHECK_RETRY_MS = 1000
+def precheck_due(caller: Caller, *, large: bool) -> bool:
+    """Whether a request should be prechecked (`admit_precheck`) before it is prepared:
+    a large one of a key with limits, and any of a key whose last request this process
+    decided was refused (a key at its limits gets its 429 before the request's checks
+    against the model). Keys in good standing with small requests skip the read."""
+    key = caller.key
+    return key.has_limits and (large or early_starts.refused_last(key.id))
 
 
 async def admit_precheck(*, caller: Caller) -> None:
     """Refuse (429) a key that is already at its rpm, tpm or budget, before its
     request's prompt is prepared; nothing is reserved.
 
-    For large requests only (the runner asks before preparing one off the loop): it
-    costs a read of the key's counters, and it spares the tokenizer a request that
-    admission would refuse anyway (a key with no budget left could otherwise have a
+    For the requests `precheck_due` picks: it costs a read of the key's counters, and
+    it spares the tokenizer a request that admission would refuse anyway (a key with no budget left could otherwise have a
     19 MB prompt tokenized; issue 19). It only reads, so a race lets a request
     through to `admit`, which decides atomically as before. Concurrency is left to
     `admit`: the snapshot counts leases that expired without being released yet.
@@ -213,21 +221,21 @@ async def admit_precheck(*, caller: Caller) -> None:
     except Exception:
         logger.warning("quota precheck skipped: the quota store did not answer", exc_info=True)
         return
-    verdict = Verdict.OK
+    verdict, retry_ms = Verdict.OK, 0
     if key.budget_tokens is not None and now.budget_used >= key.budget_tokens:
         verdict = Verdict.BUDGET
     elif key.rpm_limit is not None and now.rpm_used >= key.rpm_limit:
-        verdict = Verdict.REQUESTS
+        verdict, retry_ms = Verdict.REQUESTS, now.rpm_retry_ms
     elif key.tpm_limit is not None and now.tpm_used >= key.tpm_limit:
-        verdict = Verdict.TOKENS
+        verdict, retry_ms = Verdict.TOKENS, now.tpm_retry_ms
     if verdict is not Verdict.OK:
         decision = Decision(
             verdict,
             rpm_used=now.rpm_used,
             tpm_used=now.tpm_used,
             budget_used=now.budget_used,
-            reset_ms=PRECHECK_RETRY_MS,
-            retry_ms=PRECHECK_RETRY_MS,
+            reset_ms=now.reset_ms,
+            retry_ms=retry_ms,
         )
         raise refusal(key, decision, None)
 

@@ -70,6 +70,24 @@ class Snapshot:
     tpm_used: int
     budget_used: int
     leases: int
+    # As a Decision has them (its reset_ms, and retry_ms for one more request or token).
+    reset_ms: int = 0
+    rpm_retry_ms: int = 0
+    tpm_retry_ms: int = 0
+
+
+def snapshot_of(
+    key: KeyRecord, rpm: Window, tpm: Window, budget_used: int, leases: int
+) -> Snapshot:
+    return Snapshot(
+        rpm_used=rpm.used,
+        tpm_used=tpm.used,
+        budget_used=budget_used,
+        leases=leases,
+        reset_ms=max(rpm.reset_ms(), tpm.reset_ms()),
+        rpm_retry_ms=rpm.fits_in_ms(1, key.rpm_limit) if key.rpm_limit is not None else 0,
+        tpm_retry_ms=tpm.fits_in_ms(1, key.tpm_limit) if key.tpm_limit is not None else 0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

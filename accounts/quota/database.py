@@ -34,7 +34,15 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 
 from accounts.logs import logs_write
 from accounts.models import KeyUsage, QuotaLease, RequestLog
-from accounts.quota import Clock, Decision, Snapshot, Verdict, Window, lease_seconds
+from accounts.quota import (
+    Clock,
+    Decision,
+    Snapshot,
+    Verdict,
+    Window,
+    lease_seconds,
+    snapshot_of,
+)
 from accounts.quota.spool import (
     Entry,
     SpoolReplayer,
@@ -428,9 +436,10 @@ class DatabaseStore:
 def snapshot(key: KeyRecord, clock: Clock) -> Snapshot:
     usage = KeyUsage.objects.filter(pk=key.id).first() or KeyUsage(key_id=key.id)
     budget_window, _ = clock.budget_window(key.budget_period)
-    return Snapshot(
-        rpm_used=Window(usage.rpm_buckets, clock).used,
-        tpm_used=Window(usage.tpm_buckets, clock).used,
-        budget_used=usage.budget_used if usage.budget_window == budget_window else 0,
-        leases=QuotaLease.objects.filter(key_id=key.id).count(),
+    return snapshot_of(
+        key,
+        Window(usage.rpm_buckets, clock),
+        Window(usage.tpm_buckets, clock),
+        usage.budget_used if usage.budget_window == budget_window else 0,
+        QuotaLease.objects.filter(key_id=key.id).count(),
     )

@@ -69,6 +69,7 @@ from accounts.quota import (
     Window,
     lease_seconds,
     limit_arg,
+    snapshot_of,
 )
 from accounts.quota.database import replay as database_replay
 from accounts.quota.database import retry_when_locked
@@ -428,10 +429,11 @@ class RedisStore:
         clock = Clock.read()
         leases, _, rpm, tpm, budget, _ = _keys(key, clock)
         client = self.client()
-        rpm_used = Window(_pairs(await client.call("HGETALL", rpm)), clock).used
-        tpm_used = Window(_pairs(await client.call("HGETALL", tpm)), clock).used
+        rpm_window = Window(_pairs(await client.call("HGETALL", rpm)), clock)
+        tpm_window = Window(_pairs(await client.call("HGETALL", tpm)), clock)
         budget_used = int(await client.call("GET", budget) or 0)
-        return Snapshot(rpm_used, tpm_used, budget_used, await client.call("ZCARD", leases))
+        live = await client.call("ZCARD", leases)
+        return snapshot_of(key, rpm_window, tpm_window, budget_used, live)
 
 
 def _settle_call(

@@ -9,8 +9,10 @@ known to be allowed it, and no tokenizing before the request could be admitted.
 - resolve: the model asked for; a model the caller may not use answers exactly as a
   missing one (404), before its engine, its config's limits or its Triton are looked
   at; then its engine;
-- precheck: a large request (one prepared off the loop) of a key with limits is refused
-  at once when the key is already at its rpm, tpm or budget (accounts.admission);
+- precheck: a key already at its rpm, tpm or budget is refused (429) before anything
+  else is checked or prepared, for a large request (one prepared off the loop) or a
+  key this process last refused (accounts.admission.precheck_due): admission comes
+  before checks that reveal the model's limits, at no cost to keys in good standing;
 - fits: text that cannot fit in the model's context is refused without tokenizing it
   (limits.prompt_chars_check);
 - check: the endpoint's own checks against that model (`Endpoint.check`);
@@ -49,7 +51,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from accounts.admission import admit as platform_admit
-from accounts.admission import admit_precheck
+from accounts.admission import admit_precheck, precheck_due
 from accounts.services import Caller
 from llmgateway import background, metrics
 from llmgateway.accounting import Admission, NullAdmission, Outcome, Reservation, Usage
@@ -145,8 +147,9 @@ class Run:
     async def answer(self) -> Answer:
         target = await self.resolve()
         inline = prepare_pool.inline(self.request)
-        if not inline:
-            await self.precheck()
+        caller = self.caller
+        if caller is not None and precheck_due(caller, large=not inline):
+            await admit_precheck(caller=caller)
         self.fits(target)
         await self.endpoint.check(target)
         prepared = await self.prepare(target, inline)
@@ -186,11 +189,6 @@ class Run:
         except TokenizerError as exc:
             raise model_misconfigured() from exc
         return Target(config, engine)
-
-    async def precheck(self) -> None:
-        """Refuse a key already at its limits before its request's prompt is prepared."""
-        if self.caller is not None:
-            await admit_precheck(caller=self.caller)
 
     def fits(self, target: Target) -> None:
         """Refuse text that cannot fit in the model's context, without tokenizing it."""

@@ -276,3 +276,16 @@ def test_a_key_without_budget_is_refused_before_its_large_prompt_is_looked_at(
     assert response.status_code == 429, response.text
     error = response.json()["error"]
     assert error["code"] == "insufficient_quota" and "has 0 tokens left." in error["message"]
+
+
+def test_a_refused_key_hears_429_before_the_models_limits(make_key, live_gateway):
+    _, secret = make_key(rpm_limit=1)
+    small = {"model": CHAT_MODEL, "prompt": "[[say:ok]]"}
+    over = {"model": CHAT_MODEL, "prompt": "x", "max_output_len": 10**6}
+    with httpx.Client(base_url=live_gateway.url, headers=bearer(secret), timeout=30) as client:
+        assert client.post("/generate", json=small).status_code == 200
+        assert client.post("/generate", json=small).status_code == 429  # now refused
+        # Its next request over the model's output limit: still the 429, not the limit's 400.
+        response = client.post("/generate", json=over)
+    assert response.status_code == 429, response.text
+    assert "4000" not in response.json()["error"]["message"]
