@@ -81,11 +81,11 @@ class BatchGenerateIn(SamplingFields):
     ]
 
 
-def _prompt_ids(config: ModelConfig, engine: Engine, prompt: str) -> list[int]:
+def _prompt_ids(config: ModelConfig, engine: Engine, prompt: str, param: str) -> list[int]:
     text = engine.text
     if text.has_chat_template:
         prompt = text.render_chat([{"role": "user", "content": prompt}])
-    prompt_chars_check(config=config, text=text, chars=len(prompt), param="prompt")
+    prompt_chars_check(config=config, text=text, chars=len(prompt), param=param)
     return text.encode(prompt)
 
 
@@ -166,7 +166,9 @@ class GenerateEndpoint(Endpoint):
             vision = vision_prompt_generate(
                 config=config, engine=engine, prompt=payload.prompt, images=payload.images
             )
-        prompt_ids = vision.prompt_ids if vision else _prompt_ids(config, engine, payload.prompt)
+        prompt_ids = (
+            vision.prompt_ids if vision else _prompt_ids(config, engine, payload.prompt, "prompt")
+        )
         gen_request = _request(
             payload,
             config=config,
@@ -183,6 +185,7 @@ class GenerateEndpoint(Endpoint):
 
 class BatchGenerateEndpoint(Endpoint):
     route = "/batch_generate"
+    prompt_param = "prompts"
     payload: BatchGenerateIn
     request_id = ""
 
@@ -205,7 +208,7 @@ class BatchGenerateEndpoint(Endpoint):
             _request(
                 payload,
                 config=target.config,
-                prompt_ids=_prompt_ids(target.config, engine, prompt),
+                prompt_ids=_prompt_ids(target.config, engine, prompt, "prompts"),
                 request_id=f"{self.request_id}|{i}",
                 stream=False,
             )

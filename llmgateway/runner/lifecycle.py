@@ -183,7 +183,7 @@ class Run:
         # Before the engine loads (a misconfigured model's 503), before its limits are
         # checked and before its Triton is reached: a hidden model shows nothing of itself.
         if not model_visible(self.caller, config.name):
-            raise model_not_found(config.name)
+            raise model_not_found(name if name is not None else config.name)
         try:
             engine = await engine_get(config=config)
         except TokenizerError as exc:

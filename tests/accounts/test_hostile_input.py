@@ -226,7 +226,7 @@ def test_too_many_sequences_are_400_naming_the_parameter(http, path, body, param
         ),
         ("/v1/completions", {"prompt": ["x", TOO_LONG]}, "prompt"),
         ("/generate", {"prompt": TOO_LONG}, "prompt"),
-        ("/batch_generate", {"prompts": ["x", TOO_LONG]}, "prompt"),
+        ("/batch_generate", {"prompts": ["x", TOO_LONG]}, "prompts"),
     ],
 )
 def test_text_that_cannot_fit_is_refused_untokenized(http, path, body, param):
