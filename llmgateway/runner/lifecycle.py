@@ -141,10 +141,10 @@ class Run:
         # Whether the generation went to Triton (then its usage and metrics count).
         self.used = False
         self.settled = False
-        if endpoint.model is not None:
-            request_context(request).model = endpoint.model
 
     async def answer(self) -> Answer:
+        if self.endpoint.model is not None:
+            request_context(self.request).model = self.endpoint.model
         target = await self.resolve()
         inline = prepare_pool.inline(self.request)
         caller = self.caller
