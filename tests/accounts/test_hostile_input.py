@@ -7,6 +7,7 @@ import time
 import uuid
 
 import httpx
+import orjson
 import pytest
 
 from accounts.models import RequestLog
@@ -289,3 +290,23 @@ def test_a_refused_key_hears_429_before_the_models_limits(make_key, live_gateway
         response = client.post("/generate", json=over)
     assert response.status_code == 429, response.text
     assert "4000" not in response.json()["error"]["message"]
+
+
+def test_millions_of_token_ids_are_refused_quickly_by_their_count(http):
+    body = orjson.dumps({"model": CHAT_MODEL, "prompt": [1] * 2_000_000})
+    started = time.monotonic()
+    response = http.post(
+        "/v1/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    assert "resulted in 2000000 tokens" in error["message"]
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("prompt", [[1, True], [1, -1], [1, 2.0], [[1], [False]]])
+def test_token_ids_are_non_negative_integers(http, prompt):
+    response = http.post("/v1/completions", json={"model": CHAT_MODEL, "prompt": prompt})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "prompt"
