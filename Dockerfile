@@ -12,6 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DEBUG=false \
+    LOG_FORMAT=json \
     PORT=9900 \
     WORKERS=4 \
     MODEL_NAME=tensorrt_llm \
@@ -27,7 +28,7 @@ COPY pyproject.toml README.md ./
 COPY llmgateway/__init__.py llmgateway/__init__.py
 COPY accounts/__init__.py accounts/__init__.py
 # qwen-vl: tiktoken, which Qwen-VL-Chat's tokenizer code imports.
-RUN pip install ".[qwen-vl]"
+RUN pip install ".[qwen-vl,otel]"
 
 COPY manage.py ./
 COPY llmgateway ./llmgateway

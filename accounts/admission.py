@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from accounts.logs import log_record
 from accounts.quota import Decision, Verdict, quota_store
 from accounts.services import Caller, KeyRecord
-from llmgateway import background
+from llmgateway import background, metrics
 from llmgateway.accounting import Outcome, Reservation, Startable, Usage
 from llmgateway.context import request_context
 from llmgateway.errors import APIError
@@ -272,6 +272,7 @@ async def admit(
             raise
         except Exception as exc:
             logger.exception("quota store unavailable")
+            metrics.quota_store_failed()
             raise APIError(
                 503,
                 "Quota accounting is unavailable. Please retry shortly.",

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja.security import HttpBearer
 
 from accounts.services import Caller, caller_lookup, key_touch
+from llmgateway.context import request_context
 from llmgateway.errors import APIError
 
 # Azure OpenAI's `api-key` header, as Django names it in request.META.
@@ -38,6 +39,7 @@ class ApiKeyAuth(HttpBearer):
         if not caller.key.is_active():
             raise _unauthorized("This API key has expired.")
         key_touch(caller.key)
+        request_context(request).key = caller.key.public_id  # for log lines: never the secret
         return caller
 
     def authenticate(self, request: HttpRequest, token: str) -> Caller | None:

@@ -19,7 +19,7 @@ With the platform off (settings.GATEWAY_PLATFORM) a request's admission is a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 @dataclass(slots=True)
@@ -28,17 +28,23 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the completion tokens, those of a reasoning model's reasoning (None: the
+    # model has no reasoning format, and usage says nothing of it).
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
 
 @dataclass(slots=True)

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.http import HttpRequest
 
-from llmgateway.models import ModelConfig
+from llmgateway.models import ModelConfig, StoredResponse
 from llmgateway.triton.errors import TritonError
 from llmgateway.triton.pool import Endpoint, get_pool
 
@@ -100,7 +101,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{config.name} {line}", level)
 
     fieldsets = (
-        (None, {"fields": ("name", "enabled", "model_type", "tool_format")}),
+        (None, {"fields": ("name", "enabled", "model_type", "tool_format", "reasoning_format")}),
         (
             "Triton",
             {
@@ -128,3 +129,21 @@ class ModelConfigAdmin(admin.ModelAdmin):
             },
         ),
     )
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(admin.ModelAdmin):
+    """Stored /v1/responses answers: read and deleted here, written only by the API."""
+
+    list_display = ("id", "owner", "model", "created_at")
+    list_filter = ("model", "created_at")
+    search_fields = ("=id",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    fields = ("id", "owner", "model", "created_at", "context", "body")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
+from llmgateway import tracing
 from llmgateway.accounting import Usage
 from llmgateway.textgen.detokenizer import IncrementalDetokenizer
-from llmgateway.textgen.stops import StopMatcher
+from llmgateway.textgen.stops import StopMatcher, ThoughtGate
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
 from llmgateway.triton.client import ModelSpec
 from llmgateway.triton.errors import DeadlineExceeded
@@ -51,6 +52,9 @@ class SamplingParams:
     logprobs: bool = False
     # Guided decoding (TensorRT-LLM 0.19+): (guided_decoding_guide_type, guide or None).
     guide: tuple[str, str | None] | None = None
+    # A reasoning model's (start, end) tags (ModelConfig.reasoning_format): stop strings
+    # apply only after the reasoning, and its tokens are counted apart.
+    reasoning: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +115,8 @@ class _Choice:
         "count",
         "finish_reason",
         "transcript",
+        "gate",
+        "reasoning_count",
         "_end_ids",
         "_limit",
         "_pending",
@@ -136,6 +142,8 @@ class _Choice:
         self.finish_reason: str | None = None
         # The text sent, kept only when request logs store it (REQUEST_LOG_CONTENT).
         self.transcript: list[str] | None = [] if record else None
+        self.gate = ThoughtGate(*params.reasoning) if params.reasoning else None
+        self.reasoning_count = 0
         self._end_ids = frozenset((text_model.end_id, *text_model.extra_stop_ids))
         self._limit = params.max_tokens
         # Logprobs only: tokens not shown yet, with where their text starts; characters
@@ -152,7 +160,9 @@ class _Choice:
         end_ids = self._end_ids
         pending = self._pending
         # Placing each token needs the text each one adds.
-        per_token = per_token or pending is not None
+        # Placing the end of the reasoning (stops apply after it) needs it too.
+        gate = self.gate
+        per_token = per_token or pending is not None or gate is not None
         text_parts: list[str] = []
         batch: list[int] = []
         for position, token in enumerate(ids):
@@ -168,6 +178,12 @@ class _Choice:
                     logprob = logprobs[position] if logprobs is not None else None
                     pending.append((token, logprob, self._decoded))
                     self._decoded += len(piece)
+                if gate is not None and gate.thinking:
+                    self.reasoning_count += 1
+                    reasoning, piece = gate.push(piece)
+                    text_parts.append(reasoning)
+                    if not gate.thinking and not gate.reasoned:
+                        self.reasoning_count = 0  # the answer did not open with reasoning
                 text_parts.append(self.stops.push(piece))
                 if self.stops.matched is not None:
                     self.finish_reason = "stop"
@@ -223,7 +239,12 @@ class _Choice:
     def _drain(self) -> str:
         if self.stops.matched is not None:
             return ""
-        return self.stops.push(self.detok.flush()) + self.stops.flush()
+        tail = self.detok.flush()
+        gate = self.gate
+        if gate is not None and gate.thinking:
+            reasoning, tail = gate.push(tail)
+            return reasoning + gate.flush() + self.stops.push(tail) + self.stops.flush()
+        return self.stops.push(tail) + self.stops.flush()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -311,7 +332,9 @@ class Engine:
             inputs["guided_decoding_guide_type"] = p.guide[0]
             if p.guide[1] is not None:
                 inputs["guided_decoding_guide"] = p.guide[1]
-        stop_words = _stop_words_list(self.text, p.stop)
+        # Triton cannot hold stop words off the reasoning: a reasoning model's stops are
+        # matched on text only (the generation streams from Triton to cancel it then).
+        stop_words = _stop_words_list(self.text, p.stop if p.reasoning is None else ())
         if stop_words is not None:
             inputs["stop_words_list"] = stop_words
         inputs.update(request.extra_inputs)
@@ -329,8 +352,13 @@ class Generation:
     def __init__(self, engine: Engine, request: GenerationRequest) -> None:
         self.engine = engine
         self.request = request
-        self.usage = Usage(prompt_tokens=len(request.prompt_ids))
+        self.usage = Usage(
+            prompt_tokens=len(request.prompt_ids),
+            reasoning_tokens=0 if request.params.reasoning else None,
+        )
         self.first_token_at: float | None = None
+        # The runner's `triton` span (tracing.PendingSpan), started when this is sent.
+        self.trace: tracing.PendingSpan | None = None
         params = request.params
         record = getattr(settings, "REQUEST_LOG_CONTENT", False)
         self._choices = [
@@ -391,6 +419,7 @@ class Generation:
         else:
             plans = [(0, seed, 1)]
         streams = []
+        metadata = tracing.grpc_metadata(self.trace)  # Triton continues the trace there
         try:
             for choice_index, plan_seed, sequences in plans:
                 rid = (
@@ -407,7 +436,11 @@ class Generation:
                     outputs=self._outputs(n_sequences=sequences),
                 )
                 stream = TritonStream(
-                    self.engine.backend, spec, proto, deadline_s=request.time_left()
+                    self.engine.backend,
+                    spec,
+                    proto,
+                    deadline_s=request.time_left(),
+                    metadata=metadata,
                 )
                 streams.append((choice_index, stream))
                 stream.open()
@@ -478,6 +511,8 @@ class Generation:
         before = choice.count
         delta = choice.feed(ids, logprobs, per_token)
         self.usage.completion_tokens += choice.count - before
+        if choice.gate is not None:
+            self.usage.reasoning_tokens = sum(c.reasoning_count for c in self._choices)
         if self.first_token_at is None and choice.count:
             self.first_token_at = time.monotonic()
         return [delta] if delta is not None else []
@@ -521,6 +556,15 @@ class BatchGeneration:
     def cancel(self) -> None:
         for generation in self.generations:
             generation.cancel()
+
+    @property
+    def trace(self) -> tracing.PendingSpan | None:
+        return self.generations[0].trace
+
+    @trace.setter
+    def trace(self, pending: tracing.PendingSpan | None) -> None:
+        for generation in self.generations:
+            generation.trace = pending
 
     def output_text(self) -> str | None:
         texts = [g.output_text() for g in self.generations]

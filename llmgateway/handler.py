@@ -47,7 +47,8 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
-from llmgateway import background, metrics
+from llmgateway import background, metrics, tracing
+from llmgateway.api.access import access_log
 from llmgateway.api.middleware import context_begin
 from llmgateway.api.sse import EventStream
 from llmgateway.compat import response_close_quietly, response_on_close
@@ -74,6 +75,9 @@ class GatewayASGIHandler(ASGIHandler):
                 if probe is not None:
                     probe.cancel()
                 await background.shutdown(settings.GATEWAY_SHUTDOWN_SECONDS)
+                if tracing.enabled:
+                    await asyncio.to_thread(tracing.flush)
+                metrics.process_exiting()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -95,7 +99,8 @@ class GatewayASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
         # body_limit_middleware answers 413 (and the request is logged) before any view.
-        context_begin(request, body_too_large=too_large)
+        context = context_begin(request, body_too_large=too_large)
+        in_flight = metrics.in_flight(context.route)
 
         # The response is made in this task; a second one only listens for the client
         # leaving, and then cancels this one. (Django runs both as new tasks and waits
@@ -118,6 +123,9 @@ class GatewayASGIHandler(ASGIHandler):
             if response is not None:
                 response_close_quietly(response)
             body_file.close()
+            if in_flight is not None:
+                in_flight.dec()
+            access_log(request, 499 if left.is_set() or response is None else response.status_code)
 
     async def api_response(self, request):
         """Django's run_get_response (and get_response_async) for an API path."""

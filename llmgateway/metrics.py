@@ -6,8 +6,13 @@ Two layers:
   included), and the time until the response starts (its headers: for a stream,
   before the first token);
 - generations: each one that reached Triton, by model, settled however it ended
-  (status 499 when the client left), with its tokens, time to first token and
-  duration. Recorded in `Run.settle` (runner/lifecycle.py), so a stream counts when it ends.
+  (status 499 when the client left), with its tokens, time to first token, time per
+  output token and duration. Recorded in `Run.settle` (runner/lifecycle.py), so a
+  stream counts when it ends;
+- the gateway's own waits before a generation reaches Triton: admission (the quota
+  store's decision) and the whole queue wait (arrival to Triton: body, prompt,
+  admission, images);
+- requests in flight by route, and `llmgateway_build_info` (version, Python, Django).
 
 Under several uvicorn workers (`serve --workers N`) each worker is a process of its
 own: `serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before they start,
@@ -23,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import time
+from importlib import metadata
 
+import django
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
 from llmgateway.context import request_context
@@ -40,6 +48,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Whole generations: up to GATEWAY_REQUEST_TIMEOUT (600 s).
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The gateway's own waits (admission, queue): 0.5 ms to 10 s.
+WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+# Seconds per generated token after the first: 1 ms (a fast small model) to 1 s.
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 
 HTTP_REQUESTS = Counter(
     "llmgateway_http_requests",
@@ -78,6 +90,62 @@ GENERATION_SECONDS = Histogram(
     buckets=SLOW_BUCKETS,
 )
 
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "llmgateway_time_per_output_token_seconds",
+    "Time between generated tokens after the first, per generation of two tokens or more "
+    "a choice (its duration after the first token over a choice's other tokens), by model.",
+    ["model"],
+    buckets=TOKEN_BUCKETS,
+)
+ADMISSION_WAIT = Histogram(
+    "llmgateway_admission_wait_seconds",
+    "Time the quota store took to admit or refuse a request with a key, by model.",
+    ["model"],
+    buckets=WAIT_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "llmgateway_queue_wait_seconds",
+    "Time from a request's arrival to its generation being sent to Triton (body, "
+    "prompt, admission, images), by model.",
+    ["model"],
+    buckets=WAIT_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "llmgateway_http_requests_in_flight",
+    "HTTP requests being served, by route (all workers; a stream until its last byte).",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+QUOTA_STORE_ERRORS = Counter(
+    "llmgateway_quota_store_errors",
+    "Requests answered 503 because the quota store (store: redis, or database without "
+    "REDIS_URL) failed while admitting them.",
+    ["store"],
+)
+STORE_UP = Gauge(
+    "llmgateway_store_up",
+    "1 if the store (database; redis when REDIS_URL is set) answered the last readiness "
+    "check (/health/ready), 0 if not (the lowest value over the workers).",
+    ["store"],
+    multiprocess_mode="livemin",
+)
+BUILD_INFO = Gauge(
+    "llmgateway_build_info",
+    "Always 1: the gateway's version and the Python and Django it runs on.",
+    ["version", "python", "django"],
+    multiprocess_mode="max",
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("llmgateway")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+BUILD_INFO.labels(_version(), platform.python_version(), django.get_version()).set(1)
+
 # Seconds an event loop woke up late: 1 ms to 5 s.
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 LOOP_LAG = Histogram(
@@ -108,10 +176,43 @@ def route_of(path: str) -> str:
 def http_answered(request: HttpRequest, response: HttpResponse) -> None:
     if not settings.METRICS_ENABLED:
         return
-    route = route_of(request.path)
+    context = request_context(request)
+    route = context.route  # route_of(request.path), found when the request began
     method = request.method if request.method in METHODS else "other"
     _child(HTTP_REQUESTS, method, route, str(response.status_code)).inc()
-    _child(HTTP_STARTED, route).observe(time.monotonic() - request_context(request).started)
+    _child(HTTP_STARTED, route).observe(time.monotonic() - context.started)
+
+
+def in_flight(route: str):
+    """Count a request of `route` in flight; returns the gauge to dec() when it ends
+    (None with metrics off)."""
+    if not settings.METRICS_ENABLED:
+        return None
+    gauge = _child(IN_FLIGHT, route)
+    gauge.inc()
+    return gauge
+
+
+def quota_store_failed() -> None:
+    if settings.METRICS_ENABLED:
+        _child(QUOTA_STORE_ERRORS, "redis" if settings.REDIS_URL else "database").inc()
+
+
+def stores_checked(status: dict[str, str]) -> None:
+    """The readiness check's {"database": "ok" | "unavailable", "redis": ...}."""
+    if settings.METRICS_ENABLED:
+        for store, state in status.items():
+            _child(STORE_UP, store).set(1 if state == "ok" else 0)
+
+
+def admission_waited(model: str, seconds: float) -> None:
+    if settings.METRICS_ENABLED:
+        _child(ADMISSION_WAIT, model).observe(seconds)
+
+
+def queue_waited(model: str, seconds: float) -> None:
+    if settings.METRICS_ENABLED:
+        _child(QUEUE_WAIT, model).observe(seconds)
 
 
 def generation_settled(
@@ -123,6 +224,7 @@ def generation_settled(
     completion_tokens: int,
     time_to_first_token: float | None,
     duration: float,
+    choices: int = 1,
 ) -> None:
     if not settings.METRICS_ENABLED:
         return
@@ -131,6 +233,11 @@ def generation_settled(
     _child(COMPLETION_TOKENS, model).inc(completion_tokens)
     if time_to_first_token is not None:
         _child(TIME_TO_FIRST_TOKEN, model).observe(time_to_first_token)
+        # Choices are generated side by side: a choice's tokens, not all of them.
+        tokens = completion_tokens / max(choices, 1)
+        if tokens > 1:
+            per_token = (duration - time_to_first_token) / (tokens - 1)
+            _child(TIME_PER_OUTPUT_TOKEN, model).observe(per_token)
     _child(GENERATION_SECONDS, model).observe(duration)
 
 
@@ -144,6 +251,14 @@ def exposition(request: HttpRequest) -> HttpResponse:
         registry = REGISTRY
     encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
     return HttpResponse(encoder(registry), content_type=content_type)
+
+
+def process_exiting() -> None:
+    """A worker stopping (lifespan shutdown): under multiprocess mode its "live" gauges
+    (in flight, store and endpoint states) leave the sums and minimums now, rather than
+    holding their last values until the next start clears the directory."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def multiprocess_prepare(workers: int) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
 from llmgateway.addresses import targets_parse
+from llmgateway.textgen.reasoning import reasoning_format, reasoning_format_choices
 from llmgateway.textgen.tools import tool_format_choices
 
 
@@ -68,6 +70,14 @@ class ModelConfig(models.Model):
         default="react",
         help_text="How tools are rendered into the prompt and parsed back.",
     )
+    reasoning_format = models.CharField(
+        max_length=16,
+        # The formats' modules (textgen/reasoning/formats/): a new one needs no migration.
+        choices=reasoning_format_choices,
+        default="none",
+        help_text="How the model marks its reasoning apart from its answer "
+        "(reasoning_content in chat, reasoning items in Responses).",
+    )
     default_max_tokens = models.PositiveIntegerField(
         default=512, validators=[MinValueValidator(1)], help_text="Used when a request sets none."
     )
@@ -121,5 +131,42 @@ class ModelConfig(models.Model):
         return self.triton_model.removesuffix("-llm") + "-visual"
 
     @property
+    def reasoning_tags(self) -> tuple[str, str] | None:
+        """The (start, end) tags of the model's reasoning, None when it has none."""
+        fmt = reasoning_format(self.reasoning_format)
+        return (fmt.start, fmt.end) if fmt.reasons else None  # type: ignore[attr-defined]
+
+    @property
     def cache_key(self) -> tuple[int, float]:
         return (self.pk, self.updated_at.timestamp() if self.updated_at else 0.0)
+
+
+class StoredResponse(models.Model):
+    """One /v1/responses answer kept for its key's owner (`store: true`).
+
+    `context` is the whole conversation the response answered, as input items with
+    ids: the earlier turns rebuilt from `previous_response_id`, then the request's own
+    input. Kept whole on each response rather than as a pointer to its parent, so
+    deleting an earlier response never changes a later one's context, and rebuilding
+    a chain of any depth is one row read. `body` is the Response object as returned.
+    """
+
+    id = models.CharField(primary_key=True, max_length=64)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="stored_responses",
+        help_text="The key's owner; empty with the platform off.",
+    )
+    created_at = models.DateTimeField(db_index=True)
+    model = models.CharField(max_length=255)
+    context = models.JSONField()
+    body = models.JSONField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id

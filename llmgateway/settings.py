@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from llmgateway.logconfig import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,11 @@ if not SECRET_KEY:
     SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["*"] if DEBUG else [])
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+# How log lines look (llmgateway/logconfig.py): "text" for a terminal, "json" (one object
+# per line, the image's default) for a log pipeline. Each line of a request carries its
+# request_id, key, model and route; LOG_ACCESS adds one access line per request.
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
+LOG_ACCESS = env_bool("LOG_ACCESS", True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -310,6 +317,9 @@ QUOTA_EARLY_START = env_bool("QUOTA_EARLY_START", True)
 REQUEST_LOG_CONTENT = env_bool("REQUEST_LOG_CONTENT", False)
 # Days of request logs `prunerequestlogs` keeps.
 REQUEST_LOG_RETENTION_DAYS = env_int("REQUEST_LOG_RETENTION_DAYS", 30)
+# Days a stored /v1/responses answer (store: true) can be read back or continued;
+# `pruneresponses` deletes older ones. Stored only with REQUEST_LOG_CONTENT on.
+RESPONSES_RETENTION_DAYS = env_int("RESPONSES_RETENTION_DAYS", 30)
 # With Redis: how long the request-log outbox collects records before a gateway writes
 # them to the database in one INSERT (rows appear up to this late in the admin).
 REQUEST_LOG_DRAIN_SECONDS = env_float("REQUEST_LOG_DRAIN_SECONDS", 1.0)
@@ -321,20 +331,12 @@ GATEWAY_SPOOL_DIR = env_str("GATEWAY_SPOOL_DIR", str(BASE_DIR / "var" / "spool")
 # running after their responses were sent (llmgateway/background.py).
 GATEWAY_SHUTDOWN_SECONDS = env_float("GATEWAY_SHUTDOWN_SECONDS", 10.0)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.request": {"level": "ERROR"},
-        # runserver's reloader: uvicorn already says which file changed.
-        "watchfiles": {"level": "WARNING"},
-        # Login failures and lockouts are warnings; its start-up banner is not news.
-        "axes": {"level": "WARNING"},
-    },
-}
+try:
+    LOGGING = logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if not LOG_ACCESS:
+    LOGGING["loggers"]["llmgateway.access"] = {"level": "WARNING"}
 
 # The admin's middleware runs inside admin_middleware (not in MIDDLEWARE itself), which
 # these checks cannot see. tests/accounts/test_admin.py and test_admin_browser.py prove

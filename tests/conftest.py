@@ -105,6 +105,12 @@ def model_configs(django_db_setup, django_db_blocker, devtriton):
     return rows
 
 
+# Secrets of the keys the shared fixtures made: no gateway's log may contain one.
+ISSUED_SECRETS: list[str] = []
+# Every live gateway's log file this session (start_gateway).
+GATEWAY_LOGS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def owner_key(django_db_setup, django_db_blocker) -> str:
     """The secret of a committed API key allowed every model, without limits."""
@@ -112,7 +118,21 @@ def owner_key(django_db_setup, django_db_blocker) -> str:
 
     with django_db_blocker.unblock():
         _, secret = key_create(owner=owner_get_or_create(username="owner"), name="tests: owner")
+    ISSUED_SECRETS.append(secret)
     return secret
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_gateway_log() -> Iterator[None]:
+    """After the session: no log line of any gateway it started carries a key's secret
+    (tests/test_logs.py checks prompts too, at DEBUG)."""
+    yield
+    for path in GATEWAY_LOGS:
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        leaked = [secret[:12] + "..." for secret in ISSUED_SECRETS if secret in text]
+        assert not leaked, f"{path}: a key's secret in the log ({leaked})"
 
 
 class LiveGateway:
@@ -154,6 +174,7 @@ def start_gateway(
         **(extra_env or {}),
     }
     process = gateway_spawn(port, env, output=log_path.open("wb"))
+    GATEWAY_LOGS.append(log_path)
     gateway = LiveGateway(f"http://127.0.0.1:{port}", process, log_path, api_key)
     try:
         gateway_wait(gateway, 30, "gateway")

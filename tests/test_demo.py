@@ -103,11 +103,12 @@ def test_demo_serves_generate_with_the_printed_key(demo):
 
 def test_every_curl_the_demo_prints_answers(demo):
     curls = _curls(demo.banner)
-    assert len(curls) == 3, demo.banner
+    assert len(curls) == 4, demo.banner
     replies = [_run(["bash", "-c", f"{curl} -sS --fail-with-body"]) for curl in curls]
     assert "dev Triton scripted model" in replies[0]
     assert '"chat.completion"' in replies[1]
     assert "Picture 1 is mostly red." in replies[2]  # the image, through the Qwen-VL pair
+    assert '"type":"reasoning"' in replies[3] and '"text":"Hello!"' in replies[3]
 
 
 def test_the_demo_answers_an_image_request(demo):
@@ -130,7 +131,7 @@ def test_the_demo_answers_an_image_request(demo):
         reply = client.post(
             "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {demo.key}"}
         )
-    assert {m["id"] for m in models.json()["data"]} == {"qwen1.5-chat", VISION_MODEL}
+    assert {m["id"] for m in models.json()["data"]} == {"qwen1.5-chat", "qwen3-think", VISION_MODEL}
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"] == "Picture 1 is mostly red."
     assert reply.json()["usage"]["prompt_tokens"] > 256  # the image's positions
@@ -186,6 +187,7 @@ def test_the_readme_python_snippets_run_as_written(demo, tmp_path):
     assert "dev Triton scripted model" in lines[0]  # the reply, printed
     assert lines[1].strip(), output  # the streamed reply
     assert re.search(r"city='[^']*' temperature_c=-?\d+", output), output  # the parsed object
+    assert "['reasoning', 'message'] Hello!" in output  # the Responses API, reasoning apart
 
 
 def test_stopping_the_demo_stops_its_tritonserver(demo):

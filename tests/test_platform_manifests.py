@@ -66,14 +66,17 @@ def _compose() -> dict[str, Any]:
 
 @cache
 def _known_env() -> frozenset[str]:
-    """Every variable settings.py or the image's entry point reads."""
+    """Every variable settings.py, tracing.py (OTEL_*) or the image's entry point reads."""
     settings = (ROOT / "llmgateway" / "settings.py").read_text()
     names = set(re.findall(r'\benv_(?:str|bool|int|float|list)\(\s*"([A-Z0-9_]+)"', settings))
     names |= set(re.findall(r'os\.environ(?:\.get\(|\[)\s*"([A-Z0-9_]+)"', settings))
+    tracing = (ROOT / "llmgateway" / "tracing.py").read_text()
+    names |= set(re.findall(r'\benviron(?:\.get\(|\[)\s*"(OTEL_[A-Z0-9_]+)"', tracing))
     entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
     names |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", entrypoint))
     # The regexes still match the code: a few names every deployment sets.
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "API_KEY_PEPPER", "TOKENIZER_PATH"} <= names
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER"} <= names
     return frozenset(names)
 
 

@@ -134,6 +134,28 @@ def test_health_answers_and_banner_names_the_server(dev_server):
     assert "Uvicorn running" in log
 
 
+def test_log_lines_carry_the_request_id(dev_server):
+    """Text format (the default): uvicorn's access line and the gateway's own, each with
+    the request's fields appended; the admin's requests get their access line too, and
+    probes only uvicorn's (the gateway's is at DEBUG)."""
+    assert httpx.get(dev_server.url + "/health", headers={"x-request-id": "rs-health"}).is_success
+    with dev_server.client() as client:
+        assert client.get("/v1/models", headers={"x-request-id": "rs-models"}).is_success
+    login = httpx.get(dev_server.url + "/admin/login/", headers={"x-request-id": "rs-admin"})
+    assert login.status_code == 200
+    deadline = time.monotonic() + 5
+    while "rs-admin" not in dev_server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = dev_server.log_path.read_text(errors="replace").splitlines()
+    uvicorn = [line for line in lines if " uvicorn.access " in line and "rs-health" in line]
+    assert uvicorn and uvicorn[0].endswith("[request_id=rs-health route=/health]")
+    assert not [line for line in lines if " llmgateway.access GET /health " in line]
+    ours = [line for line in lines if " llmgateway.access GET /v1/models 200 " in line]
+    assert ours and "request_id=rs-models" in ours[0] and "route=/v1/models" in ours[0]
+    admin = [line for line in lines if " llmgateway.access GET /admin/login/ 200 " in line]
+    assert admin and "request_id=rs-admin" in admin[0]
+
+
 def test_admin_login_page_loads_its_css(dev_server):
     login = httpx.get(dev_server.url + "/admin/login/", timeout=10)
     assert login.status_code == 200

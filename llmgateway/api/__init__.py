@@ -67,7 +67,7 @@ class GatewayAPI(NinjaAPI):
 
 
 def build_api() -> NinjaAPI:
-    from llmgateway.api import chat, completions, generate, health, model_list
+    from llmgateway.api import chat, completions, generate, health, model_list, responses
 
     docs = settings.DOCS_ENABLED
     api = GatewayAPI(
@@ -89,6 +89,6 @@ def build_api() -> NinjaAPI:
     auth = inference_auth()
     api.add_router("", health.router)
     api.add_router("", generate.router, auth=auth)
-    for router in (model_list.router, chat.router, completions.router):
+    for router in (model_list.router, chat.router, completions.router, responses.router):
         api.add_router("/v1", router, auth=auth)
     return api

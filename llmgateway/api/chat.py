@@ -30,6 +30,7 @@ from llmgateway.engine import GenerationRequest
 from llmgateway.errors import invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve, prompt_chars_check
 from llmgateway.runner.endpoint import Endpoint, Prepared, Target
+from llmgateway.textgen.reasoning import reasoning_format
 from llmgateway.textgen.tools import prompt_render, tool_stops
 from llmgateway.textgen.tools.plan import ToolPlan
 from llmgateway.vision.service import vision_chat_plan
@@ -127,6 +128,7 @@ class ChatEndpoint(Endpoint):
             extra_stops=tool_stops(plan),
             logprobs=bool(payload.logprobs),
             guide=guide,
+            reasoning=config.reasoning_tags,
         )
         gen_request = GenerationRequest(
             prompt_ids=prompt_ids,
@@ -150,6 +152,7 @@ class ChatEndpoint(Endpoint):
             logprobs=bool(self.payload.logprobs),
             plan=self.plan,
             continues_thought=self.continues_thought,
+            reasoning=reasoning_format(target.config.reasoning_format),
         )
 
 

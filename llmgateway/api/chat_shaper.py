@@ -10,11 +10,29 @@ from typing import Any
 
 from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, V1Shaper, chosen_tokens
 from llmgateway.api.sse import DONE, ChunkFrame
-from llmgateway.engine import TokenLogprob
+from llmgateway.engine import Delta, TokenLogprob
 from llmgateway.runner.endpoint import ChoiceResult, deltas
+from llmgateway.textgen.reasoning import ReasoningFormat, ReasoningSplitter
 from llmgateway.textgen.tools import parser_for
 from llmgateway.textgen.tools.parsing import Parser, ToolCallDelta, answer_parse
 from llmgateway.textgen.tools.plan import ToolPlan
+
+
+def split_whole(fmt: ReasoningFormat, text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a whole answer: the streamed splitter fed it in one piece."""
+    splitter = fmt.splitter()
+    reasoning, answer = splitter.feed(text)
+    more_reasoning, more_answer = splitter.finish()
+    return reasoning + more_reasoning, answer + more_answer
+
+
+def split_delta(splitter: ReasoningSplitter, delta: Delta) -> tuple[str, str]:
+    """(reasoning, answer) a delta adds; its choice's last one releases what was held."""
+    reasoning, answer = splitter.feed(delta.text) if delta.text else ("", "")
+    if delta.finish_reason is not None:
+        more_reasoning, more_answer = splitter.finish()
+        reasoning, answer = reasoning + more_reasoning, answer + more_answer
+    return reasoning, answer
 
 
 def _call_dict(call: ToolCallDelta, legacy: bool) -> dict[str, Any]:
@@ -40,10 +58,20 @@ class ChatShaper(V1Shaper):
 
     id_prefix = "chatcmpl-"
 
-    def __init__(self, *, plan: ToolPlan | None, continues_thought: bool, **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        plan: ToolPlan | None,
+        continues_thought: bool,
+        reasoning: ReasoningFormat | None = None,
+        **common: Any,
+    ) -> None:
         super().__init__(**common)
         self.plan = plan
         self.continues_thought = continues_thought
+        # A reasoning model's format: its reasoning goes to `reasoning_content`, and
+        # only the answer after it to content and the tool parser.
+        self.reasoning = reasoning if reasoning is not None and reasoning.reasons else None
 
     def parser(self) -> Parser | None:
         if self.plan is None:
@@ -74,17 +102,22 @@ class ChatShaper(V1Shaper):
         }
 
     def _choice(self, result: ChoiceResult) -> dict[str, Any]:
+        text = result.text
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": result.text,
+            "content": text,
             "refusal": None,
             "annotations": [],
         }
+        if self.reasoning is not None:
+            reasoning, text = split_whole(self.reasoning, text)
+            message["content"] = text
+            message["reasoning_content"] = reasoning or None
         finish_reason = result.finish_reason
         parser = self.parser()
         if parser is not None:
             plan = self.plan
-            answer = answer_parse(parser, result.text)
+            answer = answer_parse(parser, text)
             message["content"] = answer.content or (None if answer.calls else "")
             finish_reason = plan.finish_reason(finish_reason, bool(answer.calls))
             if answer.calls and plan.legacy:
@@ -157,8 +190,15 @@ class ChatShaper(V1Shaper):
         called = [False] * len(parsers)
         # Tool parsing: tokens of text the parser holds back, shown with its next chunk.
         held: list[list[TokenLogprob]] = [[] for _ in parsers]
+        fmt = self.reasoning
+        splitters = [fmt.splitter() for _ in parsers] if fmt is not None else None
         async with deltas(self.generation) as stream:
             async for delta in stream:
+                if splitters is not None:
+                    # The reasoning goes out on its own; the answer goes on as the delta.
+                    reasoning, delta.text = split_delta(splitters[delta.index], delta)
+                    if reasoning:
+                        yield self._chunk(delta.index, {"reasoning_content": reasoning})
                 parser = parsers[delta.index]
                 if parser is None:
                     if delta.text:  # a delta's tokens start in its text (Delta.tokens)

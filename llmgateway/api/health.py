@@ -52,7 +52,9 @@ async def stores_status() -> dict[str, str]:
 
         checks["redis"] = redis_ping()
     results = await asyncio.gather(*checks.values())
-    return {name: "ok" if ok else "unavailable" for name, ok in zip(checks, results, strict=True)}
+    status = {name: "ok" if ok else "unavailable" for name, ok in zip(checks, results, strict=True)}
+    metrics.stores_checked(status)
+    return status
 
 
 async def _model_ready(addresses: str, model: str) -> bool:

@@ -18,8 +18,9 @@ from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from llmgateway import metrics
+from llmgateway.api.access import access_log
 from llmgateway.api.errors import method_not_allowed_response, not_found_response
-from llmgateway.context import RequestContext, request_context
+from llmgateway.context import RequestContext, current_request, request_context
 from llmgateway.errors import too_large
 from llmgateway.paths import HTML_PREFIXES, is_api_path, is_unknown_path
 
@@ -41,10 +42,14 @@ def _request_id(request: HttpRequest) -> str:
 
 
 def context_begin(request: HttpRequest, *, body_too_large: bool = False) -> RequestContext:
-    """Give `request` its context (`request.gateway`): its id (the client's x-request-id
-    when usable), when it started, and whether its body was over the limit."""
-    context = RequestContext(_request_id(request), body_too_large=body_too_large)
+    """Give `request` its context (`request.gateway`, and `current_request` for log
+    lines): its id (the client's x-request-id when usable), its route, when it started,
+    and whether its body was over the limit."""
+    context = RequestContext(
+        _request_id(request), body_too_large=body_too_large, route=metrics.route_of(request.path)
+    )
     request.gateway = context
+    current_request.set(context)
     return context
 
 
@@ -190,6 +195,9 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
 
     def before(self, request: HttpRequest) -> None:
         if not hasattr(request, "gateway"):  # the ASGI handler makes it on the API's paths
+            # Restored in after(): a WSGI thread (or a test's client) serves the next
+            # request, and logs between the two, with the same context variables.
+            request._previous_context = current_request.get()
             context_begin(request)
         if request.method == "HEAD" and is_api_path(request.path):
             request.method = "GET"
@@ -197,6 +205,11 @@ class request_id_middleware(_Middleware):  # noqa: N801 - named like a function 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response = _finish(request, response)
         metrics.http_answered(request, response)
+        # The API's handler logs its requests once their response is sent (a stream's
+        # tokens are known then); the admin's and a WSGI server's are logged here.
+        if hasattr(request, "_previous_context"):
+            access_log(request, response.status_code)
+            current_request.set(request._previous_context)
         return response
 
 

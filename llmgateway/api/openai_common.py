@@ -23,10 +23,23 @@ logger = logging.getLogger(__name__)
 SYSTEM_FINGERPRINT = None
 
 
+# Unknown field names already reported: newer SDKs send the same extras on every
+# request, so each name is logged once per process (the rest at DEBUG). Bounded, as a
+# client may invent names.
+_reported: set[str] = set()
+MAX_REPORTED = 256
+
+
 def log_ignored(payload: OpenAISchema, endpoint: str) -> None:
     extra = payload.model_extra
-    if extra:
-        logger.info("%s: ignoring unknown fields %s", endpoint, sorted(extra))
+    if not extra:
+        return
+    new = [name for name in extra if name not in _reported]
+    if new and len(_reported) < MAX_REPORTED:
+        _reported.update(new)
+        logger.info("%s: ignoring unknown fields %s (logged once each)", endpoint, sorted(new))
+    else:
+        logger.debug("%s: ignoring unknown fields %s", endpoint, sorted(extra))
 
 
 def sampling_validate(payload: SamplingIn) -> None:
@@ -56,6 +69,7 @@ def params_build(
     extra_stops: tuple[str, ...] = (),
     logprobs: bool = False,
     guide: tuple[str, str | None] | None = None,
+    reasoning: tuple[str, str] | None = None,
 ) -> SamplingParams:
     top_k = _or(payload.top_k, config.default_top_k)
     top_p = _or(payload.top_p, config.default_top_p)
@@ -76,6 +90,7 @@ def params_build(
         stop=_stops(payload.stop) + extra_stops,
         logprobs=logprobs,
         guide=guide,
+        reasoning=reasoning,
     )
 
 

@@ -39,6 +39,9 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: dict[str, int] | None = Field(
+        None, description="reasoning_tokens, on a model with a reasoning format."
+    )
 
 
 class Model(BaseModel):
@@ -75,6 +78,9 @@ class ChatMessageOut(BaseModel):
     )
     function_call: FunctionCallOut | None = Field(
         None, description="The legacy `functions` API's one call."
+    )
+    reasoning_content: str | None = Field(
+        None, description="A reasoning model's reasoning, apart from `content`."
     )
 
 
@@ -183,6 +189,61 @@ ERROR_DESCRIPTIONS = {
 INFERENCE_ERRORS = (400, 401, 404, 413, 429, 500, 503, 504)
 
 
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int] = Field(description="reasoning_tokens among them.")
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """A Responses API answer (OpenAI's `response` object; docs/openai-compat.md)."""
+
+    id: str = Field(description="resp_…")
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "failed", "in_progress"]
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    instructions: str | None
+    model: str
+    output: list[dict[str, Any]] = Field(
+        description="Items: message (output_text), function_call, reasoning."
+    )
+    tools: list[dict[str, Any]]
+    tool_choice: Any
+    parallel_tool_calls: bool
+    temperature: float | None
+    top_p: float | None
+    metadata: dict[str, str]
+    store: bool
+    previous_response_id: str | None
+    text: dict[str, Any]
+    usage: ResponseUsage | None
+
+
+class ResponseStreamEvent(BaseModel):
+    """One event of a streamed Responses answer (`event: <type>` names it too)."""
+
+    type: str = Field(description="response.created, response.output_text.delta, …")
+    sequence_number: int
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
+class ResponseItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 @dataclass(frozen=True)
 class RouteDoc:
     """One operation's document: its body, its stream's events, its errors."""
@@ -192,6 +253,7 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     events: type[BaseModel] | None = None  # the `data:` events with `stream: true`
     status_bodies: tuple[tuple[int, type[BaseModel], str], ...] = ()  # non-envelope answers
+    done: bool = True  # the stream ends with `data: [DONE]` (not the Responses API's)
 
 
 ROUTES: dict[tuple[str, str], RouteDoc] = {
@@ -210,6 +272,21 @@ ROUTES: dict[tuple[str, str], RouteDoc] = {
     ),
     ("post", "/v1/completions"): RouteDoc(
         "createCompletion", Completion, INFERENCE_ERRORS, Completion
+    ),
+    ("post", "/v1/responses"): RouteDoc(
+        "createResponse", ResponseObject, INFERENCE_ERRORS, ResponseStreamEvent, done=False
+    ),
+    ("get", "/v1/responses/{response_id}"): RouteDoc(
+        "getResponse", ResponseObject, (400, 401, 404, 500)
+    ),
+    ("delete", "/v1/responses/{response_id}"): RouteDoc(
+        "deleteResponse", ResponseDeleted, (401, 404, 500)
+    ),
+    ("get", "/v1/responses/{response_id}/input_items"): RouteDoc(
+        "listInputItems", ResponseItemList, (400, 401, 404, 500)
+    ),
+    ("post", "/v1/responses/{response_id}/cancel"): RouteDoc(
+        "cancelResponse", ResponseObject, (400, 401, 404, 500)
     ),
 }
 # Operations this table does not know yet (a route added later) still get the envelope
@@ -242,7 +319,11 @@ def _success(doc: RouteDoc) -> dict[str, Any]:
             "schema": {
                 "type": "string",
                 "description": f"Server-sent events: `data: <{doc.events.__name__}>` "
-                "lines, then `data: [DONE]`.",
+                + (
+                    "lines, then `data: [DONE]`."
+                    if doc.done
+                    else "lines, each after its `event:` line."
+                ),
             }
         }
         description = f"OK. With `stream: true`, server-sent {doc.events.__name__} events."

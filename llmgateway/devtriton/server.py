@@ -136,6 +136,7 @@ class DevTriton:
         models: dict[str, str] | None = None,
         state_dir: Path | None = None,
         host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
     ) -> None:
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         # Where all three servers listen: loopback by default, never every interface unless
@@ -150,6 +151,8 @@ class DevTriton:
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="devtriton-")).resolve()
         self.process: subprocess.Popen[bytes] | None = None
+        # More tritonserver flags (a test's --trace-config, say).
+        self.extra_args = list(extra_args or ())
 
     # ---- public API ----------------------------------------------------------------------
 
@@ -202,6 +205,7 @@ class DevTriton:
             f"--http-port={self.http_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - fixed binary, our own arguments

@@ -53,9 +53,9 @@ from django.http import HttpRequest
 from accounts.admission import admit as platform_admit
 from accounts.admission import admit_precheck, precheck_due
 from accounts.services import Caller
-from llmgateway import background, metrics
+from llmgateway import background, metrics, tracing
 from llmgateway.accounting import Admission, NullAdmission, Outcome, Reservation, Usage
-from llmgateway.context import request_context
+from llmgateway.context import RequestContext, request_context
 from llmgateway.engine import BatchGeneration, Generation
 from llmgateway.errors import (
     APIError,
@@ -65,6 +65,7 @@ from llmgateway.errors import (
     server_error,
 )
 from llmgateway.limits import prompt_chars_check
+from llmgateway.logconfig import describe_exception
 from llmgateway.runner import prepare as prepare_pool
 from llmgateway.runner.endpoint import (
     ChoiceResult,
@@ -129,6 +130,7 @@ class Run:
         "generation",
         "used",
         "settled",
+        "span",
     )
 
     def __init__(self, request: HttpRequest, *, caller: Caller | None, endpoint: Endpoint):
@@ -141,10 +143,10 @@ class Run:
         # Whether the generation went to Triton (then its usage and metrics count).
         self.used = False
         self.settled = False
+        # The `triton` span (tracing on): from the generation's sending to its settlement.
+        self.span: tracing.PendingSpan | None = None
 
     async def answer(self) -> Answer:
-        if self.endpoint.model is not None:
-            request_context(self.request).model = self.endpoint.model
         target = await self.resolve()
         inline = prepare_pool.inline(self.request)
         caller = self.caller
@@ -152,9 +154,19 @@ class Run:
             await admit_precheck(caller=caller)
         self.fits(target)
         await self.endpoint.check(target)
-        prepared = await self.prepare(target, inline)
+        with tracing.span("prepare"):
+            prepared = await self.prepare(target, inline)
         await self.reach(target)
-        await self.admit(target, prepared)
+        # Before admission, which may send the generation early (accounts/admission.py).
+        self.span = prepared.generation.trace = tracing.pending_span(
+            "triton", **{"gen_ai.request.model": target.config.name}
+        )
+        with tracing.span("admission"):
+            try:
+                await self.admit(target, prepared)
+            except BaseException as exc:  # refused: an early start's span ends here
+                tracing.span_end(self.span, error=getattr(exc, "kind", "refused"))
+                raise
         return await self.admitted(target, prepared)
 
     # ---- before admission: refusals settle nothing ---------------------------------------
@@ -166,6 +178,9 @@ class Run:
         Without a name (the seed's /generate) the only configured model is used.
         """
         name = self.endpoint.model
+        context = self._context()
+        if context is not None:  # for log lines
+            context.model = name
         if name is None:
             rows = [c for c in await model_list() if model_visible(self.caller, c.name)]
             if len(rows) != 1:
@@ -176,6 +191,8 @@ class Run:
                     "model",
                 )
             config = rows[0]
+            if context is not None:
+                context.model = config.name
         else:
             config = await model_get(name=name)
             if config is None:
@@ -228,9 +245,13 @@ class Run:
             stream=self.endpoint.stream,
         )
         early = prepared.generation if prepared.vision is None else None
-        self.admission = await platform_admit(
-            self.request, caller=self.caller, reservation=reservation, early=early
-        )
+        started = time.monotonic()
+        try:
+            self.admission = await platform_admit(
+                self.request, caller=self.caller, reservation=reservation, early=early
+            )
+        finally:  # refusals (429, 503) waited too
+            metrics.admission_waited(target.config.name, time.monotonic() - started)
 
     # ---- admitted: settled exactly once from here on ---------------------------------------
 
@@ -241,6 +262,9 @@ class Run:
             if prepared.vision is not None:
                 await self.load(prepared)
             self.used = True
+            context = self._context()
+            arrived = context.started if context is not None else self.started
+            metrics.queue_waited(target.config.name, time.monotonic() - arrived)
             if stream:
                 await self.start(prepared)
             else:
@@ -364,8 +388,24 @@ class Run:
         generation = self.generation
         first = generation.first_token_at if self.used else None
         ttft = (first - self.started) if first is not None else None
+        context = self._context()
+        if context is not None:  # for the access line
+            context.time_to_first_token, context.error_type = ttft, error_type
         if self.used:
             usage = generation.usage
+            if context is not None:
+                context.prompt_tokens = usage.prompt_tokens
+                context.completion_tokens = usage.completion_tokens
+            tracing.span_end(
+                self.span,
+                first_token_at=first,
+                error=error_type,
+                **{
+                    "llmgateway.status": status,
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                },
+            )
             metrics.generation_settled(
                 model=generation.engine.name,
                 streamed=self.endpoint.stream,
@@ -374,6 +414,7 @@ class Run:
                 completion_tokens=usage.completion_tokens,
                 time_to_first_token=ttft,
                 duration=time.monotonic() - self.started,
+                choices=generation.choice_count,
             )
         hook = self.endpoint.on_settle
         if not self.admission.records and hook is None:
@@ -381,6 +422,11 @@ class Run:
         outcome = self._outcome(status, error_type, cancelled, finish_reasons, ttft)
         # A separate task, so cancelling this one does not stop it (background.py).
         await asyncio.shield(background.spawn(self._record(outcome, hook)))
+
+    def _context(self) -> RequestContext | None:
+        """The request's context; None for a request that never passed the edge (a
+        runner driven directly, as some tests do)."""
+        return getattr(self.request, "gateway", None)
 
     def _outcome(
         self,
@@ -425,7 +471,13 @@ def model_visible(caller: Caller | None, name: str) -> bool:
 
 
 def from_triton(exc: TritonError) -> APIError:
-    """Map a Triton failure to what the client sees (never internal details)."""
+    """Map a Triton failure to what the client sees (never internal details); the log
+    gets the cause: Triton's message and the gRPC status."""
+    cause = exc.__cause__  # a gRPC error: its status code and details
+    detail = describe_exception(cause) if cause is not None else getattr(exc, "detail", "")
+    logger.warning(
+        "Triton failed the request: %s%s", describe_exception(exc), f" ({detail})" if detail else ""
+    )
     if isinstance(exc, TritonUnavailable):
         return APIError(
             503,

@@ -21,6 +21,7 @@ what the model's context could hold).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,4 +48,7 @@ async def off_loop(function: Callable[..., T], *args: object) -> T:
     thread finishes the job and its result is dropped."""
     loop = asyncio.get_running_loop()
     pool = _pool(settings.GATEWAY_PREPARE_THREADS)
-    return await loop.run_in_executor(pool, functools.partial(function, *args))
+    # In the request's context (run_in_executor passes none): log lines and trace spans
+    # made while preparing still carry the request's fields (llmgateway/context.py).
+    work = functools.partial(contextvars.copy_context().run, function, *args)
+    return await loop.run_in_executor(pool, work)

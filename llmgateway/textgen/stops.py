@@ -48,3 +48,52 @@ class StopMatcher:
                     best = size
                     break
         return best
+
+
+class ThoughtGate:
+    """Holds stop strings off a model's reasoning: text from `start` to `end` at the
+    beginning of the answer passes unmatched, and only what follows `end` is the
+    answer that stop strings (and the rest) apply to.
+
+    `push` returns (reasoning, answer) raw text, tags included in the reasoning; an
+    answer that does not open with `start` (after whitespace) is answer from its first
+    character. `thinking` is true until that is known, and while the reasoning lasts.
+    """
+
+    __slots__ = ("start", "end", "thinking", "reasoned", "_held", "_decided")
+
+    def __init__(self, start: str, end: str) -> None:
+        self.start, self.end = start, end
+        self.thinking = True
+        self.reasoned = False  # the answer opened with `start`
+        self._held = ""
+        self._decided = False
+
+    def push(self, text: str) -> tuple[str, str]:
+        if not self.thinking:
+            return "", text
+        buffer = self._held + text
+        self._held = ""
+        if not self._decided:
+            head = buffer.lstrip()
+            if not head or (len(head) < len(self.start) and self.start.startswith(head)):
+                self._held = buffer
+                return "", ""
+            self._decided = True
+            if not head.startswith(self.start):
+                self.thinking = False
+                return "", buffer
+            self.reasoned = True
+        # Search the whole reasoning so far's tail: `end` may straddle pieces.
+        at = buffer.find(self.end)
+        if at == -1:
+            keep = min(len(self.end) - 1, len(buffer))
+            self._held = buffer[len(buffer) - keep :] if keep else ""
+            return buffer[: len(buffer) - keep], ""
+        cut = at + len(self.end)
+        self.thinking = False
+        return buffer[:cut], buffer[cut:]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held

@@ -21,6 +21,7 @@ from tritonclient.grpc import aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from llmgateway.compat import grpc_channel
+from llmgateway.logconfig import describe_exception
 from llmgateway.triton.errors import TritonUnavailable
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class TritonBackend:
         try:
             return await asyncio.wait_for(awaitable, within or settings.TRITON_CONNECT_TIMEOUT)
         except (TimeoutError, InferenceServerException, grpc.RpcError) as exc:
-            logger.debug("Triton at %s: %r", self.url, exc)
+            logger.debug("Triton at %s: %s", self.url, describe_exception(exc))
             raise TritonUnavailable("The inference server is unreachable or not ready.") from exc
 
 

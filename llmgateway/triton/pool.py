@@ -41,6 +41,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from llmgateway.addresses import Target, address_join, targets_parse
+from llmgateway.logconfig import describe_exception
 from llmgateway.triton.client import ModelSpec, TritonBackend
 from llmgateway.triton.errors import TritonUnavailable
 from llmgateway.triton.metrics import EndpointMetrics
@@ -429,7 +430,7 @@ def _describe(exc: Exception) -> str:
     cause = exc.__cause__ or exc
     if isinstance(cause, TimeoutError):
         return "no answer in time"
-    return str(cause) or repr(cause)
+    return describe_exception(cause)
 
 
 def probe_seconds() -> float:

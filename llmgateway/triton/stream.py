@@ -226,8 +226,11 @@ class TritonStream:
         request: service_pb2.ModelInferRequest,
         *,
         deadline_s: float,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self._pool = pool
+        # gRPC metadata for Triton: the trace context (`traceparent`) when tracing is on.
+        self._metadata = metadata
         self._spec = spec
         self._request = request
         self._deadline = time.monotonic() + deadline_s
@@ -307,7 +310,7 @@ class TritonStream:
         self._endpoint = endpoint
         # The gRPC deadline also reaches the server, which cancels the request there.
         self._call = endpoint.backend.stream_infer(
-            self._request, timeout=self._deadline - time.monotonic()
+            self._request, timeout=self._deadline - time.monotonic(), metadata=self._metadata
         )
 
     def _fail(self, kind: str, detail: str, *, may_move: bool) -> bool:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import LiveGateway, start_gateway, stop_gateway
+from tests.conftest import ISSUED_SECRETS, LiveGateway, start_gateway, stop_gateway
 
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/13")
 BACKENDS = ["database", "redis"]
@@ -66,7 +66,11 @@ def make_key(committed, model_configs):
 
     def make(models: list[str] | None = None, **limits):
         owner = owner_get_or_create(username="quota-tests")
-        return key_create(owner=owner, name=f"test {uuid.uuid4().hex[:6]}", models=models, **limits)
+        key, secret = key_create(
+            owner=owner, name=f"test {uuid.uuid4().hex[:6]}", models=models, **limits
+        )
+        ISSUED_SECRETS.append(secret)  # checked against every gateway log at the end
+        return key, secret
 
     return make
 

@@ -54,6 +54,10 @@ KINDS = [
     ("POST", "/batch_generate", {"prompts": ["x", "y"]}),
     ("POST", "/batch_generate", {"prompts": ["x"], "num_beams": 8}),
     ("POST", "/batch_generate", {"prompts": ["x"], "images": ["data:image/png;base64,AAAA"]}),
+    ("POST", "/v1/responses", {"input": "[[say:hi]]"}),
+    ("POST", "/v1/responses", {"input": "[[say:hi]]", "stream": True}),
+    ("POST", "/v1/responses", {"input": "x", "max_output_tokens": 10**6}),
+    ("POST", "/v1/responses", {"input": TOO_LONG}),
     ("GET", "/v1/models/{model}", None),
 ]
 
@@ -77,12 +81,13 @@ def test_a_hidden_model_answers_exactly_as_a_missing_one(
         hidden = _send(client, method, path, body, HIDDEN)
         missing = _send(client, method, path, body, MISSING)
         allowed = _send(client, method, path, body, V08_MODEL)
-    assert missing.status_code == 404, missing.text
+    # The Responses API answers a missing model 400 (as OpenAI's does), the others 404.
+    assert missing.status_code == (400 if path == "/v1/responses" else 404), missing.text
     assert hidden.status_code == missing.status_code, hidden.text
     assert hidden.content.replace(HIDDEN.encode(), MISSING.encode()) == missing.content
     assert _headers(hidden) == _headers(missing)
     # The same request for a model the key may use is not refused as missing.
-    assert allowed.status_code != 404, allowed.text
+    assert b"model_not_found" not in allowed.content, allowed.text
 
 
 def _row(request_id: str) -> RequestLog:
@@ -137,6 +142,14 @@ NUL_CASES = [
     ("/generate", {"model": CHAT_MODEL, "prompt": "x\x00"}, "prompt"),
     ("/generate", {"model": CHAT_MODEL, "prompt": "x", "stop_words": ["\x00"]}, "stop_words[0]"),
     ("/generate", {"model": CHAT_MODEL, "prompt": "x", "uuid": "\x00"}, "uuid"),
+    ("/v1/responses", {"model": "\x00", "input": "x"}, "model"),
+    ("/v1/responses", {"model": CHAT_MODEL, "input": "x\x00"}, "input"),
+    ("/v1/responses", {"model": CHAT_MODEL, "input": "x", "instructions": "\x00"}, "instructions"),
+    (
+        "/v1/responses",
+        {"model": CHAT_MODEL, "input": "x", "previous_response_id": "\x00"},
+        "previous_response_id",
+    ),
     ("/batch_generate", {"model": "\x00", "prompts": ["x"]}, "model"),
     ("/batch_generate", {"model": CHAT_MODEL, "prompts": ["x", "\x00"]}, "prompts[1]"),
 ]
@@ -159,12 +172,23 @@ def test_nul_in_any_string_field_is_400_naming_it_and_keeps_its_row(
         assert row.model == body["model"].replace("\x00", "\ufffd")
 
 
-def test_nul_in_a_model_path_is_400_and_keeps_its_row(committed, live_gateway):
+@pytest.mark.parametrize(
+    ("method", "path", "param"),
+    [
+        ("GET", "/v1/models/dev%00chat", "model"),
+        ("GET", "/v1/responses/resp_%00", "response_id"),
+        ("GET", "/v1/responses/resp_%00/input_items", "response_id"),
+        ("DELETE", "/v1/responses/resp_%00", "response_id"),
+    ],
+)
+def test_nul_in_a_path_parameter_is_400_and_keeps_its_row(
+    committed, live_gateway, method, path, param
+):
     request_id = f"nul-{uuid.uuid4().hex[:12]}"
     with live_gateway.client(headers={"x-request-id": request_id}) as client:
-        response = client.get("/v1/models/dev%00chat")
+        response = client.request(method, path)
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "model"
+    assert response.json()["error"]["param"] == param
     assert _row(request_id).status == 400
 
 

@@ -18,6 +18,7 @@ import pytest
 from accounts.models import RequestLog
 from tests.accounts.conftest import wait_for_logs
 from tests.accounts.test_database_faults import Tally, charged, one_request
+from tests.api.test_metrics import scrape, value
 from tests.conftest import start_gateway, stop_gateway
 from tests.faults import RedisServer
 
@@ -33,6 +34,7 @@ def test_redis_outage_under_load(make_key, tmp_path):
     prefix = f"redis-out-{uuid.uuid4().hex[:6]}"
     tallies = {"limited": Tally(), "open": Tally()}
     readiness: list[tuple[str, int]] = []
+    store_up: list[float] = []
     stop = threading.Event()
     with RedisServer(tmp_path / "redis") as redis_server:
         gateway = start_gateway(tmp_path, {"REDIS_URL": redis_server.url})
@@ -59,6 +61,8 @@ def test_redis_outage_under_load(make_key, tmp_path):
             readiness.append(
                 (label, httpx.get(gateway.url + "/health/ready", timeout=10).status_code)
             )
+            # The readiness check just run set the store's gauge (the alert rules' input).
+            store_up.append(value(scrape(gateway.url), "llmgateway_store_up", store="redis"))
 
         try:
             with ThreadPoolExecutor(8) as pool:
@@ -80,12 +84,16 @@ def test_redis_outage_under_load(make_key, tmp_path):
                     break
                 time.sleep(0.2)
             tokens_charged, leases = charged(limited, "redis", redis_server.url)
+            store_errors = value(
+                scrape(gateway.url), "llmgateway_quota_store_errors_total", store="redis"
+            )
         finally:
             stop.set()
             stop_gateway(gateway)
     print({name: (t.answered, t.tokens) for name, t in tallies.items()}, readiness)
     assert [t.unanswered for t in tallies.values()] == [[], []]
     assert readiness == [("before", 200), ("out", 503), ("back", 200)]
+    assert store_up == [1, 0, 1]
     assert logged == answered, gateway.log_tail(100)
     # Keys without limits are served throughout; limited keys fail closed while it is out.
     assert set(tallies["open"].answered) == {200}
@@ -93,4 +101,5 @@ def test_redis_outage_under_load(make_key, tmp_path):
     refused = rows.filter(status=503)
     assert refused.count() == tallies["limited"].answered[503]
     assert set(refused.values_list("error_type", flat=True)) == {"service_unavailable"}
+    assert store_errors == tallies["limited"].answered[503]
     assert (tokens_charged, leases) == (tallies["limited"].tokens, 0)

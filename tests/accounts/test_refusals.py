@@ -115,6 +115,23 @@ def test_health_and_metrics_write_no_rows(committed, live_gateway):
     assert counted(address) == (0, 0, 0)
 
 
+def test_health_and_metrics_with_a_key_write_no_rows(committed, live_gateway, make_key):
+    """A scraper or a probe sending a valid key writes no row either; the request after
+    them, to /v1/models, writes its one (so rows are being written for that address)."""
+    _, secret = make_key()
+    address = new_address()
+    headers = {"authorization": f"Bearer {secret}"}
+    with client_from(live_gateway, address, api_key=None, headers=headers) as client:
+        for path in ("/health", "/health/ready", "/metrics", "/metrics?x=1"):
+            assert client.get(path).status_code in (200, 503)
+            assert client.head(path).status_code in (200, 503)
+        assert client.get("/v1/models", headers={"x-request-id": f"control-{address}"}).is_success
+    assert wait_for_logs(lambda: RequestLog.objects.filter(client_ip=address).count(), 1) == 1
+    time.sleep(1.0)  # a row for the probes would have been written with the control's
+    rows = list(RequestLog.objects.filter(client_ip=address).values_list("request_id", "endpoint"))
+    assert rows == [(f"control-{address}", "/v1/models")]
+
+
 @pytest.mark.parametrize(
     "path", ["/v1/models%00", "/v1/chat/completions%00x", "/generate%00", "/v1/%ED%A0%80"]
 )

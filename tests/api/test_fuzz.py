@@ -143,6 +143,37 @@ COMPLETION = dict(
     best_of=edge_ints(1),
     **SAMPLING,
 )
+RESPONSES = dict(
+    model=MODEL,
+    input=st.one_of(
+        TEXT,
+        st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"role": st.sampled_from(["user", "assistant", "system", "developer", "x"])},
+                    optional={"content": st.one_of(TEXT, JSON), "type": st.just("message")},
+                ),
+                JSON,
+            ),
+            max_size=3,
+        ),
+        JSON,
+    ),
+    instructions=TEXT,
+    max_output_tokens=edge_ints(16, 32),
+    temperature=st.one_of(st.floats(-1, 3), JSON),
+    top_p=st.one_of(st.floats(-1, 2), JSON),
+    stream=st.one_of(st.booleans(), JSON),
+    store=st.one_of(st.booleans(), JSON),
+    previous_response_id=TEXT,
+    tools=st.one_of(st.lists(JSON, max_size=2), JSON),
+    tool_choice=JSON,
+    text=JSON,
+    reasoning=JSON,
+    include=JSON,
+    metadata=JSON,
+    user=TEXT,
+)
 GENERATE_FIELDS = dict(
     model=MODEL,
     max_output_len=edge_ints(1, 2),
@@ -179,6 +210,7 @@ VALID = {
     "/v1/completions": {"model": CHAT_MODEL, "prompt": SAY, "max_tokens": 4},
     "/generate": {"model": CHAT_MODEL, "prompt": SAY, "max_output_len": 4},
     "/batch_generate": {"model": CHAT_MODEL, "prompts": [SAY], "max_output_len": 4},
+    "/v1/responses": {"model": CHAT_MODEL, "input": SAY, "max_output_tokens": 16},
 }
 
 
@@ -218,6 +250,7 @@ def post(http: httpx.Client, path: str, body: Any) -> int:
         ("/v1/completions", COMPLETION),
         ("/generate", GENERATE),
         ("/batch_generate", BATCH),
+        ("/v1/responses", RESPONSES),
     ],
 )
 def test_fuzzed_bodies_never_get_a_5xx(http, path, fields):
@@ -244,7 +277,17 @@ def test_fuzzed_bodies_never_get_a_5xx(http, path, fields):
             alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#"),
             max_size=20,
         ).map(lambda name: "/v1/models/" + name),
-        st.sampled_from(["/v1/models/%00", "/v1/models/a%00b", "/v1/models/%ff", "/%00"]),
+        st.sampled_from(
+            [
+                "/v1/models/%00",
+                "/v1/models/a%00b",
+                "/v1/models/%ff",
+                "/%00",
+                "/v1/responses/resp_x",
+                "/v1/responses/%00/input_items",
+                "/v1/responses/resp_x/input_items?order=x&limit=-1",
+            ]
+        ),
     ),
 )
 def test_fuzzed_reads_never_get_a_5xx(http, method, path):

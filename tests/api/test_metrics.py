@@ -145,6 +145,11 @@ def test_processes_sharing_the_directory_report_together(tmp_path, model_configs
                 value(samples, "llmgateway_generation_duration_seconds_count", model=CHAT_MODEL)
                 == 12
             )
+            # One build_info (the highest over the processes, not one per pid); requests
+            # in flight summed over the live processes: this scrape alone.
+            assert len([k for k in samples if k[0] == "llmgateway_build_info"]) == 1
+            assert value(samples, "llmgateway_http_requests_in_flight", route="/metrics") == 1
+            assert value(samples, "llmgateway_queue_wait_seconds_count", model=CHAT_MODEL) == 12
     finally:
         for gateway in gateways:
             stop_gateway(gateway)
@@ -198,3 +203,69 @@ def test_a_metrics_token_is_asked_for_when_set(tmp_path, model_configs):
         assert "llmgateway_http_requests_total" in response.text
     finally:
         stop_gateway(gateway)
+
+
+def test_waits_time_per_token_and_build_info(live_gateway, http):
+    import platform
+
+    import django
+
+    url = live_gateway.url
+    model = {"model": CHAT_MODEL}
+    before = scrape(url)
+    body = {**model, "messages": user("[[delay:20]][[long:6]]"), "stream": True}
+    assert http.post(CHAT, json=body).status_code == 200
+    labels = {**model, "stream": "true", "status": "200"}
+    target = value(before, "llmgateway_generations_total", **labels) + 1
+    after = settled(url, "llmgateway_generations_total", labels, target)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("llmgateway_time_per_output_token_seconds_count", **model) == 1
+    # 20 ms between tokens: the mean is about that (bucketed: at most 30 ms here).
+    per_token = grew("llmgateway_time_per_output_token_seconds_sum", **model)
+    assert 0.015 < per_token < 0.2
+    assert grew("llmgateway_time_per_output_token_seconds_bucket", **model, le="0.01") == 0
+    assert grew("llmgateway_admission_wait_seconds_count", **model) == 1
+    assert grew("llmgateway_queue_wait_seconds_count", **model) == 1
+    # The queue wait holds the admission's.
+    assert grew("llmgateway_queue_wait_seconds_sum", **model) >= grew(
+        "llmgateway_admission_wait_seconds_sum", **model
+    )
+    (build,) = [key for key in after if key[0] == "llmgateway_build_info"]
+    labels = dict(build[1])
+    assert labels["python"] == platform.python_version()
+    assert labels["django"] == django.get_version()
+    assert labels["version"]
+    assert after[build] == 1
+
+
+def test_requests_in_flight_by_route(live_gateway, http):
+    import threading
+
+    url = live_gateway.url
+    gauge = "llmgateway_http_requests_in_flight"
+    route = {"route": "/v1/chat/completions"}
+    assert value(scrape(url), gauge, **route) == 0
+    body = {"model": CHAT_MODEL, "messages": user("[[delay:100]][[long:20]]"), "stream": True}
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        with http.stream("POST", CHAT, json=body) as response:
+            for _ in response.iter_lines():
+                first_chunk.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        assert first_chunk.wait(10)
+        during = scrape(url)
+        assert value(during, gauge, **route) == 1
+        assert value(during, gauge, route="/metrics") == 1  # the scrape itself
+    finally:
+        thread.join(10)
+    deadline = time.monotonic() + 5
+    while value(scrape(url), gauge, **route) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert value(scrape(url), gauge, **route) == 0

@@ -121,6 +121,7 @@ def test_success_bodies_are_what_the_document_declares(document, http):
             "/v1/completions",
             {"model": CHAT_MODEL, "prompt": "[[say:hi]]", "logprobs": 1},
         ),
+        ("post", "/v1/responses", "/v1/responses", {"model": CHAT_MODEL, "input": "[[say:hi]]"}),
         ("post", "/generate", "/generate", {"model": CHAT_MODEL, "prompt": "[[say:hi]]"}),
         (
             "post",

@@ -155,9 +155,9 @@ def record_timeouts(engine: Engine, monkeypatch) -> dict[str, float]:
         timeouts["encoder"] = timeout
         return encode(request, timeout=timeout)
 
-    def llm_call(request, *, timeout):
+    def llm_call(request, *, timeout, **options):  # options: the trace's metadata
         timeouts["llm"] = timeout
-        return generate(request, timeout=timeout)
+        return generate(request, timeout=timeout, **options)
 
     monkeypatch.setattr(backend, "infer", encoder_call)
     monkeypatch.setattr(backend, "stream_infer", llm_call)

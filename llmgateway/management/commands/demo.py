@@ -26,6 +26,8 @@ from llmgateway.services import model_upsert
 
 DEMO_MODEL = "qwen1.5-chat"
 VISION_MODEL = "qwen-vl-chat"
+# The same scripted model with the <think> parser: [[think:...]] shows reasoning apart.
+THINK_MODEL = "qwen3-think"
 TOKENIZER = Path(__file__).resolve().parents[2] / "devtriton" / "tokenizer"
 # Triton model names of the dev Qwen-VL pair (llmgateway.devtriton.server.MODEL_SOURCES).
 VL_LLM, VL_VISUAL = "qwen-vl-llm", "qwen-vl-visual"
@@ -80,6 +82,14 @@ def _register_models(triton: DevTriton) -> None:
         name=DEMO_MODEL,
         triton_model="tensorrt_llm",
         model_type=ModelType.QWEN2_CHAT,
+        **common,
+    )
+    model_upsert(
+        name=THINK_MODEL,
+        triton_model="tensorrt_llm",
+        model_type=ModelType.QWEN2_CHAT,
+        tool_format="hermes",
+        reasoning_format="think",
         **common,
     )
     model_upsert(
@@ -162,7 +172,8 @@ class Command(OneLineErrors, BaseCommand):
             "",
             f"dev Triton: grpc {triton.grpc_url} (TensorRT-LLM {options['trtllm_version']} "
             "interface, and the Qwen-VL pair)",
-            f"models:     {DEMO_MODEL}, {VISION_MODEL} (takes images)",
+            f"models:     {DEMO_MODEL}, {THINK_MODEL} (reasons in <think>), "
+            f"{VISION_MODEL} (takes images)",
             f"gateway:    {base}",
             f"API docs:   {base}/docs" if settings.DOCS_ENABLED else None,
             f"admin:      {base}/admin/  user admin, password {password}",
@@ -176,6 +187,9 @@ class Command(OneLineErrors, BaseCommand):
             f"  curl {base}/v1/chat/completions {auth}{json} "
             f'-d \'{{"model": "{VISION_MODEL}", "messages": [{{"role": "user", "content": '
             f"[{image}]}}]}}'",
+            f"  curl {base}/v1/responses {auth}{json} "
+            f'-d \'{{"model": "{THINK_MODEL}", "input": '
+            '"[[think:A greeting. One word will do.]][[say:Hello!]]"}\'',
             "",
         ]
         self.stdout.write("\n".join(line for line in lines if line is not None))

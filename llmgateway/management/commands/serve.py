@@ -29,6 +29,7 @@ def run_uvicorn(
     from django.conf import settings
 
     from llmgateway import metrics
+    from llmgateway.logconfig import uvicorn_log_config
 
     metrics.multiprocess_prepare(workers)
 
@@ -44,6 +45,8 @@ def run_uvicorn(
         # httptools with header size limits and head/body timeouts (HTTP_* settings).
         http="llmgateway.http_limits:LimitedHttpToolsProtocol",
         access_log=access_log,
+        # uvicorn's own lines (and its access log) in LOG_FORMAT, with request fields.
+        log_config=uvicorn_log_config(settings.LOGGING),
         timeout_keep_alive=60,
         **reloading,
     )
@@ -118,7 +121,8 @@ class Command(OneLineErrors, BaseCommand):
         parser.add_argument(
             "--access-log",
             action="store_true",
-            help="Log a line per request (uvicorn's access log).",
+            help="Also log uvicorn's access line per request (the gateway's own access "
+            "line, with latency and tokens, follows LOG_ACCESS).",
         )
         parser.add_argument(
             "--no-migrate",

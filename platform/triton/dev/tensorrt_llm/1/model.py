@@ -6,6 +6,7 @@ deterministic answer derived from the last ChatML user turn. Directives in that 
 script the behaviour tests need:
 
     [[say:TEXT]]        answer exactly TEXT, tokenized one character at a time
+    [[think:TEXT]]      reason first: "<think>\nTEXT\n</think>\n\n", one character at a time
     [[long:N]]          N tokens of readable words
     [[utf8]]            a fixed mixed ASCII / CJK / emoji answer, one character at a time
     [[tool:NAME:JSON]]  a tool call (Hermes <tool_call> if the prompt mentions it, else ReAct)
@@ -52,7 +53,7 @@ WHO_ANSWER = (
 )
 
 DIRECTIVE_RE = re.compile(
-    r"\[\[(say|long|utf8|tool|delay|error|flagsfinal)(?::(.*?))?\]\]", re.DOTALL
+    r"\[\[(say|think|long|utf8|tool|delay|error|flagsfinal)(?::(.*?))?\]\]", re.DOTALL
 )
 TOOL_HEAD_RE = re.compile(r"\[\[tool:([^:\]]+):")
 SAMPLING_INPUTS = (
@@ -454,6 +455,9 @@ class TritonPythonModel:
         name, arg = match.group(1), match.group(2)
         if name == "say":
             script.segments.append(self._per_char(arg or ""))
+        elif name == "think":
+            # As reasoning models write it (Qwen3, DeepSeek-R1): the answer follows.
+            script.segments.append(self._per_char(f"<think>\n{arg or ''}\n</think>\n\n"))
         elif name == "utf8":
             script.segments.append(self._per_char(UTF8_ANSWER))
         elif name == "long":
