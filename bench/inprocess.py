@@ -12,6 +12,8 @@ benches' latencies on a shared 2-core VM move by more than a change is worth).
 
 --platform: keys, quotas (Redis db 12) and request logs (PostgreSQL) on, as in
 bench_platform. --stream: one 4,000-token stream per request, reported per token.
+--concurrency K / --tokens L (with --stream): K streams of L tokens at once, so the
+receive path sees several streams' tokens ready together, as under load.
 --profile: a cProfile of the measured requests, by internal time (--profile-sort
 cumulative for the call tree's view; --profile-lines N).
 --stages: where a streamed chat completion's time to first token goes (in-process).
@@ -85,7 +87,7 @@ async def bench(args) -> None:
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
     async with (
         dev_stack(
-            workdir, max_output_tokens=PROMPT_TOKENS + 100, context_length=PROMPT_TOKENS + 1000
+            workdir, max_output_tokens=args.tokens + 100, context_length=args.tokens + 1000
         ) as triton,
         fleet_extend(triton, args.endpoints, workdir),
     ):
@@ -95,7 +97,7 @@ async def bench(args) -> None:
             secret = await asyncio.to_thread(bench_key)
             headers.append((b"authorization", f"Bearer {secret}".encode()))
         if args.stream:
-            content, max_tokens = f"[[long:{PROMPT_TOKENS}]]", PROMPT_TOKENS
+            content, max_tokens = f"[[long:{args.tokens}]]", args.tokens
         else:
             content, max_tokens = "who are you?", 16
         body = orjson.dumps(
@@ -122,6 +124,12 @@ async def bench(args) -> None:
         }
 
         async def one() -> None:
+            if args.concurrency > 1:
+                await asyncio.gather(*(single() for _ in range(args.concurrency)))
+            else:
+                await single()
+
+        async def single() -> None:
             receive = receiver(body)
             status = []
 
@@ -143,7 +151,8 @@ async def bench(args) -> None:
         for _ in range(requests):
             await one()
         spent, after = time.process_time() - started, thread_cpu()
-        unit, per = ("token", requests * PROMPT_TOKENS) if args.stream else ("request", requests)
+        per_stream = args.tokens * args.concurrency
+        unit, per = ("token", requests * per_stream) if args.stream else ("request", requests)
         rows = [["thread", f"ms CPU per {unit}"]]
         for name, seconds in sorted(after.items(), key=lambda item: -item[1]):
             used = seconds - before.get(name, 0.0)
@@ -367,6 +376,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--platform", action="store_true")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--tokens", type=int, default=PROMPT_TOKENS, help="per stream")
+    parser.add_argument("--concurrency", type=int, default=1, help="streams at once")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-sort", default="tottime", help="e.g. cumulative")
     parser.add_argument("--profile-lines", type=int, default=40)

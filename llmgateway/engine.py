@@ -21,7 +21,7 @@ from django.conf import settings
 
 from llmgateway import tracing
 from llmgateway.accounting import Usage
-from llmgateway.textgen.detokenizer import IncrementalDetokenizer
+from llmgateway.textgen.detokenizer import ByteDetokenizer, IncrementalDetokenizer
 from llmgateway.textgen.stops import StopMatcher, ThoughtGate
 from llmgateway.textgen.tokenizer import TextModel, load_text_model
 from llmgateway.triton.client import ModelSpec
@@ -134,8 +134,11 @@ class _Choice:
         record: bool = False,
     ):
         self.index = index
-        self.detok = IncrementalDetokenizer(
-            text_model.tokenizer, text_model.special_ids, prompt_ids
+        table = text_model.stream_bytes
+        self.detok = (
+            ByteDetokenizer(table, text_model.special_ids)
+            if table is not None
+            else IncrementalDetokenizer(text_model.tokenizer, text_model.special_ids, prompt_ids)
         )
         self.stops = StopMatcher(params.stop)
         self.count = 0
@@ -459,14 +462,14 @@ class Generation:
         # that every token would pass through.
         (only, first), *more = self._streams
         if more:
-            source = _merge([(index, stream.responses()) for index, stream in self._streams])
+            source = _merge([(index, stream.batches()) for index, stream in self._streams])
         else:
-            source = first.responses()
+            source = first.batches()
         try:
             async with contextlib.aclosing(source) as items:
                 async for item in items:
-                    choice_index, response = item if more else (only, item)
-                    deltas = self._deltas(choice_index, response, echo, per_token)
+                    choice_index, batch = item if more else (only, item)
+                    deltas = self._deltas(choice_index, batch, echo, per_token)
                     for delta in deltas:
                         yield delta
                     # Only a delta that finishes its choice can finish them all.
@@ -490,24 +493,57 @@ class Generation:
         return names
 
     def _deltas(
-        self, choice_index: int | None, response: TritonResponse, echo: int, per_token: bool
+        self, choice_index: int | None, batch: list[TritonResponse], echo: int, per_token: bool
     ) -> list[Delta]:
-        outputs = response.outputs
-        output_ids = outputs.get("output_ids")
-        if output_ids is None or output_ids.size == 0:
-            return []  # an empty final response
+        """The deltas of responses that arrived together: one per choice, whatever the
+        number of its tokens among them (one SSE event for them all; with logprobs the
+        delta still lists each token). A lone response is one token, sent at once."""
+        if len(batch) == 1:
+            found = self._tokens(choice_index, batch[0], echo)
+            return self._feed(*found, per_token) if found is not None else []
+        tokens: dict[int, tuple[list[int], list[float] | None]] = {}
+        for response in batch:
+            found = self._tokens(choice_index, response, echo)
+            if found is None:
+                continue
+            index, ids, logprobs = found
+            held = tokens.get(index)
+            if held is None:
+                tokens[index] = (ids, logprobs)
+            else:
+                held[0].extend(ids)
+                if held[1] is not None and logprobs is not None:
+                    held[1].extend(logprobs)
+        deltas: list[Delta] = []
+        for index, (ids, logprobs) in tokens.items():
+            deltas += self._feed(index, ids, logprobs, per_token)
+        # A finishing delta last, so the caller sees whether all choices are done.
+        deltas.sort(key=lambda delta: delta.finish_reason is not None)
+        return deltas
+
+    def _tokens(
+        self, choice_index: int | None, response: TritonResponse, echo: int
+    ) -> tuple[int, list[int], list[float] | None] | None:
+        """(choice, generated ids, their logprobs) of one response; None for an empty one."""
+        # Only the tensors read are decoded, flat: the best beam is the first row.
+        output_ids, lengths, scores, seq = response.flat(*TENSORS_READ)
+        if output_ids is None or output_ids[0].size == 0:
+            return None  # an empty final response
+        flat, width = output_ids
         if choice_index is None:
-            seq = outputs.get("sequence_index")
-            choice_index = int(seq.reshape(-1)[0]) if seq is not None and seq.size else 0
-        best_beam = output_ids.reshape(-1, output_ids.shape[-1])[0]
-        lengths = outputs.get("sequence_length")
-        length = int(lengths.flat[0]) if lengths is not None else best_beam.shape[0]
-        ids = best_beam[echo:length].tolist()
+            choice_index = int(seq[0][0]) if seq is not None and seq[0].size else 0
+        length = min(int(lengths[0][0]), width) if lengths is not None else width
+        ids = flat[echo:length].tolist()
         logprobs = None
-        if "output_log_probs" in outputs:
-            flat = outputs["output_log_probs"].reshape(-1, outputs["output_log_probs"].shape[-1])[0]
-            logprobs = flat[-len(ids) :].tolist() if ids else []
-        choice = self._choices[choice_index]
+        if scores is not None:
+            row = scores[0][: scores[1]]
+            logprobs = row[-len(ids) :].tolist() if ids else []
+        return choice_index, ids, logprobs
+
+    def _feed(
+        self, index: int, ids: list[int], logprobs: list[float] | None, per_token: bool
+    ) -> list[Delta]:
+        choice = self._choices[index]
         before = choice.count
         delta = choice.feed(ids, logprobs, per_token)
         self.usage.completion_tokens += choice.count - before
@@ -516,6 +552,10 @@ class Generation:
         if self.first_token_at is None and choice.count:
             self.first_token_at = time.monotonic()
         return [delta] if delta is not None else []
+
+
+# What _deltas reads of a response, in its order (TritonResponse.flat).
+TENSORS_READ = ("output_ids", "sequence_length", "output_log_probs", "sequence_index")
 
 
 class BatchGeneration:

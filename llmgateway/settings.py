@@ -278,6 +278,14 @@ LOOP_LAG_PROBE_MS = env_float("LOOP_LAG_PROBE_MS", 0.0)
 GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 # How long to wait for Triton to answer a health/config call before calling it unreachable.
 TRITON_CONNECT_TIMEOUT = env_float("TRITON_CONNECT_TIMEOUT", 5.0)
+# How Triton's streams are read: "aio" (grpc.aio, one event-loop wake-up per message) or
+# "thread" (a thread per stream hands the loop batches; pays only when the loop is the
+# bottleneck: docs/performance.md, "Streaming capacity").
+TRITON_STREAM_READER = env_str("TRITON_STREAM_READER", "aio")
+if TRITON_STREAM_READER not in ("aio", "thread"):
+    raise ImproperlyConfigured(
+        f"TRITON_STREAM_READER={TRITON_STREAM_READER!r} is not one of: aio, thread"
+    )
 # Seconds between readiness probes of each Triton endpoint (server and models ready); a
 # down endpoint is probed four times as often, so it serves again soon after it is ready.
 TRITON_PROBE_SECONDS = env_float("TRITON_PROBE_SECONDS", 2.0)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, V1Shaper, chosen_tokens
-from llmgateway.api.sse import DONE, ChunkFrame
+from llmgateway.api.sse import DONE, ChunkFrame, TextChunks
 from llmgateway.engine import Delta, TokenLogprob
 from llmgateway.runner.endpoint import ChoiceResult, deltas
 from llmgateway.textgen.reasoning import ReasoningFormat, ReasoningSplitter
@@ -150,6 +150,13 @@ class ChatShaper(V1Shaper):
         }
         return ChunkFrame(shared, usage_null=self.include_usage)
 
+    @functools.cached_property
+    def _text_chunk(self) -> TextChunks:
+        """`_chunk(index, {"content": text})`, serialising only the text."""
+        return self._frame.text_chunks(
+            b'{"index":%d,"delta":{"content":', b'},"logprobs":null,"finish_reason":null}'
+        )
+
     def _chunk(
         self,
         index: int,
@@ -201,9 +208,13 @@ class ChatShaper(V1Shaper):
                         yield self._chunk(delta.index, {"reasoning_content": reasoning})
                 parser = parsers[delta.index]
                 if parser is None:
-                    if delta.text:  # a delta's tokens start in its text (Delta.tokens)
+                    if not delta.text:
+                        pass
+                    elif self.logprobs:  # a delta's tokens start in its text (Delta.tokens)
                         logprobs = self._logprobs(delta.tokens)
                         yield self._chunk(delta.index, {"content": delta.text}, logprobs=logprobs)
+                    else:
+                        yield self._text_chunk(delta.index, delta.text)
                 else:
                     tokens = held[delta.index]
                     tokens += delta.tokens

@@ -20,7 +20,7 @@ from llmgateway.api.openai_common import (
 )
 from llmgateway.api.openai_schemas import CompletionIn
 from llmgateway.api.respond import respond
-from llmgateway.api.sse import DONE, ChunkFrame
+from llmgateway.api.sse import DONE, ChunkFrame, TextChunks
 from llmgateway.engine import BatchGeneration, Engine, GenerationRequest, TokenLogprob
 from llmgateway.errors import invalid
 from llmgateway.limits import deadline_resolve, max_tokens_resolve
@@ -176,6 +176,13 @@ class CompletionShaper(V1Shaper):
         del shared["choices"]
         return ChunkFrame(shared, usage_null=self.include_usage)
 
+    @functools.cached_property
+    def _text_chunk(self) -> TextChunks:
+        """`_chunk(index, text)`, serialising only the text."""
+        return self._frame.text_chunks(
+            b'{"index":%d,"text":', b',"logprobs":null,"finish_reason":null}'
+        )
+
     def response(self, results: list[ChoiceResult]) -> dict[str, Any]:
         body = self._body(
             [
@@ -202,9 +209,13 @@ class CompletionShaper(V1Shaper):
                 yield self._chunk(index, text)
         async with deltas(self.generation) as stream:
             async for delta in stream:
-                if delta.text:  # a delta's tokens start in its text (Delta.tokens)
+                if not delta.text:
+                    pass
+                elif self.logprobs:  # a delta's tokens start in its text (Delta.tokens)
                     logprobs = self._logprobs(delta.tokens)
                     yield self._chunk(delta.index, delta.text, logprobs=logprobs)
+                else:
+                    yield self._text_chunk(delta.index, delta.text)
                 if delta.finish_reason is not None:
                     self.finish_reasons[delta.index] = delta.finish_reason
                     yield self._chunk(delta.index, "", delta.finish_reason)

@@ -44,9 +44,33 @@ class ChunkFrame:
     def choice(self, choice: dict[str, Any]) -> bytes:
         return self._open + orjson.dumps(choice) + self._close
 
+    def text_chunks(self, before: bytes, after: bytes) -> TextChunks:
+        """The maker of this stream's text-only chunks: `before` % index + the text as
+        JSON + `after` is the choice (see TextChunks)."""
+        return TextChunks(self._open, before, after + self._close)
+
     def usage(self, usage: dict[str, Any]) -> bytes:
         """The last chunk: no choices, the usage."""
         return self._open + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+
+
+class TextChunks:
+    """A stream's most frequent event, a choice's text with no logprobs and no finish,
+    from bytes made once per choice: only the text is serialised per event. The bytes
+    are those of ChunkFrame.choice with the same dict (orjson escapes a string alike
+    alone or in a dict; tests/api/test_sse.py)."""
+
+    __slots__ = ("_open", "_before", "_after", "_heads")
+
+    def __init__(self, open_: bytes, before: bytes, after: bytes) -> None:
+        self._open, self._before, self._after = open_, before, after
+        self._heads: dict[int, bytes] = {}
+
+    def __call__(self, index: int, text: str) -> bytes:
+        head = self._heads.get(index)
+        if head is None:
+            head = self._heads[index] = self._open + self._before % index
+        return head + orjson.dumps(text) + self._after
 
 
 class EventStream(StreamingHttpResponse):

@@ -11,6 +11,7 @@ token. Each step decodes a window of a few tokens: O(new tokens), not O(output).
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -64,3 +65,47 @@ class IncrementalDetokenizer:
         self._prefix = self._read
         self._read = len(ids)
         return delta
+
+
+class ByteDetokenizer:
+    """The same text deltas for a byte-level tokenizer, from each token's bytes.
+
+    A byte-level BPE's decode is its tokens' bytes joined and read as UTF-8 (invalid
+    bytes as U+FFFD), so an incremental UTF-8 decoder over each token's bytes
+    (`token_bytes`, TextModel.stream_bytes: checked against the tokenizer's own decode
+    when it is built) gives what the window above gives, for a table lookup per token
+    instead of two decodes. As there, a character split over tokens waits for its last
+    byte, and U+FFFD at the end of what is known is held back until more follows; at
+    the end it is dropped.
+    """
+
+    __slots__ = ("_bytes", "_special", "_decode", "_held")
+
+    def __init__(self, token_bytes: tuple[bytes, ...], special_ids: frozenset[int]) -> None:
+        self._bytes = token_bytes
+        self._special = special_ids
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self._held = ""
+
+    def push(self, token_ids: list[int]) -> str:
+        table, special = self._bytes, self._special
+        size = len(table)
+        if len(token_ids) == 1:
+            token = token_ids[0]
+            if token in special or token >= size:
+                return ""
+            text = self._decode(table[token])
+        else:
+            text = self._decode(
+                b"".join(table[t] for t in token_ids if t not in special and t < size)
+            )
+        if self._held:
+            text, self._held = self._held + text, ""
+        if text.endswith(REPLACEMENT):
+            kept = text.rstrip(REPLACEMENT)
+            self._held = text[len(kept) :]
+            return kept
+        return text
+
+    def flush(self) -> str:
+        return (self._held + self._decode(b"", True)).rstrip(REPLACEMENT)

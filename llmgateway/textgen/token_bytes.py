@@ -156,3 +156,44 @@ def token_pieces_build(tokenizer: Any) -> TokenPieces:
         raw.append(value)
     logger.debug("token bytes for %d tokens (%s)", len(raw), scheme)
     return TokenPieces(names=tuple(token_name(r) for r in raw), raw=tuple(raw))
+
+
+# Ids decoded together per check of the byte table against the tokenizer's decode.
+CHECK_SPAN = 64
+
+
+def stream_bytes_build(tokenizer: Any, pieces: TokenPieces) -> tuple[bytes, ...] | None:
+    """Per token id, the bytes a byte-level tokenizer's decode gives it (for
+    detokenizer.ByteDetokenizer), or None when the tokenizer's decoder is not exactly
+    ByteLevel or the table disagrees with its decode.
+
+    Added tokens are taken from the tokenizer's own decode (how ByteLevel treats
+    them has changed between `tokenizers` versions); then the whole vocabulary is
+    decoded in spans of CHECK_SPAN ids, both ways, including the invalid byte runs
+    that arbitrary neighbours make: one difference and the table is not used.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
+        return None
+    try:
+        kind = json.loads(decoder.__getstate__()).get("type")
+    except Exception:  # a decoder that does not serialise
+        return None
+    if kind != "ByteLevel":
+        return None
+    raw = list(pieces.raw)
+    for token in getattr(tokenizer, "added_tokens_decoder", None) or {}:
+        if token < len(raw):
+            raw[token] = backend.decode([token], skip_special_tokens=False).encode("utf-8")
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    ids = [i for i in range(len(raw)) if i not in special]
+    for start in range(0, len(ids), CHECK_SPAN):
+        span = ids[start : start + CHECK_SPAN]
+        ours = b"".join(raw[i] for i in span).decode("utf-8", "replace")
+        if ours != backend.decode(span, skip_special_tokens=False):
+            logger.info(
+                "byte table of %s disagrees with its decode: windowed detokenizer", tokenizer
+            )
+            return None
+    return tuple(raw)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmgateway.textgen.token_bytes import TokenPieces, token_pieces_build
+from llmgateway.textgen.token_bytes import TokenPieces, stream_bytes_build, token_pieces_build
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,6 +192,12 @@ class TextModel:
         """Each token's own bytes and the name logprobs give it (token_bytes.py)."""
         return token_pieces_build(self.tokenizer)
 
+    @functools.cached_property
+    def stream_bytes(self) -> tuple[bytes, ...] | None:
+        """Per token, its bytes as decode gives them, for a byte-level tokenizer
+        (detokenizer.ByteDetokenizer); None for any other."""
+        return stream_bytes_build(self.tokenizer, self.token_pieces)
+
 
 @dataclass(frozen=True)
 class _Quoting:
@@ -308,4 +314,5 @@ def load_text_model(path: str, *, trust_remote_code: bool = False) -> TextModel:
     model._compiled_template  # noqa: B018
     model.token_pieces  # noqa: B018
     model.longest_token_bytes  # noqa: B018
+    model.stream_bytes  # noqa: B018
     return model

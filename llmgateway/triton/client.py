@@ -9,6 +9,7 @@ so, whatever the length of its outage (gRPC's default backoff grows to 120 s).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -158,6 +159,17 @@ class TritonBackend:
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
 
+    @functools.cached_property
+    def stream_infer_sync(self) -> grpc.UnaryStreamMultiCallable:
+        """ModelStreamInfer on a sync channel, for the threaded reader (reader.py), made
+        on first use: with the default grpc.aio reader no second channel is opened."""
+        self._sync_channel = grpc.insecure_channel(self.url, options=channel_options())
+        return self._sync_channel.unary_stream(
+            STREAM_INFER,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+
     async def connection_failure(self, deadline: float) -> str | None:
         """None once the channel is connected (at once when it already is, as it almost
         always is); what went wrong if it fails to connect first. Waits at most until
@@ -200,6 +212,9 @@ class TritonBackend:
 
     async def close(self) -> None:
         await self.client.close()
+        sync_channel = getattr(self, "_sync_channel", None)
+        if sync_channel is not None:
+            sync_channel.close()
 
     async def _call(self, awaitable, *, within: float | None = None):
         try:

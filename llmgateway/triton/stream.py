@@ -28,14 +28,16 @@ about a quarter of the gateway's CPU per non-streamed request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
+from django.conf import settings
 from tritonclient.grpc import service_pb2
 
 from llmgateway.triton.client import ModelSpec
@@ -50,6 +52,7 @@ from llmgateway.triton.pool import (
     retryable,
     rpc_failure,
 )
+from llmgateway.triton.reader import ThreadedCall
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,52 @@ WIRE_TO_NUMPY = {
 }
 
 
-@dataclass(slots=True)
 class TritonResponse:
-    outputs: dict[str, np.ndarray]
-    final: bool
+    """One response of a stream: its tensors, decoded when asked for, and whether it is
+    the request's last.
+
+    A streamed token's response carries a few tensors, of which the engine reads two
+    (output_ids, sequence_length): `flat` decodes just the tensors named, without
+    shaping them. `outputs` decodes them all, shaped (the visual encoder, tests).
+    """
+
+    __slots__ = ("message", "final", "_outputs")
+
+    def __init__(self, message: service_pb2.ModelInferResponse, final: bool) -> None:
+        self.message = message
+        self.final = final
+        self._outputs: dict[str, np.ndarray] | None = None
+
+    def flat(self, *names: str) -> list[tuple[np.ndarray, int] | None]:
+        """Per name, that tensor as a 1-D array and the length of its last dimension (a
+        row of a [..., T] tensor is T elements), or None when the response lacks it.
+        One pass over the response's tensors, whatever the number of names."""
+        found: list[tuple[np.ndarray, int] | None] = [None] * len(names)
+        message = self.message
+        contents = message.raw_output_contents
+        for position, tensor in enumerate(message.outputs):
+            name = tensor.name
+            if name not in names or position >= len(contents):
+                continue
+            dtype = WIRE_TO_NUMPY.get(tensor.datatype)
+            if dtype is not None:
+                shape = tensor.shape
+                array = np.frombuffer(contents[position], dtype=dtype)
+                found[names.index(name)] = (array, shape[-1] if shape else 1)
+        return found
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            outputs: dict[str, np.ndarray] = {}
+            message = self.message
+            # One pass over tensors and their raw contents (a tensor without contents is skipped).
+            for tensor, raw in zip(message.outputs, message.raw_output_contents, strict=False):
+                dtype = WIRE_TO_NUMPY.get(tensor.datatype)
+                if dtype is not None:
+                    outputs[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+            self._outputs = outputs
+        return self._outputs
 
 
 # struct formats for one little-endian element of each wire type (Triton's raw
@@ -180,16 +225,13 @@ def _template(
 
 
 def parse_response(message: service_pb2.ModelInferResponse, decoupled: bool) -> TritonResponse:
-    outputs: dict[str, np.ndarray] = {}
-    # One pass over tensors and their raw contents (a tensor without contents is skipped).
-    for tensor, raw in zip(message.outputs, message.raw_output_contents, strict=False):
-        dtype = WIRE_TO_NUMPY.get(tensor.datatype)
-        if dtype is not None:
-            outputs[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+    """The response, its tensors left undecoded until read (TritonResponse)."""
     final = message.parameters.get("triton_final_response")
-    return TritonResponse(outputs, final.bool_param if final is not None else not decoupled)
+    return TritonResponse(message, final.bool_param if final is not None else not decoupled)
 
 
+# What _response returns for a request moved to another endpoint.
+MOVED = object()
 # A call is not moved to another endpoint with less time than this left.
 MIN_FAILOVER_S = 0.01
 UNAVAILABLE_MESSAGE = "The inference server is unreachable or not ready."
@@ -268,50 +310,103 @@ class TritonStream:
         self._release()
 
     async def responses(self) -> AsyncIterator[TritonResponse]:
+        """The responses one by one (see `batches`)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for response in batch:
+                    yield response
+
+    async def batches(self) -> AsyncIterator[list[TritonResponse]]:
+        """The responses, in lists of those that arrived together: one at a time with
+        grpc.aio (one message per read), all those queued since the last look with the
+        threaded reader (reader.py). A failure after responses of the same batch is
+        raised once they are handed over."""
         self.open()
         received = False
         try:
             while True:
-                try:
-                    message = await self._call.read()
-                except grpc.RpcError as exc:
-                    if self._fail(rpc_failure(exc), exc.details() or "", may_move=not received):
-                        continue
-                    raise rpc_error_map(exc) from exc
-                if message is grpc.aio.EOF:
-                    self._finished = True
-                    return
-                if message.error_message:
-                    kind = message_failure(message.error_message)
-                    if self._fail(kind, message.error_message, may_move=not received):
-                        continue
-                    self._finished = True
-                    logger.warning(
-                        "Triton error for %s: %s", self._request.id, message.error_message
-                    )
-                    if kind == MODEL_NOT_READY:
-                        raise TritonUnavailable(UNAVAILABLE_MESSAGE)
-                    raise TritonInferenceError(
-                        "The inference server failed the request.", detail=message.error_message
-                    )
-                response = parse_response(message.infer_response, self._spec.decoupled)
-                received = True
-                if response.final:
-                    # Nothing more will come for this request; the RPC's status
-                    # follows on its own (the client half-closed when it sent).
-                    self._finished = True
-                yield response
-                if response.final:
-                    return
+                call = self._call
+                if isinstance(call, ThreadedCall):
+                    items = await call.read_batch()
+                else:
+                    try:
+                        items = [await call.read()]
+                    except grpc.RpcError as exc:
+                        items = [exc]
+                batch: list[TritonResponse] = []
+                failure: Exception | None = None
+                for item in items:
+                    try:
+                        response = self._response(item, may_move=not received)
+                    except Exception as exc:
+                        if not batch:
+                            raise
+                        failure = exc
+                        break
+                    if response is MOVED:
+                        break  # nothing else came on the failed call
+                    if response is None:  # the end of the call
+                        self._finished = True
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(response)
+                    received = True
+                    if response.final:
+                        # Nothing more will come for this request; the RPC's status
+                        # follows on its own (the client half-closed when it sent).
+                        self._finished = True
+                        yield batch
+                        return
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
         finally:
             self.cancel()
+
+    def _response(self, item: Any, *, may_move: bool) -> TritonResponse | object | None:
+        """What one item read stands for: a response, None at the end of the call, MOVED
+        when the request went to another endpoint; a failure is raised."""
+        if isinstance(item, grpc.RpcError):
+            if self._fail(rpc_failure(item), item.details() or "", may_move=may_move):
+                return MOVED
+            raise rpc_error_map(item) from item
+        if isinstance(item, Exception):  # the threaded reader's thread failed otherwise
+            self._finished = True
+            raise TritonInferenceError(
+                "The inference server failed the request.", detail=str(item)
+            ) from item
+        if item is grpc.aio.EOF:
+            return None
+        if item.error_message:
+            kind = message_failure(item.error_message)
+            if self._fail(kind, item.error_message, may_move=may_move):
+                return MOVED
+            self._finished = True
+            logger.warning("Triton error for %s: %s", self._request.id, item.error_message)
+            if kind == MODEL_NOT_READY:
+                raise TritonUnavailable(UNAVAILABLE_MESSAGE)
+            raise TritonInferenceError(
+                "The inference server failed the request.", detail=item.error_message
+            )
+        return parse_response(item.infer_response, self._spec.decoupled)
 
     def _start(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         # The gRPC deadline also reaches the server, which cancels the request there.
-        self._call = endpoint.backend.stream_infer(
-            self._request, timeout=self._deadline - time.monotonic(), metadata=self._metadata
-        )
+        timeout = self._deadline - time.monotonic()
+        if settings.TRITON_STREAM_READER == "thread":
+            self._call = ThreadedCall(
+                endpoint.backend.stream_infer_sync,
+                self._request,
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        else:
+            self._call = endpoint.backend.stream_infer(
+                self._request, timeout=timeout, metadata=self._metadata
+            )
 
     def _fail(self, kind: str, detail: str, *, may_move: bool) -> bool:
         """Record a failed call; True if the request was moved to another endpoint (once,
