@@ -17,7 +17,7 @@ from django.http import HttpRequest
 
 from accounts.alerts import budget_alerts_check
 from accounts.logs import log_record
-from accounts.quota import Decision, Subject, Verdict, quota_store
+from accounts.quota import Decision, Subject, Used, Verdict, quota_store
 from accounts.services import Caller
 from llmgateway import background, metrics
 from llmgateway.accounting import (
@@ -82,17 +82,24 @@ def _whose(subject: Subject) -> str:
     return f"{owner} for model '{subject.model}'" if subject.model else owner
 
 
-def refusal(decision: Decision, tokens: int, cost: int) -> APIError:
+def refusal(decision: Decision, tokens: int | None, cost: int | None) -> APIError:
+    """The 429 for `decision`; `tokens` and `cost` None: refused by the precheck, before
+    the request was tokenized."""
     headers = ratelimit_headers(decision)
     subject = decision.subject or Subject(0, "", "key")
     whose = _whose(subject)
     if decision.verdict is Verdict.BUDGET:
         left = max((subject.budget_tokens or 0) - decision.budget_used, 0)
+        reserves = (
+            f", and this request reserves {tokens} (prompt plus max tokens)"
+            if tokens is not None
+            else ""
+        )
         return APIError(
             429,
             f"You exceeded your current quota: {whose}'s token budget "
-            f"({subject.budget_tokens} per {subject.budget_period}) has {left} tokens left, "
-            f"and this request reserves {tokens} (prompt plus max tokens).",
+            f"({subject.budget_tokens} per {subject.budget_period}) has {left} tokens "
+            f"left{reserves}.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers={**headers, "x-should-retry": "false"},
@@ -101,16 +108,24 @@ def refusal(decision: Decision, tokens: int, cost: int) -> APIError:
         currency = settings.GATEWAY_CURRENCY.upper()
         budget = money_amount(subject.budget_money or 0).normalize()
         left = money_amount(max((subject.budget_money or 0) - decision.money_used, 0))
+        costs = (
+            f", and this request may cost up to {money_amount(cost).normalize()} {currency}"
+            if cost is not None
+            else ""
+        )
         return APIError(
             429,
             f"You exceeded your current quota: {whose}'s budget ({budget} {currency} per "
-            f"{subject.budget_period}) has {left.normalize()} {currency} left, and this "
-            f"request may cost up to {money_amount(cost).normalize()} {currency}.",
+            f"{subject.budget_period}) has {left.normalize()} {currency} left{costs}.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers={**headers, "x-should-retry": "false"},
         )
-    if decision.verdict is Verdict.TOKENS and subject.tpm_limit and tokens > subject.tpm_limit:
+    if (
+        decision.verdict is Verdict.TOKENS
+        and subject.tpm_limit
+        and (tokens or 0) > subject.tpm_limit
+    ):
         # No wait lets it through: OpenAI's "Request too large", which clients must not retry.
         return APIError(
             429,
@@ -130,7 +145,9 @@ def refusal(decision: Decision, tokens: int, cost: int) -> APIError:
         kind = "requests"
     else:
         wait_ms, kind = decision.retry_ms, "tokens"
-        what = f"tokens per min (TPM): limit {subject.tpm_limit}, requested {tokens}"
+        what = f"tokens per min (TPM): limit {subject.tpm_limit}"
+        if tokens is not None:
+            what += f", requested {tokens}"
     return APIError(
         429,
         f"Rate limit reached for {whose} on {what}. Please try again in {duration(wait_ms)}.",
@@ -233,6 +250,10 @@ class EarlyStarts:
         self._pending.add(key_id)
         return True
 
+    def refused_last(self, key_id: int) -> bool:
+        """Whether the key's last decision in this process was a refusal."""
+        return self._admitted.get(key_id) is False
+
     def decided(self, key_id: int, admitted: bool, claimed: bool) -> None:
         self._admitted[key_id] = admitted
         if claimed:
@@ -240,6 +261,49 @@ class EarlyStarts:
 
 
 early_starts = EarlyStarts()
+
+
+def precheck_due(caller: Caller, *, large: bool) -> bool:
+    """Whether a request should be prechecked (`admit_precheck`) before it is prepared:
+    a large one of a key with limits, and any of a key whose last request this process
+    decided was refused (a key at its limits gets its 429 before the request's checks
+    against the model). Keys in good standing with small requests skip the read."""
+    key = caller.key
+    return key.has_limits and (large or early_starts.refused_last(key.id))
+
+
+async def admit_precheck(*, caller: Caller) -> None:
+    """Refuse (429) a key whose own or whose project's rpm, tpm or budget is already
+    used up, before its request's prompt is prepared; nothing is reserved.
+
+    For the requests `precheck_due` picks: it costs a read of the counters, and it
+    spares the tokenizer a request that admission would refuse anyway (a key with no
+    budget left could otherwise have a 19 MB prompt tokenized; issue 19). It only
+    reads, so a race lets a request through to `admit`, which decides atomically as
+    before. Per-model limits and concurrency are left to `admit`: the model is not
+    resolved here, and the snapshot counts leases that expired without being released
+    yet. A quota store that cannot answer is left to `admit` too (its 503).
+    """
+    key = caller.key
+    for subject in key.subjects():
+        try:
+            now = await quota_store().snapshot(key, subject)
+        except Exception:
+            logger.warning("quota precheck skipped: the quota store did not answer", exc_info=True)
+            return
+        verdict, retry_ms = Verdict.OK, 0
+        if subject.budget_tokens is not None and now.budget_used >= subject.budget_tokens:
+            verdict = Verdict.BUDGET
+        elif subject.budget_money is not None and now.money_used >= subject.budget_money:
+            verdict = Verdict.MONEY
+        elif subject.rpm_limit is not None and now.rpm_used >= subject.rpm_limit:
+            verdict, retry_ms = Verdict.REQUESTS, now.rpm_retry_ms
+        elif subject.tpm_limit is not None and now.tpm_used >= subject.tpm_limit:
+            verdict, retry_ms = Verdict.TOKENS, now.tpm_retry_ms
+        if verdict is not Verdict.OK:
+            used = Used(now.rpm_used, now.tpm_used, now.budget_used, now.money_used, now.reset_ms)
+            decision = Decision.of(verdict, (subject,), [used], 0, retry_ms, None)
+            raise refusal(decision, None, None)
 
 
 async def admit(

@@ -36,6 +36,9 @@ def _client_ip(request: HttpRequest) -> str | None:
 
 def body_model(request: HttpRequest) -> str:
     """The `model` a request body names, for logging requests refused before admission."""
+    known = request_context(request).model
+    if known is not None:
+        return known[:128]
     try:
         body = orjson.loads(request.body)
     except Exception:
@@ -91,7 +94,9 @@ def log_record(
     }
     if settings.REQUEST_LOG_CONTENT:
         try:
-            record["prompt_text"] = storable(request.body.decode("utf-8", "replace")[:MAX_TEXT])
+            # Cut before decoding: a 20 MB body would be decoded whole for 100k characters.
+            head = request.body[: MAX_TEXT * 4]
+            record["prompt_text"] = storable(head.decode("utf-8", "replace")[:MAX_TEXT])
         except Exception:  # a body over the size limit cannot be read (413)
             record["prompt_text"] = None
         if response_text is not None:

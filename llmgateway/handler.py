@@ -65,11 +65,15 @@ class GatewayASGIHandler(ASGIHandler):
             await super().__call__(scope, receive, send)
 
     async def lifespan(self, receive, send) -> None:
+        probe = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                probe = metrics.loop_lag_probe_start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if probe is not None:
+                    probe.cancel()
                 await background.shutdown(settings.GATEWAY_SHUTDOWN_SECONDS)
                 if tracing.enabled:
                     await asyncio.to_thread(tracing.flush)
@@ -82,6 +86,10 @@ class GatewayASGIHandler(ASGIHandler):
             body_file, too_large = await self.read_limited_body(receive)
         except RequestAborted:
             return
+        if body_file.getbuffer().nbytes > settings.GATEWAY_PREPARE_INLINE_BYTES:
+            # Joining a large body and parsing it are two long steps for the loop (a
+            # 19 MB body: ~10 ms, then ~25 ms of JSON); other requests run in between.
+            await asyncio.sleep(0)
         prefix = get_script_prefix(scope)
         if prefix not in ("", "/"):  # "/" is what Django assumes when none is set
             set_script_prefix(prefix)

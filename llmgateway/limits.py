@@ -4,11 +4,51 @@ many tokens it may generate within the model's context, and when it must be over
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from llmgateway.errors import invalid
 from llmgateway.models import ModelConfig
+
+if TYPE_CHECKING:
+    from llmgateway.textgen.tokenizer import TextModel
+
+
+def prompt_chars_check(*, config: ModelConfig, text: TextModel, chars: int, param: str) -> None:
+    """Refuse, before anything is tokenized, text that cannot fit in the model's context.
+
+    No token of the model's tokenizer covers more characters than its longest token has
+    bytes (`TextModel.longest_token_bytes`), so `chars` characters are at least
+    chars / longest tokens: beyond context_length x longest the prompt is over the
+    context whatever it says. Tokenizing it would only cost time and memory (a 19 MB
+    prompt took 10-20 s and 3 GB; issue 19). `chars` is a lower bound of the text
+    tokenized (what the client wrote; the template only adds to it).
+    """
+    context, longest = config.context_length, text.longest_token_bytes
+    if chars > context * longest:
+        raise invalid(
+            f"This model's maximum context length is {context} tokens. However, your "
+            f"{param} is {chars} characters long, more than {context} tokens of this model "
+            f"can hold (at most {longest} characters each), so it was not tokenized. "
+            f"Please reduce the length of the {param}.",
+            param,
+            code="context_length_exceeded",
+        )
+
+
+def beams_check(*, parameters: dict[str, str], beams: int, param: str) -> None:
+    """Refuse more beams than the Triton model's max_beam_width (its config's parameter;
+    TensorRT-LLM refuses such a request, which would otherwise surface as a 500)."""
+    declared = parameters.get("max_beam_width", "").strip()
+    if not declared.isdigit():
+        return  # not declared (an ensemble) or left unset ("${max_beam_width}"): Triton decides
+    most = max(int(declared), 1)
+    if beams > most:
+        raise invalid(
+            f"{param} is too large: {beams}. This model supports at most {most} beams.",
+            param,
+        )
 
 
 def max_tokens_resolve(

@@ -26,6 +26,7 @@ Label values are bounded: routes are the URLconf's patterns (unknown paths are
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -144,6 +145,15 @@ def _version() -> str:
 
 
 BUILD_INFO.labels(_version(), platform.python_version(), django.get_version()).set(1)
+
+# Seconds an event loop woke up late: 1 ms to 5 s.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+LOOP_LAG = Histogram(
+    "llmgateway_event_loop_lag_seconds",
+    "How late the event loop ran a task that slept LOOP_LAG_PROBE_MS: work holding the "
+    "loop (a long prompt tokenized on it would show here). Only with LOOP_LAG_PROBE_MS.",
+    buckets=LAG_BUCKETS,
+)
 
 # Labelled children, looked up once: labels() takes a lock and builds a key each call.
 _children: dict[tuple, object] = {}
@@ -269,3 +279,22 @@ def multiprocess_prepare(workers: int) -> None:
         import tempfile  # noqa: PLC0415
 
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmgateway-metrics-")
+
+
+async def loop_lag_probe(interval: float) -> None:
+    """Sleep `interval` seconds, over and over, and record how much later than asked
+    each wake-up came: the longest anything held the loop between two of them."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + interval
+        await asyncio.sleep(interval)
+        LOOP_LAG.observe(max(loop.time() - asked, 0.0))
+
+
+def loop_lag_probe_start() -> asyncio.Task | None:
+    """Start the probe on the running loop when LOOP_LAG_PROBE_MS asks for it (and
+    metrics are on); the caller cancels the task at shutdown."""
+    interval = settings.LOOP_LAG_PROBE_MS / 1000
+    if interval <= 0 or not settings.METRICS_ENABLED:
+        return None
+    return asyncio.get_running_loop().create_task(loop_lag_probe(interval))

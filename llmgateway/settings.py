@@ -257,6 +257,23 @@ HTTP_BODY_TIMEOUT = env_float("HTTP_BODY_TIMEOUT", 60.0)
 # Largest guide (JSON schema) sent to TensorRT-LLM's guided decoding, in bytes: Triton
 # compiles each request's grammar, and a huge schema would hold up its other requests.
 GUIDED_DECODING_MAX_SCHEMA_BYTES = env_int("GUIDED_DECODING_MAX_SCHEMA_BYTES", 128 * 1024)
+# Preparing a prompt (chat template, tokenizer) runs in a pool of this many threads, off
+# the event loop, so a long prompt never holds up the process's other requests
+# (llmgateway/runner/prepare.py). Bodies of at most GATEWAY_PREPARE_INLINE_BYTES are
+# prepared on the loop: their work (under a millisecond) costs less than the hop.
+GATEWAY_PREPARE_THREADS = env_int("GATEWAY_PREPARE_THREADS", 2)
+GATEWAY_PREPARE_INLINE_BYTES = env_int("GATEWAY_PREPARE_INLINE_BYTES", 8 * 1024)
+# Most items a request's lists may hold (400 naming the parameter beyond): chat messages,
+# tools (OpenAI's own limit is 128), stop strings (`stop`, /generate's `stop_words`), and
+# generated sequences (`n`, and `num_beams` on /generate).
+GATEWAY_MAX_MESSAGES = env_int("GATEWAY_MAX_MESSAGES", 2048)
+GATEWAY_MAX_TOOLS = env_int("GATEWAY_MAX_TOOLS", 128)
+GATEWAY_MAX_STOPS = env_int("GATEWAY_MAX_STOPS", 16)
+GATEWAY_MAX_SEQUENCES = env_int("GATEWAY_MAX_SEQUENCES", 16)
+# Every LOOP_LAG_PROBE_MS milliseconds a task on each event loop measures how late it
+# wakes: /metrics' llmgateway_event_loop_lag_seconds shows anything holding the loop up.
+# 0: off (each wake-up costs a little CPU).
+LOOP_LAG_PROBE_MS = env_float("LOOP_LAG_PROBE_MS", 0.0)
 # Default and ceiling for a request's deadline in seconds (clients may ask for less).
 GATEWAY_REQUEST_TIMEOUT = env_float("GATEWAY_REQUEST_TIMEOUT", 600.0)
 # How long to wait for Triton to answer a health/config call before calling it unreachable.

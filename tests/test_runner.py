@@ -5,6 +5,7 @@ the same Outcome. (Every endpoint's live tests exercise the rest of the lifecycl
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -63,7 +64,7 @@ async def admitted(target: Target, *, stream: bool) -> tuple[Answer, RecordingAd
 
     endpoint.on_settle = on_settle
     run = Run(request, caller=None, endpoint=endpoint)
-    prepared = run.prepare(target)
+    prepared = await run.prepare(target, True)
     await run.reach(target)
     run.admission = admission = RecordingAdmission()
     return await run.admitted(target, prepared), admission, hooked
@@ -108,3 +109,22 @@ async def test_a_stream_whose_body_never_ran_settles_as_a_disconnect(target) -> 
     assert outcome.usage.prompt_tokens > 0 and outcome.usage.completion_tokens == 0
     assert hooked == [outcome]
     await answer.events.aclose()
+
+
+class ThreadRecordingEndpoint(GenerateEndpoint):
+    threads: list[str]
+
+    def prepare(self, target: Target, request_id: str):
+        self.threads.append(threading.current_thread().name)
+        return super().prepare(target, request_id)
+
+
+@pytest.mark.parametrize(("inline", "thread"), [(True, "MainThread"), (False, "prepare")])
+async def test_a_large_request_is_prepared_in_the_pool(target, inline, thread) -> None:
+    request = RequestFactory().post("/generate")
+    request.gateway = RequestContext("runner-test")
+    endpoint = ThreadRecordingEndpoint(GenerateIn(prompt="[[say:hello]]"))
+    endpoint.threads = []
+    prepared = await Run(request, caller=None, endpoint=endpoint).prepare(target, inline)
+    assert prepared.requests[0].prompt_ids
+    assert endpoint.threads[0].startswith(thread)

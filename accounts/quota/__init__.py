@@ -125,6 +125,25 @@ class Snapshot:
     budget_used: int
     leases: int
     money_used: int = 0
+    # As a Decision has them (its reset_ms, and retry_ms for one more request or token).
+    reset_ms: int = 0
+    rpm_retry_ms: int = 0
+    tpm_retry_ms: int = 0
+
+
+def snapshot_of(
+    subject: Subject, rpm: Window, tpm: Window, budget_used: int, leases: int, money_used: int
+) -> Snapshot:
+    return Snapshot(
+        rpm_used=rpm.used,
+        tpm_used=tpm.used,
+        budget_used=budget_used,
+        leases=leases,
+        money_used=money_used,
+        reset_ms=max(rpm.reset_ms(), tpm.reset_ms()),
+        rpm_retry_ms=rpm.fits_in_ms(1, subject.rpm_limit) if subject.rpm_limit is not None else 0,
+        tpm_retry_ms=tpm.fits_in_ms(1, subject.tpm_limit) if subject.tpm_limit is not None else 0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from accounts.quota import (
     Verdict,
     Window,
     lease_seconds,
+    snapshot_of,
 )
 from accounts.quota.spool import (
     Entry,
@@ -532,10 +533,11 @@ def snapshot(key: KeyRecord, clock: Clock, subject: Subject | None = None) -> Sn
     )
     budget_window, _ = clock.budget_window(subject.budget_period)
     current = usage.budget_window == budget_window
-    return Snapshot(
-        rpm_used=Window(usage.rpm_buckets, clock).used,
-        tpm_used=Window(usage.tpm_buckets, clock).used,
-        budget_used=usage.budget_used if current else 0,
-        leases=QuotaHold.objects.filter(subject=subject.name).count(),
-        money_used=usage.money_used if current else 0,
+    return snapshot_of(
+        subject,
+        Window(usage.rpm_buckets, clock),
+        Window(usage.tpm_buckets, clock),
+        usage.budget_used if current else 0,
+        QuotaHold.objects.filter(subject=subject.name).count(),
+        usage.money_used if current else 0,
     )

@@ -79,6 +79,7 @@ from accounts.quota import (
     Window,
     lease_seconds,
     limit_arg,
+    snapshot_of,
 )
 from accounts.quota.database import replay as database_replay
 from accounts.quota.database import retry_when_locked
@@ -532,12 +533,12 @@ class RedisStore:
         subject = subject or key.key_subject()
         leases, _, rpm, tpm, budget, money, _ = _keys(subject, clock)
         client = self.client()
-        rpm_used = Window(_pairs(await client.call("HGETALL", rpm)), clock).used
-        tpm_used = Window(_pairs(await client.call("HGETALL", tpm)), clock).used
+        rpm_window = Window(_pairs(await client.call("HGETALL", rpm)), clock)
+        tpm_window = Window(_pairs(await client.call("HGETALL", tpm)), clock)
         budget_used = int(await client.call("GET", budget) or 0)
         money_used = int(await client.call("GET", money) or 0)
         live = await client.call("ZCARD", leases)
-        return Snapshot(rpm_used, tpm_used, budget_used, live, money_used)
+        return snapshot_of(subject, rpm_window, tpm_window, budget_used, live, money_used)
 
 
 def _settle_call(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
-from llmgateway.api.chat_messages import messages_normalize, messages_quote
+from llmgateway.api.caps import cap
+from llmgateway.api.chat_messages import message_chars, messages_normalize, messages_quote
 from llmgateway.api.chat_shaper import ChatShaper
 from llmgateway.api.chat_tools import (
     call_guide,
@@ -26,7 +28,7 @@ from llmgateway.api.openai_schemas import ChatCompletionIn, NamedFunction, Named
 from llmgateway.api.respond import respond
 from llmgateway.engine import GenerationRequest
 from llmgateway.errors import invalid
-from llmgateway.limits import deadline_resolve, max_tokens_resolve
+from llmgateway.limits import deadline_resolve, max_tokens_resolve, prompt_chars_check
 from llmgateway.runner.endpoint import Endpoint, Prepared, Target
 from llmgateway.textgen.reasoning import reasoning_format
 from llmgateway.textgen.tools import prompt_render, tool_stops
@@ -37,6 +39,9 @@ router = Router(tags=["openai"])
 
 
 def chat_validate(payload: ChatCompletionIn) -> None:
+    cap("messages", payload.messages, settings.GATEWAY_MAX_MESSAGES)
+    cap("tools", payload.tools, settings.GATEWAY_MAX_TOOLS)
+    cap("functions", payload.functions, settings.GATEWAY_MAX_TOOLS)
     sampling_validate(payload)
     if payload.top_logprobs:
         if not payload.logprobs:
@@ -71,12 +76,16 @@ def chat_validate(payload: ChatCompletionIn) -> None:
 
 class ChatEndpoint(Endpoint):
     route = "/v1/chat/completions"
+    prompt_param = "messages"
 
     payload: ChatCompletionIn
     # Whether decoding is guided (check), and the tools' plan (prepare).
     guided = False
     plan: ToolPlan | None = None
     continues_thought = False
+
+    def prompt_lengths(self) -> list[int]:
+        return [sum(map(message_chars, self.payload.messages))]
 
     async def check(self, target: Target) -> None:
         self.guided = await guide_check(self.payload, target.config, target.engine)
@@ -98,6 +107,10 @@ class ChatEndpoint(Endpoint):
             raise invalid(
                 f"The messages could not be rendered for this model: {exc}", "messages"
             ) from exc
+        # The tools' definitions are in it too, and whatever else the format renders.
+        prompt_chars_check(
+            config=config, text=engine.text, chars=len(rendered.prompt), param="messages"
+        )
         vision_prompt = vision.finish(rendered.prompt) if vision else None
         prompt_ids = (
             vision_prompt.prompt_ids if vision_prompt else engine.text.encode(rendered.prompt)

@@ -11,6 +11,23 @@ from llmgateway.textgen.tokenizer import TextModel
 from llmgateway.textgen.tools.messages import legacy_messages_convert
 
 
+def message_chars(message: Message) -> int:
+    """Characters of what the client wrote in `message` that the prompt will hold
+    (content, text and refusal parts, tool-call arguments): a lower bound, cheaply."""
+    content = message.content
+    if isinstance(content, str):
+        chars = len(content)
+    elif content:
+        chars = sum(len(part.text or part.refusal or "") for part in content)
+    else:
+        chars = 0
+    for call in message.tool_calls or ():
+        chars += len(call.function.arguments)
+    if message.function_call is not None:
+        chars += len(message.function_call.arguments)
+    return chars
+
+
 def _content_text(message: Message, index: int) -> str | None:
     content = message.content
     if content is None or isinstance(content, str):

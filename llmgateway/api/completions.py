@@ -59,7 +59,7 @@ def _prompts(payload: CompletionIn, engine: Engine) -> list[tuple[str, list[int]
     vocab = len(engine.text.tokenizer)
     out = []
     for ids in lists:
-        if any(i >= vocab for i in ids):  # type: ignore[union-attr]
+        if max(ids) >= vocab:  # type: ignore[type-var]
             raise invalid(f"Token ids in the prompt must be below {vocab}.", "prompt")
         out.append((engine.text.tokenizer.decode(ids), list(ids)))  # type: ignore[arg-type]
     return out
@@ -70,6 +70,30 @@ class CompletionEndpoint(Endpoint):
 
     payload: CompletionIn
     prompts: tuple[str, ...] = ()  # the prompts' texts (prepare)
+
+    def prompt_lengths(self) -> list[int]:
+        prompt = self.payload.prompt
+        if isinstance(prompt, str):
+            return [len(prompt)]
+        if not isinstance(prompt[0], str):
+            return []  # token ids: see check()
+        return [len(p) for p in prompt]
+
+    async def check(self, target: Target) -> None:
+        """Token-id prompts over the context are refused before their ids are checked
+        against the vocabulary (a body of millions of ids would take a while)."""
+        prompt, context = self.payload.prompt, target.config.context_length
+        if isinstance(prompt, str) or isinstance(prompt[0], str):
+            return
+        for ids in [prompt] if isinstance(prompt[0], int) else prompt:
+            if len(ids) >= context:  # type: ignore[arg-type]
+                max_tokens_resolve(
+                    config=target.config,
+                    requested=None,
+                    prompt_tokens=len(ids),  # type: ignore[arg-type]
+                    param="max_tokens",
+                    prompt_param="prompt",
+                )
 
     def prepare(self, target: Target, request_id: str) -> Prepared:
         payload, config, engine = self.payload, target.config, target.engine

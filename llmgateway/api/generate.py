@@ -22,19 +22,24 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router
 from pydantic import AfterValidator, BaseModel
 
+from llmgateway.api.caps import sequences_cap, stops_cap
 from llmgateway.api.openai_schemas import INT32_MAX
 from llmgateway.api.respond import respond
 from llmgateway.api.sse import DONE, event, failure
 from llmgateway.engine import BatchGeneration, Engine, Generation, GenerationRequest, SamplingParams
 from llmgateway.errors import APIError, invalid
-from llmgateway.limits import deadline_resolve, max_tokens_resolve
+from llmgateway.limits import (
+    beams_check,
+    deadline_resolve,
+    max_tokens_resolve,
+    prompt_chars_check,
+)
 from llmgateway.models import ModelConfig
 from llmgateway.runner.endpoint import ChoiceResult, Endpoint, Prepared, Target, deltas
 from llmgateway.vision.service import vision_prompt_generate
 
 router = Router(tags=["generate"])
 
-MAX_BEAMS = 8
 MAX_BATCH_PROMPTS = 64
 
 
@@ -50,7 +55,8 @@ ImageRef = Annotated[str, AfterValidator(_image_ref)]
 class SamplingFields(BaseModel):
     model: str | None = None
     max_output_len: Annotated[int, Field(ge=1)] | None = None
-    num_beams: Annotated[int, Field(ge=1, le=MAX_BEAMS)] = 1
+    # Its ceilings: the Triton model's max_beam_width (beams_fit) and GATEWAY_MAX_SEQUENCES.
+    num_beams: Annotated[int, Field(ge=1)] = 1
     repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
     top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -75,11 +81,24 @@ class BatchGenerateIn(SamplingFields):
     ]
 
 
-def _prompt_ids(engine: Engine, prompt: str) -> list[int]:
+def _prompt_ids(config: ModelConfig, engine: Engine, prompt: str, param: str) -> list[int]:
     text = engine.text
     if text.has_chat_template:
         prompt = text.render_chat([{"role": "user", "content": prompt}])
+    prompt_chars_check(config=config, text=text, chars=len(prompt), param=param)
     return text.encode(prompt)
+
+
+def sampling_caps(payload: SamplingFields) -> None:
+    stops_cap("stop_words", payload.stop_words)
+    sequences_cap("num_beams", payload.num_beams)
+
+
+async def beams_fit(payload: SamplingFields, target: Target) -> None:
+    """More beams than the Triton model's max_beam_width: a 400 naming num_beams."""
+    if payload.num_beams > 1:
+        spec = await target.engine.spec()
+        beams_check(parameters=spec.parameters, beams=payload.num_beams, param="num_beams")
 
 
 def _request(
@@ -133,6 +152,12 @@ class GenerateEndpoint(Endpoint):
     payload: GenerateIn
     request_id = ""
 
+    def prompt_lengths(self) -> list[int]:
+        return [len(self.payload.prompt)]
+
+    async def check(self, target: Target) -> None:
+        await beams_fit(self.payload, target)
+
     def prepare(self, target: Target, request_id: str) -> Prepared:
         payload, config, engine = self.payload, target.config, target.engine
         self.request_id = payload.uuid or request_id
@@ -141,7 +166,9 @@ class GenerateEndpoint(Endpoint):
             vision = vision_prompt_generate(
                 config=config, engine=engine, prompt=payload.prompt, images=payload.images
             )
-        prompt_ids = vision.prompt_ids if vision else _prompt_ids(engine, payload.prompt)
+        prompt_ids = (
+            vision.prompt_ids if vision else _prompt_ids(config, engine, payload.prompt, "prompt")
+        )
         gen_request = _request(
             payload,
             config=config,
@@ -158,10 +185,15 @@ class GenerateEndpoint(Endpoint):
 
 class BatchGenerateEndpoint(Endpoint):
     route = "/batch_generate"
+    prompt_param = "prompts"
     payload: BatchGenerateIn
     request_id = ""
 
+    def prompt_lengths(self) -> list[int]:
+        return [len(prompt) for prompt in self.payload.prompts]
+
     async def check(self, target: Target) -> None:
+        await beams_fit(self.payload, target)
         if self.payload.images:
             raise invalid(
                 "/batch_generate does not take images: send one /generate request per prompt "
@@ -176,7 +208,7 @@ class BatchGenerateEndpoint(Endpoint):
             _request(
                 payload,
                 config=target.config,
-                prompt_ids=_prompt_ids(engine, prompt),
+                prompt_ids=_prompt_ids(target.config, engine, prompt, "prompts"),
                 request_id=f"{self.request_id}|{i}",
                 stream=False,
             )
@@ -238,9 +270,11 @@ class GenerateShaper:
 
 @router.post("/generate")
 async def generate(request: HttpRequest, payload: GenerateIn) -> HttpResponse:
+    sampling_caps(payload)
     return await respond(request, GenerateEndpoint(payload))
 
 
 @router.post("/batch_generate")
 async def batch_generate(request: HttpRequest, payload: BatchGenerateIn) -> HttpResponse:
+    sampling_caps(payload)
     return await respond(request, BatchGenerateEndpoint(payload))

@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from llmgateway.api.respond import json_response
+from llmgateway.api.storable import nul_refused
 from llmgateway.errors import model_not_found
 from llmgateway.models import ModelConfig
 from llmgateway.runner.lifecycle import model_visible
@@ -37,6 +38,8 @@ async def models_list(request: HttpRequest) -> HttpResponse:
 
 @router.get("/models/{path:model_id}")
 async def models_retrieve(request: HttpRequest, model_id: str) -> HttpResponse:
+    if "\x00" in model_id:  # PostgreSQL refuses it in the lookup (storable.py)
+        raise nul_refused("model")
     config = await model_get(name=model_id)
     if config is None or not model_visible(getattr(request, "auth", None), model_id):
         raise model_not_found(model_id)

@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any, ClassVar
 
+from llmgateway.api.caps import sequences_cap, stops_cap
 from llmgateway.api.openai_schemas import OpenAISchema, SamplingIn
 from llmgateway.api.sse import failure
 from llmgateway.engine import BatchGeneration, Engine, Generation, SamplingParams, TokenLogprob
@@ -42,6 +43,8 @@ def log_ignored(payload: OpenAISchema, endpoint: str) -> None:
 
 
 def sampling_validate(payload: SamplingIn) -> None:
+    sequences_cap("n", payload.n)
+    stops_cap("stop", payload.stop)
     if payload.stream_options is not None and not payload.stream:
         raise invalid("stream_options is only allowed when stream is true.", "stream_options")
     if payload.logit_bias:

@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from ninja.parser import Parser
 
 from llmgateway.api.errors import BODY_UNPARSEABLE
+from llmgateway.api.storable import nul_check
 from llmgateway.errors import invalid
 
 
@@ -25,7 +26,10 @@ class JSONParser(Parser):
                     f"Invalid content type {content_type or '(none)'!r}: send application/json.",
                     None,
                 )
+        body = request.body
         try:
-            return orjson.loads(request.body)
+            parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise invalid(BODY_UNPARSEABLE, None) from exc
+        nul_check(body, parsed)
+        return parsed

@@ -22,6 +22,7 @@ from llmgateway.api.responses_input import chat_messages, input_normalize, inval
 from llmgateway.api.responses_schemas import ResponseCreateIn, responses_validate
 from llmgateway.api.responses_shaper import ResponsesShaper
 from llmgateway.api.responses_tools import tool_choice_chat, tools_check
+from llmgateway.api.storable import nul_refused
 from llmgateway.errors import APIError, invalid
 from llmgateway.models import StoredResponse
 from llmgateway.responses_store import (
@@ -268,6 +269,8 @@ def _not_found(response_id: str) -> APIError:
 
 
 async def _stored(request: HttpRequest, response_id: str) -> StoredResponse:
+    if "\x00" in response_id:  # PostgreSQL refuses it in the lookup (storable.py)
+        raise nul_refused("response_id")
     stored = await response_get(owner_id=_owner(request), response_id=response_id)
     if stored is None:
         raise _not_found(response_id)
@@ -287,6 +290,8 @@ async def responses_retrieve(request: HttpRequest, response_id: str) -> HttpResp
 
 @router.delete("/responses/{response_id}")
 async def responses_delete(request: HttpRequest, response_id: str) -> HttpResponse:
+    if "\x00" in response_id:
+        raise nul_refused("response_id")
     if not await response_delete(owner_id=_owner(request), response_id=response_id):
         raise _not_found(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -88,6 +88,8 @@ class Endpoint(ABC):
     """
 
     route: ClassVar[str]  # "/v1/chat/completions": the request log's endpoint
+    # The parameter holding the prompt, as errors about its length name it.
+    prompt_param: ClassVar[str] = "prompt"
     on_settle: SettleHook | None = None
 
     def __init__(self, payload: Any) -> None:
@@ -99,10 +101,17 @@ class Endpoint(ABC):
         """Checks of the request against its model (its config, its Triton interface),
         before anything is prepared; raise APIError to refuse."""
 
+    def prompt_lengths(self) -> Iterable[int]:
+        """Characters of each prompt the request tokenizes (one per generation request),
+        counting only what the client wrote into it: a lower bound of the text
+        tokenized, for refusing text that cannot fit before tokenizing any. Cheap."""
+        return ()
+
     @abstractmethod
     def prepare(self, target: Target, request_id: str) -> Prepared:
         """Render and tokenize the prompt, plan the images, build the generation request(s)
-        with their limits. CPU only: no awaits, nothing sent anywhere."""
+        with their limits. CPU only: no awaits, nothing sent anywhere, nothing that
+        needs the event loop (a large request's runs in a worker thread)."""
 
     @abstractmethod
     def shaper(self, target: Target, prepared: Prepared) -> Shaper:

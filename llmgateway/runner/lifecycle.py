@@ -1,15 +1,26 @@
 """One lifecycle for every generating endpoint, owned here and written once.
 
-    resolve → check → prepare → reach → access → admit → load → start → stream | collect
-                                                                          → settle (once)
+    resolve (access) → precheck → fits → check → prepare → reach → admit → load → start
+                                                → stream | collect → settle (once)
 
-- resolve: the model asked for and its engine (404 when there is none);
+Cheap checks first: nothing about a model, and no work for it, before the caller is
+known to be allowed it, and no tokenizing before the request could be admitted.
+
+- resolve: the model asked for; a model the caller may not use answers exactly as a
+  missing one (404), before its engine, its config's limits or its Triton are looked
+  at; then its engine;
+- precheck: a key already at its rpm, tpm or budget is refused (429) before anything
+  else is checked or prepared, for a large request (one prepared off the loop) or a
+  key this process last refused (accounts.admission.precheck_due): admission comes
+  before checks that reveal the model's limits, at no cost to keys in good standing;
+- fits: text that cannot fit in the model's context is refused without tokenizing it
+  (limits.prompt_chars_check);
 - check: the endpoint's own checks against that model (`Endpoint.check`);
 - prepare: the endpoint renders and tokenizes its prompt and plans its images
-  (`Endpoint.prepare`: CPU only, no awaits; its output is a `Prepared`);
+  (`Endpoint.prepare`: CPU only, no awaits; its output is a `Prepared`), in the
+  prepare thread pool for a large request (runner/prepare.py);
 - reach: the model's interface is read from Triton, so a Triton that is down answers
   503 before anything is admitted or streamed;
-- access: a model the caller may not use answers as a missing one;
 - admit: the platform reserves the request's quota (accounts/admission.py), or nothing
   is enforced when the platform is off;
 - load: a vision request's images are fetched and encoded into its inputs;
@@ -20,7 +31,7 @@
 
 An endpoint module (llmgateway/api/) gives the runner an `Endpoint` and a `Shaper`
 and keeps only its wire format. Each phase is a method of `Run`, so a phase can be
-moved (prepare into a thread pool) or wrapped (tracing spans) in one place.
+moved or wrapped (tracing spans) in one place.
 
 The hot path stays flat: a streamed token passes through the shaper's chunk generator
 and `Run.stream`, the one layer that turns failures into the shaper's error event and
@@ -40,6 +51,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from accounts.admission import admit as platform_admit
+from accounts.admission import admit_precheck, precheck_due
 from accounts.services import Caller
 from llmgateway import background, metrics, tracing
 from llmgateway.accounting import Admission, NullAdmission, Outcome, Reservation, Usage
@@ -52,7 +64,9 @@ from llmgateway.errors import (
     model_not_found,
     server_error,
 )
+from llmgateway.limits import prompt_chars_check
 from llmgateway.logconfig import describe_exception
+from llmgateway.runner import prepare as prepare_pool
 from llmgateway.runner.endpoint import (
     ChoiceResult,
     Endpoint,
@@ -134,11 +148,15 @@ class Run:
 
     async def answer(self) -> Answer:
         target = await self.resolve()
+        inline = prepare_pool.inline(self.request)
+        caller = self.caller
+        if caller is not None and precheck_due(caller, large=not inline):
+            await admit_precheck(caller=caller)
+        self.fits(target)
         await self.endpoint.check(target)
         with tracing.span("prepare"):
-            prepared = self.prepare(target)
+            prepared = await self.prepare(target, inline)
         await self.reach(target)
-        self.access(target)
         # Before admission, which may send the generation early (accounts/admission.py).
         self.span = prepared.generation.trace = tracing.pending_span(
             "triton", **{"gen_ai.request.model": target.config.name}
@@ -154,7 +172,8 @@ class Run:
     # ---- before admission: refusals settle nothing ---------------------------------------
 
     async def resolve(self) -> Target:
-        """The enabled model asked for and its engine; APIError 404 otherwise.
+        """The enabled model asked for, if the caller may use it, and its engine;
+        APIError 404 otherwise, alike for a missing model and a hidden one.
 
         Without a name (the seed's /generate) the only configured model is used.
         """
@@ -163,7 +182,7 @@ class Run:
         if context is not None:  # for log lines
             context.model = name
         if name is None:
-            rows = await model_list()
+            rows = [c for c in await model_list() if model_visible(self.caller, c.name)]
             if len(rows) != 1:
                 raise invalid(
                     "More than one model is configured: say which one in 'model'."
@@ -178,14 +197,28 @@ class Run:
             config = await model_get(name=name)
             if config is None:
                 raise model_not_found(name)
+        # Before the engine loads (a misconfigured model's 503), before its limits are
+        # checked and before its Triton is reached: a hidden model shows nothing of itself.
+        if not model_visible(self.caller, config.name):
+            raise model_not_found(name if name is not None else config.name)
         try:
             engine = await engine_get(config=config)
         except TokenizerError as exc:
             raise model_misconfigured() from exc
         return Target(config, engine)
 
-    def prepare(self, target: Target) -> Prepared:
-        prepared = self.endpoint.prepare(target, request_context(self.request).request_id)
+    def fits(self, target: Target) -> None:
+        """Refuse text that cannot fit in the model's context, without tokenizing it."""
+        text, param = target.engine.text, self.endpoint.prompt_param
+        for chars in self.endpoint.prompt_lengths():
+            prompt_chars_check(config=target.config, text=text, chars=chars, param=param)
+
+    async def prepare(self, target: Target, inline: bool) -> Prepared:
+        request_id = request_context(self.request).request_id
+        if inline:
+            prepared = self.endpoint.prepare(target, request_id)
+        else:
+            prepared = await prepare_pool.off_loop(self.endpoint.prepare, target, request_id)
         self.generation = prepared.generation
         return prepared
 
@@ -193,10 +226,6 @@ class Run:
         """Read the model's interface from Triton (cached): a Triton that cannot be
         reached answers 503 here, before admission and before any stream starts."""
         await target.engine.spec()
-
-    def access(self, target: Target) -> None:
-        if not model_visible(self.caller, target.config.name):
-            raise model_not_found(target.config.name)
 
     async def admit(self, target: Target, prepared: Prepared) -> None:
         """Reserve the request's quota (429 and the like when refused).

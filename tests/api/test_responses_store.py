@@ -219,11 +219,15 @@ def test_an_exhausted_key_is_refused(storing_gateway, django_db_blocker):
 
 
 def test_streamed_answers_are_stored_and_referenced(oai):
-    with oai.responses.stream(model=CHAT_MODEL, input="[[say:streamed]]\x00") as events:
+    # PostgreSQL's jsonb takes no NUL: a request holding one is refused whole (issue 19).
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.responses.create(model=CHAT_MODEL, input="[[say:streamed]]\x00")
+    assert refused.value.body["param"] == "input"
+    with oai.responses.stream(model=CHAT_MODEL, input="[[say:streamed]]") as events:
         final = events.get_final_response()
     assert oai.responses.retrieve(final.id).output_text == "streamed"
     (item,) = list(oai.responses.input_items.list(final.id))
-    assert item.content[0].text == "[[say:streamed]]\ufffd"  # PostgreSQL's jsonb takes no NUL
+    assert item.content[0].text == "[[say:streamed]]"
     # An earlier item referenced by id, in a continued conversation.
     again = oai.responses.create(
         model=CHAT_MODEL,
