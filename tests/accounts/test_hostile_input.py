@@ -290,11 +290,13 @@ def test_a_key_at_its_limit_is_refused_before_its_large_prompt_is_looked_at(make
 def test_a_key_without_budget_is_refused_before_its_large_prompt_is_looked_at(
     make_key, live_gateway
 ):
-    from accounts.models import KeyUsage
+    from accounts.models import QuotaCounter
 
     key, secret = make_key(budget_tokens=100, budget_period="total")
     # Spent, as the database quota store (the live gateway's) keeps it.
-    KeyUsage.objects.filter(key=key).update(budget_window="total", budget_used=100)
+    QuotaCounter.objects.update_or_create(
+        subject=f"k{key.id}", defaults={"budget_window": "total", "budget_used": 100}
+    )
     large = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": TOO_LONG}]}
     with httpx.Client(base_url=live_gateway.url, headers=bearer(secret), timeout=30) as client:
         response = client.post("/v1/chat/completions", json=large)
