@@ -41,14 +41,15 @@ admission released it on expiry (recorded in the key's `expired` hash for a
 day), so a replay of a settlement already applied charges nothing. While the
 database is out the outbox keeps every record and the drain retries; a record
 the database refuses for good moves to DEAD_LETTERS, never dropped.
-Every counter a script touches shares one hash tag, {p<project id>}: a key's
-counters, its project's and both per model (accounts.quota.Subject), so the
-admission script is a single-slot call, valid on Redis Cluster (all of a
-project's counters on one slot; a key moved to another project starts its
-counters afresh there). The settle script also pushes onto the one request-log
-outbox, which has no such tag: on Cluster that needs an outbox per project tag
-and a drain that walks them, which is not built (the gateway requires a single
-primary, docs/deploy.md). The clock is the gateway's (replicas must run NTP;
+Every key a script touches shares one hash tag, so every script is a single-slot
+call, valid on Redis Cluster: a key's counters, its project's and both per model
+(accounts.quota.Subject) carry {p<project id>}, and so does the outbox a settlement
+pushes its record onto (`outbox_of`: one outbox per project; a key moved to another
+project starts its counters afresh there). The drain walks the outboxes named in
+OUTBOXES, which a process fills (SADD, its own command, awaited) before its first
+settlement of a project, and the untagged one ({requestlog}: records that settle no
+counters). The RESP client itself speaks to one primary (no MOVED redirects yet,
+docs/deploy.md). The clock is the gateway's (replicas must run NTP;
 skew only shifts bucket boundaries). requests and tokens per minute are sliding
 windows of one-second buckets, one hash per key (accounts/quota/__init__.py).
 """
@@ -59,6 +60,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import uuid
 import weakref
 
@@ -104,9 +106,16 @@ from llmgateway.db import orm
 
 logger = logging.getLogger(__name__)
 
-OUTBOX = "gw:requestlog:outbox"
-DEAD_LETTERS = "gw:requestlog:dead"
-DRAIN_LOCK = "gw:requestlog:drain-lock"
+# The outbox of records that settle no project's counters (keys without limits, requests
+# refused before admission), its drain lock and dead letters: one hash tag, one slot.
+OUTBOX = "gw:{requestlog}:outbox"
+DEAD_LETTERS = "gw:{requestlog}:dead"
+DRAIN_LOCK = "gw:{requestlog}:drain-lock"
+# The project tags whose outbox may hold records (the drain walks them).
+OUTBOXES = "gw:{requestlog}:outboxes"
+REGISTER_SECONDS = 60.0
+# Where records waited before outboxes had hash tags: drained too, so an upgrade keeps them.
+LEGACY = ("gw:requestlog:outbox", "gw:requestlog:drain-lock", "gw:requestlog:dead")
 # How long a lease released on expiry can still be charged by its late settlement.
 EXPIRED_KEEP_MS = 86_400_000
 DRAIN_BATCH = 500
@@ -372,6 +381,17 @@ def _keys(subject: Subject, clock: Clock) -> list[str]:
     ]
 
 
+def outbox_of(tag: int | None) -> tuple[str, str, str]:
+    """(outbox, drain lock, dead letters) of a project tag (None: the untagged records).
+
+    A settlement pushes its log record onto the outbox of its subjects' hash tag, in the
+    same script as the counters: one slot, so the script is valid on Redis Cluster."""
+    if tag is None:
+        return OUTBOX, DRAIN_LOCK, DEAD_LETTERS
+    prefix = f"gw:{{p{tag}}}:requestlog"
+    return f"{prefix}:outbox", f"{prefix}:drain-lock", f"{prefix}:dead"
+
+
 def _pairs(flat: list) -> dict[str, int]:
     """HGETALL's [field, value, ...] as a dict."""
     return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -385,6 +405,7 @@ class RedisStore:
         )
         self.drain = LogDrain(self)
         self.replayer = SpoolReplayer(spool(), self._replay)
+        self._registered: dict[int, float] = {}  # project tag -> when its outbox was named
 
     def client(self) -> RespClient:
         # One connection per event loop: an asyncio transport is bound to its loop.
@@ -472,6 +493,7 @@ class RedisStore:
 
         keys, args = _settle_call(subjects, lease_id, tokens, cost, log)
         try:
+            await self._register(subjects)
             # Issued, not awaited: see Script.issue. The response goes out after the
             # settlement is on its way to Redis, ahead of anything sent later.
             await settle_script.issue(self.client(), keys=keys, args=args, failed=failed)
@@ -479,6 +501,19 @@ class RedisStore:
             await self._settle_failed(entry, exc)
             return
         self.drain.kick()
+
+    async def _register(self, subjects: tuple[Subject, ...]) -> None:
+        """Name the subjects' project outbox in OUTBOXES, where the drain looks, before a
+        record can be pushed onto it (another slot: its own command, awaited first).
+        Once per tag and REGISTER_SECONDS per process; repeated so that a Redis that lost
+        its data while this process ran learns the outbox again."""
+        if not subjects:
+            return
+        tag, now = subjects[0].tag, time.monotonic()
+        if now - self._registered.get(tag, -REGISTER_SECONDS) < REGISTER_SECONDS:
+            return
+        await self.client().call("SADD", OUTBOXES, tag)
+        self._registered[tag] = now
 
     async def _settle_failed(self, entry: Entry, exc: BaseException) -> None:
         logger.warning("settlement not applied in Redis (%s); spooled", exc)
@@ -510,6 +545,7 @@ class RedisStore:
         rest = [e for e in entries if not (e["kind"] == "settle" and e["store"] == "redis")]
         refused = await orm(database_replay)(rest) if rest else []
         for entry in here:
+            await self._register(spooled_subjects(entry))
             keys, args = _settle_call(
                 spooled_subjects(entry),
                 entry["lease_id"],
@@ -546,7 +582,7 @@ def _settle_call(
 ) -> tuple[list, list]:
     """The settle script's keys and arguments."""
     clock = Clock.read()
-    keys: list[str] = [OUTBOX]
+    keys: list[str] = [outbox_of(subjects[0].tag if subjects else None)[0]]
     args: list = [
         lease_id or "",
         tokens,
@@ -610,15 +646,29 @@ class LogDrain:
 
 
 async def drain(client: RespClient) -> int:
-    """Drain the outbox until it is empty; return how many records were written."""
+    """Drain every outbox until empty; return how many records were written."""
+    tags = sorted(int(t) for t in await client.call("SMEMBERS", OUTBOXES))
+    boxes = [outbox_of(None), *(outbox_of(tag) for tag in tags)]
+    # Its three keys are on different slots: only where it exists (an upgraded Redis,
+    # never a cluster, which the old layout could not run on).
+    if await client.call("EXISTS", LEGACY[0]):
+        boxes.append(LEGACY)
+    written = 0
+    for box in boxes:
+        written += await drain_outbox(client, *box)
+    return written
+
+
+async def drain_outbox(client: RespClient, outbox: str, lock: str, dead: str) -> int:
+    """Drain one outbox until it is empty; return how many records were written."""
     written = 0
     token = secrets.token_hex(8)
     while True:
         items = await drain_take_script(
-            client, keys=[OUTBOX, DRAIN_LOCK], args=[token, DRAIN_LOCK_MS, DRAIN_BATCH]
+            client, keys=[outbox, lock], args=[token, DRAIN_LOCK_MS, DRAIN_BATCH]
         )
         if items is None:
-            if not await client.call("LLEN", OUTBOX):
+            if not await client.call("LLEN", outbox):
                 return written
             await asyncio.sleep(0.1)  # another process is draining; wait for it
             continue
@@ -628,12 +678,12 @@ async def drain(client: RespClient) -> int:
             refused = await orm(logs_write_json)(items)
         except BaseException:
             with contextlib.suppress(Exception):
-                await release_lock_script(client, keys=[OUTBOX, DRAIN_LOCK], args=[token])
+                await release_lock_script(client, keys=[outbox, lock], args=[token])
             raise
         if refused:
-            logger.error("%d request-log records refused; kept in %s", len(refused), DEAD_LETTERS)
+            logger.error("%d request-log records refused; kept in %s", len(refused), dead)
         await drain_done_script(
-            client, keys=[OUTBOX, DRAIN_LOCK, DEAD_LETTERS], args=[token, len(items), *refused]
+            client, keys=[outbox, lock, dead], args=[token, len(items), *refused]
         )
         written += len(items)
         if len(items) < DRAIN_BATCH:
