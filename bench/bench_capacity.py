@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.bench_platform import DATABASE, REDIS, setup_database
-from bench.common import TOKENIZER, cpu_seconds, dev_stack, rss_mb, start_gateway, table
+from bench.common import (
+    TOKENIZER,
+    cpu_seconds,
+    dev_stack,
+    direct_inputs,
+    rss_mb,
+    start_gateway,
+    table,
+)
 
 CHAT = "/v1/chat/completions"
 LIMITER_SHARE = 0.85  # the load generator's CPU share of one core at which it limits
@@ -167,34 +175,10 @@ class Direct:
     def __init__(self, grpc_url: str) -> None:
         import tritonclient.grpc.aio as grpcclient
 
-        from llmgateway.textgen.tokenizer import load_text_model
-
         self.client = grpcclient.InferenceServerClient(grpc_url)
-        self.text = load_text_model(TOKENIZER)
 
     def inputs(self, content: str, max_tokens: int) -> list:
-        import numpy as np
-        import tritonclient.grpc.aio as grpcclient
-
-        text = self.text
-        ids = np.array(
-            [text.encode(text.render_chat([{"role": "user", "content": content}]))], dtype=np.int32
-        )
-        tensors = []
-        for name, value in [
-            ("input_ids", ids),
-            ("input_lengths", np.array([[ids.shape[1]]], dtype=np.int32)),
-            ("request_output_len", np.array([[max_tokens]], dtype=np.int32)),
-            ("end_id", np.array([[text.end_id]], dtype=np.int32)),
-            ("pad_id", np.array([[text.pad_id]], dtype=np.int32)),
-            ("streaming", np.array([[True]], dtype=bool)),
-        ]:
-            tensor = grpcclient.InferInput(
-                name, value.shape, "BOOL" if value.dtype == bool else "INT32"
-            )
-            tensor.set_data_from_numpy(value)
-            tensors.append(tensor)
-        return tensors
+        return direct_inputs(content, max_tokens=max_tokens, streaming=True)
 
     async def stream(self, inputs: list) -> StreamStats:
         async def requests():

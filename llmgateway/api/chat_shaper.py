@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmgateway.api.openai_common import SYSTEM_FINGERPRINT, V1Shaper, chosen_tokens
-from llmgateway.api.sse import DONE, ChunkFrame, TextChunks
+from llmgateway.api.sse import DONE, ChunkFrame, TextChunks, head_first
 from llmgateway.engine import Delta, TokenLogprob
 from llmgateway.runner.endpoint import ChoiceResult, deltas
 from llmgateway.textgen.reasoning import ReasoningFormat, ReasoningSplitter
@@ -179,17 +179,10 @@ class ChatShaper(V1Shaper):
             self._chunk(index, {"role": "assistant", "content": "", "refusal": None})
             for index in range(self.generation.choice_count)
         )
-        try:
-            async with contextlib.aclosing(self._content_chunks()) as body:
-                async for chunk in body:
-                    if head:
-                        chunk, head = head + chunk, b""
-                    yield chunk
-        except Exception:
-            if head:  # the stream failed before any content: its error follows the roles
-                yield head
-            raise
-        yield head + DONE
+        async with contextlib.aclosing(head_first(head, self._content_chunks())) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        yield DONE
 
     async def _content_chunks(self) -> AsyncIterator[bytes]:
         plan = self.plan

@@ -18,6 +18,7 @@ import orjson
 from llmgateway.api.chat_shaper import split_delta, split_whole
 from llmgateway.api.openai_common import chosen_tokens
 from llmgateway.api.responses_input import new_id
+from llmgateway.api.sse import head_first
 from llmgateway.engine import BatchGeneration, Engine, Generation, TokenLogprob
 from llmgateway.errors import APIError
 from llmgateway.runner.endpoint import ChoiceResult, deltas
@@ -324,16 +325,9 @@ class ResponsesShaper:
         started = self.snapshot("in_progress")
         head = self._frame({"type": "response.created", "response": started})
         head += self._frame({"type": "response.in_progress", "response": started})
-        try:
-            async with contextlib.aclosing(self._item_events()) as body:
-                async for chunk in body:
-                    if head:
-                        chunk, head = head + chunk, b""
-                    yield chunk
-        except Exception:
-            if head:  # failed before any content: the failure follows created
-                yield head
-            raise
+        async with contextlib.aclosing(head_first(head, self._item_events())) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _item_events(self) -> AsyncIterator[bytes]:
         builder = self.builder

@@ -6,6 +6,7 @@ that fails after it started ends with `failure`: the error envelope, then [DONE]
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,3 +94,22 @@ def sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
     # Tell nginx-style proxies not to buffer the stream.
     response["x-accel-buffering"] = "no"
     return response
+
+
+async def head_first(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`body`'s chunks, the first one written together with `head` (the role chunks or
+    `response.created`: on the time to first token that is a write and a client wake-up
+    fewer, with the same bytes). If `body` fails before its first chunk, `head` goes out
+    alone and the error event follows it; if it ends without one, `head` goes out last."""
+    try:
+        async with contextlib.aclosing(body) as chunks:
+            async for chunk in chunks:
+                if head:
+                    chunk, head = head + chunk, b""
+                yield chunk
+    except Exception:
+        if head:
+            yield head
+        raise
+    if head:
+        yield head
