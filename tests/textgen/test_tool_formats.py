@@ -42,11 +42,11 @@ def shout_module(tmp_path, monkeypatch) -> Iterator[None]:
     """A format module added next to the project's own (on the package's path)."""
     (tmp_path / "shout.py").write_text(SHOUT)
     monkeypatch.setattr(formats, "__path__", [*formats.__path__, str(tmp_path)])
-    tools._formats.cache_clear()
+    tools._registry.forget()
     try:
         yield
     finally:
-        tools._formats.cache_clear()
+        tools._registry.forget()
         sys.modules.pop(f"{formats.__name__}.shout", None)
 
 

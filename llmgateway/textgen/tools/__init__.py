@@ -9,11 +9,9 @@ calls guided decoding writes (guided.py), legacy function messages (messages.py)
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from llmgateway.textgen.registry import FormatRegistry
 from llmgateway.textgen.tools import formats
 from llmgateway.textgen.tools.guided import GuidedArgumentsParser, GuidedCallsParser
 from llmgateway.textgen.tools.parsing import FirstCallOnly, Parser
@@ -24,27 +22,17 @@ if TYPE_CHECKING:
     from llmgateway.textgen.tools.plan import Rendered, ToolPlan
 
 
-@cache
-def _formats() -> dict[str, ToolFormat]:
-    found: dict[str, ToolFormat] = {}
-    for module_info in pkgutil.iter_modules(formats.__path__):
-        module = importlib.import_module(f"{formats.__name__}.{module_info.name}")
-        tool_format: ToolFormat = module.FORMAT
-        found[tool_format.name] = tool_format
-    return found
+_registry: FormatRegistry[ToolFormat] = FormatRegistry(formats, "tool")
 
 
 def tool_format(name: str) -> ToolFormat:
     """The format called `name`; LookupError for one no module defines."""
-    try:
-        return _formats()[name]
-    except KeyError:
-        raise LookupError(f"no tool format is called {name!r}") from None
+    return _registry.get(name)
 
 
 def tool_format_choices() -> list[tuple[str, str]]:
     """(name, label) of every format, for ModelConfig.tool_format."""
-    return [(name, f.label) for name, f in sorted(_formats().items())]
+    return _registry.choices()
 
 
 def prompt_render(
