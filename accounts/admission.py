@@ -327,9 +327,11 @@ async def admit(
     lease_id, headers = None, {}
     subjects = key.subjects(reservation.model)
     if subjects:
-        task = asyncio.ensure_future(
-            quota_store().reserve(key, tokens, subjects=subjects, cost=cost)
-        )
+        store = quota_store()
+        soon = getattr(store, "reserve_soon", None)  # Redis: a future, no task
+        task = soon(key, tokens, subjects=subjects, cost=cost) if soon is not None else None
+        if task is None:
+            task = asyncio.ensure_future(store.reserve(key, tokens, subjects=subjects, cost=cost))
         claimed = early is not None and early_starts.claim(key.id)
         admitted = False
         try:

@@ -21,6 +21,7 @@ from django.http import HttpRequest
 from accounts.models import RequestLog
 from llmgateway.context import request_context
 from llmgateway.db import database_unreachable
+from llmgateway.ids import unique_hex
 
 if TYPE_CHECKING:
     from accounts.services import Caller
@@ -68,7 +69,7 @@ def log_record(
     context = request_context(request)
     key = caller.key if caller is not None else None
     record = {
-        "log_id": uuid.uuid4().hex,
+        "log_id": unique_hex(),
         "created_at": context.started_at,
         "request_id": storable(context.request_id[:200]),
         "api_key_id": key.id if key is not None else None,

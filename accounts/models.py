@@ -10,7 +10,7 @@ page is first loaded (accounts/admin.py).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import ipaddress
 import re
@@ -31,16 +31,22 @@ SECRET_BYTES = 32  # 256 bits from the OS CSPRNG
 
 
 def _pepper() -> bytes:
-    explicit = getattr(settings, "API_KEY_PEPPER", "")
+    return _pepper_of(getattr(settings, "API_KEY_PEPPER", ""), settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _pepper_of(explicit: str, secret_key: str) -> bytes:
+    """Keyed by the settings it derives from: a test that overrides them gets its own."""
     if explicit:
         return explicit.encode()
     # A key derived from SECRET_KEY rather than SECRET_KEY itself, so the two uses
     # of that secret never share a key.
-    return hmac.new(settings.SECRET_KEY.encode(), b"llmgateway api-key pepper", "sha256").digest()
+    return hmac.new(secret_key.encode(), b"llmgateway api-key pepper", "sha256").digest()
 
 
 def hash_key(raw: str) -> str:
-    return hmac.new(_pepper(), raw.encode(), hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, the same value as hmac.new(...).hexdigest().
+    return hmac.digest(_pepper(), raw.encode(), "sha256").hex()
 
 
 def new_public_id() -> str:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+# Per plan, the models whose subjects are kept made.
+MODELS_REMEMBERED = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Subject:
@@ -45,7 +48,8 @@ class Subject:
         )
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Its fields are all plain values: no deep copy (dataclasses.asdict) needed.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, fields: dict) -> Subject:
@@ -60,13 +64,23 @@ class QuotaPlan:
     project: Subject | None = None
     key_models: dict[str, Subject] = field(default_factory=dict)
     project_models: dict[str, Subject] = field(default_factory=dict)
+    # model -> its subjects, made on first use (a plan lives as long as its cached key).
+    _by_model: dict[str, tuple[Subject, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def subjects(self, model: str = "") -> tuple[Subject, ...]:
         """The subjects with limits, the key first (an empty tuple: nothing to enforce)."""
+        known = self._by_model.get(model)
+        if known is not None:
+            return known
         found = (
             self.key,
             self.key_models.get(model),
             self.project,
             self.project_models.get(model),
         )
-        return tuple(s for s in found if s is not None and s.has_limits)
+        made = tuple(s for s in found if s is not None and s.has_limits)
+        if len(self._by_model) < MODELS_REMEMBERED:  # bounded: model names come from clients
+            self._by_model[model] = made
+        return made

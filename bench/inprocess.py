@@ -1,7 +1,8 @@
 """The gateway's own CPU per request, without HTTP: its ASGI app driven in-process.
 
-    .venv/bin/python -m bench.inprocess [--requests 600] [--platform] [--stream] [--profile]
-        [--stages] [--fleet] [--endpoints N]
+    .venv/bin/python -m bench.inprocess [--requests 600] [--platform [--project]]
+        [--concurrency K] [--stream] [--profile [--profile-dump F]] [--stages] [--fleet]
+        [--endpoints N]
 
 Starts a dev Triton, then calls `llmgateway.asgi.application` directly with an
 ASGI scope for POST /v1/chat/completions, one request at a time, and prints the
@@ -11,11 +12,14 @@ gateway's own code, which makes it the one to watch while optimising (the HTTP
 benches' latencies on a shared 2-core VM move by more than a change is worth).
 
 --platform: keys, quotas (Redis db 12) and request logs (PostgreSQL) on, as in
-bench_platform. --stream: one 4,000-token stream per request, reported per token.
+bench_platform; --project: the key's project has limits too (issue 17's "key +
+project"). --stream: one 4,000-token stream per request, reported per token.
 --concurrency K / --tokens L (with --stream): K streams of L tokens at once, so the
-receive path sees several streams' tokens ready together, as under load.
+receive path sees several streams' tokens ready together, as under load. Without
+--stream, --concurrency K runs K chat completions at once (CPU per request).
 --profile: a cProfile of the measured requests, by internal time (--profile-sort
-cumulative for the call tree's view; --profile-lines N).
+cumulative for the call tree's view; --profile-lines N; --profile-dump FILE keeps it
+for pstats, e.g. to compare two modes function by function).
 --stages: where a streamed chat completion's time to first token goes (in-process).
 --fleet: the same model served by one Triton endpoint and by three (dev Tritons on
 127.0.0.1-3, one port), in alternating rounds: what balancing and health bookkeeping
@@ -94,7 +98,7 @@ async def bench(args) -> None:
         if args.platform:
             from bench.bench_platform import bench_key
 
-            secret = await asyncio.to_thread(bench_key)
+            secret = await asyncio.to_thread(bench_key, project=args.project)
             headers.append((b"authorization", f"Bearer {secret}".encode()))
         if args.stream:
             content, max_tokens = f"[[long:{args.tokens}]]", args.tokens
@@ -152,7 +156,11 @@ async def bench(args) -> None:
             await one()
         spent, after = time.process_time() - started, thread_cpu()
         per_stream = args.tokens * args.concurrency
-        unit, per = ("token", requests * per_stream) if args.stream else ("request", requests)
+        unit, per = (
+            ("token", requests * per_stream)
+            if args.stream
+            else ("request", requests * args.concurrency)
+        )
         rows = [["thread", f"ms CPU per {unit}"]]
         for name, seconds in sorted(after.items(), key=lambda item: -item[1]):
             used = seconds - before.get(name, 0.0)
@@ -173,6 +181,8 @@ async def bench(args) -> None:
             for _ in range(requests):
                 await one()
             profile.disable()
+            if args.profile_dump:
+                profile.dump_stats(args.profile_dump)
             pstats.Stats(profile).sort_stats(args.profile_sort).print_stats(args.profile_lines)
 
 
@@ -375,12 +385,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--platform", action="store_true")
+    parser.add_argument(
+        "--project", action="store_true", help="with --platform: key and project limits"
+    )
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--tokens", type=int, default=PROMPT_TOKENS, help="per stream")
     parser.add_argument("--concurrency", type=int, default=1, help="streams at once")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-sort", default="tottime", help="e.g. cumulative")
     parser.add_argument("--profile-lines", type=int, default=40)
+    parser.add_argument("--profile-dump", help="also write the profile's stats to this file")
     parser.add_argument(
         "--stages", action="store_true", help="stages of a streamed request's time to first token"
     )

@@ -1,7 +1,7 @@
 """Instructions per chat completion, counted by callgrind: a number machine drift cannot move.
 
     .venv/bin/python -m bench.instructions [--previous REF] [--requests 100 300]
-        [--endpoints 3]
+        [--endpoints 3] [--platform]
 
 Runs `bench.inprocess` (the gateway's ASGI app driven in-process, platform off,
 one non-streamed chat completion at a time) under valgrind's callgrind twice, with
@@ -12,7 +12,10 @@ repeats from run to run whatever the VM's neighbours do (the latency benches mov
 by more than most changes are worth). With --previous REF, the same for git
 revision REF. Each run takes about two minutes; Triton itself is not counted.
 With --endpoints N, also this tree with the model served by N dev Tritons (the
-balancing and health bookkeeping of a fleet, against one endpoint).
+balancing and health bookkeeping of a fleet, against one endpoint). With --platform,
+platform off, key limits and key + project limits (issue 17's CPU ratio, counted); the
+log drain and the ORM thread count too, but their batching follows wall time, which
+valgrind stretches about 50x.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from bench.common import ROOT, checkout, checkout_remove
 TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.MULTILINE)
 
 
-def instructions(root: Path, requests: int, endpoints: int = 1) -> int:
-    """All instructions of one `bench.inprocess --requests N` run from checkout `root`."""
+def instructions(root: Path, requests: int, endpoints: int = 1, mode: tuple = ()) -> int:
+    """All instructions of one `bench.inprocess --requests N` run from checkout `root`;
+    `mode`: more of its options (--platform, --project)."""
     fleet = ["--endpoints", str(endpoints)] if endpoints > 1 else []
+    fleet += list(mode)
     out = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     try:
         subprocess.run(
@@ -71,8 +76,8 @@ def instructions(root: Path, requests: int, endpoints: int = 1) -> int:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def per_request(root: Path, low: int, high: int, endpoints: int = 1) -> float:
-    counts = [instructions(root, n, endpoints) for n in (high, low)]
+def per_request(root: Path, low: int, high: int, endpoints: int = 1, mode: tuple = ()) -> float:
+    counts = [instructions(root, n, endpoints, mode) for n in (high, low)]
     return (counts[0] - counts[1]) / (high - low)
 
 
@@ -81,12 +86,27 @@ def main() -> None:
     parser.add_argument("--previous", help="git revision to count too")
     parser.add_argument("--requests", type=int, nargs=2, default=(100, 300))
     parser.add_argument("--endpoints", type=int, default=1, help="also with N Tritons")
+    parser.add_argument(
+        "--platform",
+        action="store_true",
+        help="platform off, key limits, key + project limits (PostgreSQL and Redis, as "
+        "bench.inprocess --platform); with --previous, key + project only",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed")
     low, high = args.requests
-    current = per_request(ROOT, low, high)
-    print(f"this tree: {current / 1e6:.3f} M instructions per chat completion")
+    mode = ("--platform", "--project") if args.platform else ()
+    if args.platform:
+        off = per_request(ROOT, low, high)
+        keys = per_request(ROOT, low, high, mode=("--platform",))
+        print(f"this tree, platform off: {off / 1e6:.3f} M instructions per chat completion")
+        print(f"this tree, key limits: {keys / 1e6:.3f} M ({keys / off:.2f}x platform off)")
+    current = per_request(ROOT, low, high, mode=mode)
+    if args.platform:
+        print(f"this tree, key + project limits: {current / 1e6:.3f} M ({current / off:.2f}x)")
+    else:
+        print(f"this tree: {current / 1e6:.3f} M instructions per chat completion")
     if args.endpoints > 1:
         fleet = per_request(ROOT, low, high, args.endpoints)
         print(
@@ -97,7 +117,7 @@ def main() -> None:
         tree = checkout(args.previous)
         try:
             (tree / "var").mkdir(exist_ok=True)
-            previous = per_request(tree, low, high)
+            previous = per_request(tree, low, high, mode=mode)
         finally:
             checkout_remove(tree)
         print(

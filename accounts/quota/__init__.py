@@ -31,7 +31,7 @@ import enum
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
@@ -172,12 +172,19 @@ class Clock:
 
     def budget_window(self, period: str) -> tuple[str, int]:
         """The budget period's label and how long its counter must be kept (0: forever)."""
-        moment = datetime.fromtimestamp(self.now_ms / 1000, UTC)
-        if period == "day":
-            return moment.strftime("%Y-%m-%d"), 2 * 86_400
-        if period == "month":
-            return moment.strftime("%Y-%m"), 32 * 86_400
-        return "total", 0
+        return _budget_window(period, self.now_ms // 1000)
+
+
+@lru_cache(maxsize=8)
+def _budget_window(period: str, second: int) -> tuple[str, int]:
+    """Clock.budget_window, made once per period and second (four calls per subject and
+    request would each format a date)."""
+    moment = datetime.fromtimestamp(second, UTC)
+    if period == "day":
+        return moment.strftime("%Y-%m-%d"), 2 * 86_400
+    if period == "month":
+        return moment.strftime("%Y-%m"), 32 * 86_400
+    return "total", 0
 
 
 class Window:

@@ -58,11 +58,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
-import uuid
 import weakref
+from collections.abc import Callable
 
 import orjson
 from django.conf import settings
@@ -103,6 +104,7 @@ from accounts.quota.spool import (
 from accounts.services import KeyRecord
 from llmgateway import background
 from llmgateway.db import orm
+from llmgateway.ids import unique_hex
 
 logger = logging.getLogger(__name__)
 
@@ -368,8 +370,32 @@ def _keys(subject: Subject, clock: Clock) -> list[str]:
     """A subject's Redis keys. Every subject of a project (its own, its keys', per model)
     shares the hash tag {p<project id>}: a project's counters live on one slot, so one
     script over all of them is a single-slot call."""
-    prefix = f"gw:{{p{subject.tag}}}:{subject.name}"
     budget_window, _ = clock.budget_window(subject.budget_period)
+    return _keys_of(subject.tag, subject.name, budget_window)
+
+
+def _subjects_call(
+    keys: list,
+    args: list,
+    subjects: tuple[Subject, ...],
+    clock: Clock,
+    per_subject: Callable[[Subject], list],
+) -> tuple[list, list]:
+    """A script call's keys and arguments: `keys` and `args` (the head), then for each
+    subject its keys, and its `per_subject(subject)` arguments followed by how long its
+    budget counters are kept (ms). The reserve and settle scripts read them alike."""
+    for subject in subjects:
+        budget_window, budget_ttl = clock.budget_window(subject.budget_period)
+        keys += _keys_of(subject.tag, subject.name, budget_window)
+        args += per_subject(subject)
+        args.append(budget_ttl * 1000)
+    return keys, args
+
+
+@functools.lru_cache(maxsize=1024)
+def _keys_of(tag: int, name: str, budget_window: str) -> list[str]:
+    """Made once per subject and budget window; callers only read the list."""
+    prefix = f"gw:{{p{tag}}}:{name}"
     return [
         f"{prefix}:leases",
         f"{prefix}:held",
@@ -395,6 +421,47 @@ def outbox_of(tag: int | None) -> tuple[str, str, str]:
 def _pairs(flat: list) -> dict[str, int]:
     """HGETALL's [field, value, ...] as a dict."""
     return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _reserve_call(
+    subjects: tuple[Subject, ...], tokens: int, cost: int, clock: Clock, lease_id: str
+) -> tuple[list, list]:
+    """The reserve script's keys and arguments."""
+    head: list = [
+        clock.now_ms,
+        lease_id,
+        clock.now_ms + int(lease_seconds() * 1000),
+        tokens,
+        cost,
+        clock.bucket,
+        clock.oldest_bucket,
+        (WINDOW_BUCKETS + 1) * BUCKET_MS,
+        WINDOW_KEEP_MS,
+        len(subjects),
+    ]
+    return _subjects_call([], head, subjects, clock, _limits)
+
+
+def _limits(subject: Subject) -> list:
+    return [
+        limit_arg(subject.rpm_limit),
+        limit_arg(subject.tpm_limit),
+        limit_arg(subject.max_concurrency),
+        limit_arg(subject.budget_tokens),
+        limit_arg(subject.budget_money),
+    ]
+
+
+def _decision(result: list, subjects: tuple[Subject, ...], lease_id: str) -> Decision:
+    """The reserve script's reply as a Decision."""
+    values = [int(v) for v in result]
+    verdict, who, retry_ms = Verdict(values[0]), values[1], values[2]
+    used = [Used(*values[i : i + 5]) for i in range(3, len(values), 5)]
+    if verdict is Verdict.OK:
+        return Decision.of(verdict, subjects, used, 0, 0, lease_id)
+    # Only the refusing subject's counters come back: report those.
+    refused = subjects[who - 1 :] + subjects[: who - 1]
+    return Decision.of(verdict, refused, used, 0, retry_ms, None)
 
 
 class RedisStore:
@@ -425,52 +492,79 @@ class RedisStore:
     ) -> Decision:
         self.replayer.check_once()
         subjects = key.subjects() if subjects is None else subjects
-        clock = Clock.read()
-        lease_id = uuid.uuid4().hex
+        lease_id = unique_hex()
+        keys, args = _reserve_call(subjects, tokens, cost, Clock.read(), lease_id)
         try:
-            result = await self._reserve(subjects, tokens, cost, clock, lease_id)
+            result = await reserve_script(self.client(), keys=keys, args=args)
         except RedisNoAnswer:
-            # It may have run with only its answer lost: release the lease if so.
-            entry = settle_entry("redis", key, lease_id, 0, None, subjects=subjects)
-            await self.replayer.keep([entry])
+            await self._lease_unknown(key, lease_id, subjects)
             raise
-        values = [int(v) for v in result]
-        verdict, who, retry_ms = Verdict(values[0]), values[1], values[2]
-        used = [Used(*values[i : i + 5]) for i in range(3, len(values), 5)]
-        if verdict is Verdict.OK:
-            return Decision.of(verdict, subjects, used, 0, 0, lease_id)
-        # Only the refusing subject's counters come back: report those.
-        refused = subjects[who - 1 :] + subjects[: who - 1]
-        return Decision.of(verdict, refused, used, 0, retry_ms, None)
+        return _decision(result, subjects, lease_id)
 
-    async def _reserve(
-        self, subjects: tuple[Subject, ...], tokens: int, cost: int, clock: Clock, lease_id: str
-    ) -> list:
-        keys: list[str] = []
-        args: list = [
-            clock.now_ms,
-            lease_id,
-            clock.now_ms + int(lease_seconds() * 1000),
-            tokens,
-            cost,
-            clock.bucket,
-            clock.oldest_bucket,
-            (WINDOW_BUCKETS + 1) * BUCKET_MS,
-            WINDOW_KEEP_MS,
-            len(subjects),
-        ]
-        for subject in subjects:
-            keys += _keys(subject, clock)
-            _, budget_ttl = clock.budget_window(subject.budget_period)
-            args += [
-                limit_arg(subject.rpm_limit),
-                limit_arg(subject.tpm_limit),
-                limit_arg(subject.max_concurrency),
-                limit_arg(subject.budget_tokens),
-                limit_arg(subject.budget_money),
-                budget_ttl * 1000,
-            ]
-        return await reserve_script(self.client(), keys=keys, args=args)
+    def reserve_soon(
+        self,
+        key: KeyRecord,
+        tokens: int,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> asyncio.Future | None:
+        """`reserve` without a task or coroutine: its decision as a future, made by a
+        callback when the reply arrives (the request path's admission; a task and its
+        four frames cost more than the rest of the call). None when the connection
+        must be opened first: then use `reserve`. A decision it cannot make (the script
+        unknown to Redis, a lost answer) is left to `reserve`'s own handling."""
+        self.replayer.check_once()
+        subjects = key.subjects() if subjects is None else subjects
+        lease_id = unique_hex()
+        keys, args = _reserve_call(subjects, tokens, cost, Clock.read(), lease_id)
+        client = self.client()
+        raw = client.send_soon("EVALSHA", reserve_script.sha, len(keys), *keys, *args)
+        if raw is None:
+            return None
+        decided = asyncio.get_running_loop().create_future()
+
+        async def slow() -> None:
+            try:
+                if isinstance(raw.exception(), RedisNoAnswer):
+                    raise raw.exception()
+                # NOSCRIPT (Redis lost its scripts): EVAL runs it with the same lease.
+                result = await reserve_script(client, keys=keys, args=args)
+                decided.set_result(_decision(result, subjects, lease_id))
+            except RedisNoAnswer as exc:
+                try:
+                    await self._lease_unknown(key, lease_id, subjects)
+                finally:
+                    decided.set_exception(exc)
+            except Exception as exc:
+                decided.set_exception(exc)
+
+        def answered(raw: asyncio.Future) -> None:
+            if raw.cancelled():
+                decided.cancel()
+                return
+            exc = raw.exception()
+            if exc is None:
+                try:
+                    decided.set_result(_decision(raw.result(), subjects, lease_id))
+                except Exception as bad:  # a malformed reply: fail like any store error
+                    decided.set_exception(bad)
+            elif isinstance(exc, RedisNoAnswer) or (
+                isinstance(exc, RedisReplyError) and str(exc).startswith("NOSCRIPT")
+            ):
+                background.spawn(slow())
+            else:
+                decided.set_exception(exc)
+
+        raw.add_done_callback(answered)
+        return decided
+
+    async def _lease_unknown(
+        self, key: KeyRecord, lease_id: str, subjects: tuple[Subject, ...]
+    ) -> None:
+        """A reservation whose answer was lost may have run: release its lease if so."""
+        entry = settle_entry("redis", key, lease_id, 0, None, subjects=subjects)
+        await self.replayer.keep([entry])
 
     async def settle(
         self,
@@ -486,10 +580,12 @@ class RedisStore:
         database directly and the settlement to the spool, replayed when Redis is back."""
         self.replayer.check_once()
         subjects = key.subjects() if subjects is None else subjects
-        entry = settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost)
+
+        def entry() -> Entry:  # only a failure needs it: not built on every request
+            return settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost)
 
         def failed(exc: BaseException) -> None:
-            background.spawn(self._settle_failed(entry, exc))
+            background.spawn(self._settle_failed(entry(), exc))
 
         keys, args = _settle_call(subjects, lease_id, tokens, cost, log)
         try:
@@ -498,7 +594,7 @@ class RedisStore:
             # settlement is on its way to Redis, ahead of anything sent later.
             await settle_script.issue(self.client(), keys=keys, args=args, failed=failed)
         except (RedisConnectionError, RedisReplyError) as exc:
-            await self._settle_failed(entry, exc)
+            await self._settle_failed(entry(), exc)
             return
         self.drain.kick()
 
@@ -582,8 +678,7 @@ def _settle_call(
 ) -> tuple[list, list]:
     """The settle script's keys and arguments."""
     clock = Clock.read()
-    keys: list[str] = [outbox_of(subjects[0].tag if subjects else None)[0]]
-    args: list = [
+    head: list = [
         lease_id or "",
         tokens,
         cost,
@@ -592,16 +687,17 @@ def _settle_call(
         WINDOW_KEEP_MS,
         len(subjects),
     ]
-    for subject in subjects:
-        keys += _keys(subject, clock)
-        _, budget_ttl = clock.budget_window(subject.budget_period)
-        args += [
-            int(subject.tpm_limit is not None),
-            int(subject.budget_tokens is not None),
-            int(subject.budget_money is not None),
-            budget_ttl * 1000,
-        ]
-    return keys, args
+    outbox = outbox_of(subjects[0].tag if subjects else None)[0]
+    return _subjects_call([outbox], head, subjects, clock, _counted)
+
+
+def _counted(subject: Subject) -> list:
+    """Which of a subject's counters a settlement charges: tpm, token and money budgets."""
+    return [
+        int(subject.tpm_limit is not None),
+        int(subject.budget_tokens is not None),
+        int(subject.budget_money is not None),
+    ]
 
 
 class LogDrain:

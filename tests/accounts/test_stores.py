@@ -174,6 +174,30 @@ async def test_an_unsettled_lease_expires_and_releases_its_reservation(store, ma
     assert snapshot.budget_used == 27 and snapshot.leases == 0
 
 
+async def test_redis_admission_without_a_task_decides_as_reserve_does(
+    settings, redis_url, make_key
+):
+    """RedisStore.reserve_soon (the request path's admission): the same decisions as
+    reserve under concurrency, and still decided after Redis lost its scripts."""
+    from accounts.quota import _store_for
+
+    settings.REDIS_URL = redis_url
+    store = _store_for(redis_url)
+    key = await new_key(make_key, max_concurrency=5, budget_tokens=1000, budget_period="total")
+    await store.ping()  # the connection is open: the task-free path can be taken
+    decisions = await asyncio.gather(*(store.reserve_soon(key, 10) for _ in range(20)))
+    admitted = [d for d in decisions if d.verdict is Verdict.OK]
+    assert len(admitted) == 5 and len({d.lease_id for d in admitted}) == 5
+    assert {d.verdict for d in decisions} - {Verdict.OK} == {Verdict.CONCURRENCY}
+    for decision in admitted:
+        await store.settle(key, decision.lease_id, 10, None)
+    await store.client().call("SCRIPT", "FLUSH")
+    decision = await store.reserve_soon(key, 10)  # NOSCRIPT, then EVAL
+    assert decision.verdict is Verdict.OK
+    snapshot = await store.snapshot(key)
+    assert (snapshot.budget_used, snapshot.leases) == (60, 1)
+
+
 async def test_budget_refusal_comes_before_rate_limits(store, make_key):
     key = await new_key(make_key, rpm_limit=1, budget_tokens=10, budget_period="day")
     assert (await store.reserve(key, 50)).verdict is Verdict.BUDGET
@@ -300,6 +324,63 @@ async def test_resp_client_pipelines_replies_in_order_and_reconnects(redis_url):
     await asyncio.sleep(0.05)
     assert await client.call("GET", key) == b"210"
     await client.call("DEL", key)
+    await client.close()
+
+
+async def test_resp_client_writes_one_turns_commands_together_in_order(redis_url):
+    """The commands of one turn of the event loop leave in one socket write; an issued
+    (written at once) script goes out behind the commands queued before it."""
+    from accounts.quota.resp import RespClient, Script
+
+    client = RespClient(redis_url)
+    key = "gw:test:turn"
+    await client.call("DEL", key)
+    transport = client._protocol.transport
+    writes: list[bytes] = []
+    real_write = transport.write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        real_write(data)
+
+    transport.write = counting_write
+    try:
+        replies = await asyncio.gather(*(client.call("INCR", key) for _ in range(100)))
+        assert replies == list(range(1, 101))
+        assert len(writes) == 1 and writes[0].count(b"INCR") == 100
+        writes.clear()
+        queued = [asyncio.ensure_future(client.call("INCR", key)) for _ in range(3)]
+        await asyncio.sleep(0)  # the calls are queued, their turn's flush not run yet
+        script = Script("return redis.call('GET', KEYS[1])")
+        await script.issue(client, keys=[key], args=[])  # NOSCRIPT: re-run in full
+        assert await asyncio.gather(*queued) == [101, 102, 103]
+        assert writes[0].count(b"INCR") == 3 and writes[0].index(b"EVALSHA") > 0
+        assert await client.call("GET", key) == b"103"
+    finally:
+        transport.write = real_write
+        await client.call("DEL", key)
+        await client.close()
+
+
+async def test_resp_client_gives_up_on_a_command_redis_never_answers(redis_url):
+    """A connected Redis that does not answer one command in time: that command and the
+    ones queued behind it fail (RedisNoAnswer), the connection is dropped, and the next
+    call reconnects."""
+    import time
+
+    from accounts.quota.resp import RedisNoAnswer, RespClient
+
+    client = RespClient(redis_url, timeout=0.3)
+    assert await client.call("PING") == b"PONG"
+    started = time.monotonic()
+    blocked = asyncio.ensure_future(client.call("BLPOP", "gw:test:never-pushed", 0))
+    behind = asyncio.ensure_future(client.call("PING"))
+    with pytest.raises(RedisNoAnswer, match="did not answer within 0.3 s"):
+        await blocked
+    with pytest.raises(RedisNoAnswer):
+        await behind
+    assert 0.25 < time.monotonic() - started < 1.5
+    assert await client.call("PING") == b"PONG"  # a new connection
     await client.close()
 
 
