@@ -106,4 +106,4 @@ async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
             return APIError(
                 401, "/metrics needs the metrics token as a bearer token.", code="invalid_api_key"
             ).response()
-    return metrics.exposition(request)
+    return await metrics.exposition(request)

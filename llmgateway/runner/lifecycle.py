@@ -218,7 +218,9 @@ class Run:
         if inline:
             prepared = self.endpoint.prepare(target, request_id)
         else:
-            prepared = await prepare_pool.off_loop(self.endpoint.prepare, target, request_id)
+            prepared = await prepare_pool.off_loop(
+                prepare_off_loop, self.endpoint, target, request_id
+            )
         self.generation = prepared.generation
         return prepared
 
@@ -460,6 +462,16 @@ class Run:
                 await hook(outcome)
             except Exception:
                 logger.exception("the endpoint's settle hook failed")
+
+
+def prepare_off_loop(endpoint: Endpoint, target: Target, request_id: str) -> Prepared:
+    """The prepare phase in the prepare pool: the endpoint's, then each request's input
+    tensor, which for a long prompt is itself a few milliseconds of work (issue 19: no
+    step of a long prompt on the event loop)."""
+    prepared = endpoint.prepare(target, request_id)
+    for request in prepared.requests:
+        request.input_ids()
+    return prepared
 
 
 def model_visible(caller: Caller | None, name: str) -> bool:
