@@ -629,7 +629,11 @@ class RedisStore:
         self.replayer.check_once()
         try:
             await self.client().call("RPUSH", OUTBOX, orjson.dumps(record))
-        except RedisConnectionError:
+        except (RedisConnectionError, RedisReplyError) as exc:
+            # An error reply (LOADING right after a restart, OOM, READONLY on a replica)
+            # means the record is not in Redis either: write it directly, as settlement
+            # does, rather than let the caller drop it.
+            logger.warning("request log not pushed to Redis (%s); written directly", exc)
             await self._log_direct(record)
             return
         self.drain.kick()
@@ -713,9 +717,13 @@ class LogDrain:
         self.store = store
         self._task: asyncio.Future | None = None
         self._now: asyncio.Event | None = None
+        # A record pushed since the running drain last looked: that drain may already
+        # have taken its last batch, so it must look again before it ends.
+        self._again = False
         background.at_shutdown(self.flush)
 
     def kick(self) -> None:
+        self._again = True
         if self._task is None or self._task.done():
             self._now = asyncio.Event()
             self._task = background.spawn(self._run(self._now))
@@ -731,11 +739,18 @@ class LogDrain:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(now.wait(), delay)
+            self._again = False
             try:
                 await drain(self.store.client())
-                return
             except Exception as exc:
                 logger.warning("request-log outbox not drained (%s); records stay in Redis", exc)
+            else:
+                if not self._again:
+                    return
+                # Pushed while this drain ran, perhaps after its last take: they would
+                # wait in Redis for the next request's kick, which may never come.
+                delay = settings.REQUEST_LOG_DRAIN_SECONDS
+                continue
             if now.is_set():  # shutting down: the next process (or drainrequestlogs) drains
                 return
             delay = min(max(delay, DRAIN_RETRY_FIRST) * 2, DRAIN_RETRY_MAX)

@@ -287,6 +287,52 @@ async def test_a_drainer_that_lost_its_lock_does_not_trim(outbox):
     await client.close()
 
 
+async def test_a_record_logged_as_the_drain_ends_is_drained_too(outbox, settings):
+    """A record pushed after the running drain took its last batch, before its task
+    ended (so the push starts no new drain), is written all the same. (Likely how a CI
+    run of test_redis_outage_under_load once found 124 records missing: left in Redis
+    when the load stopped, with nothing to kick another drain.)"""
+    client, redis_store = outbox
+    settings.REQUEST_LOG_DRAIN_SECONDS = 0
+    await client.call("DEL", redis_store.OUTBOX, redis_store.DRAIN_LOCK)
+    await redis_store.drain(client)
+    store = redis_store.RedisStore(settings.REDIS_URL)
+    late = None
+    for attempt in range(20):
+        await store.log(log(attempt) | {"request_id": f"drain-first-{attempt}"})
+        # The drain wrote and trimmed it (polled: the state is in Redis, no event to await).
+        while await client.call("LLEN", redis_store.OUTBOX):  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        task = store.drain._task  # still running: other outboxes, then it ends
+        await store.log(log(attempt) | {"request_id": f"drain-late-{attempt}"})
+        if store.drain._task is task:  # the push started no drain of its own
+            late = f"drain-late-{attempt}"
+            break
+    assert late, "never caught a drain between its last take and its end"
+    deadline = time.monotonic() + 5
+    while not await sync_to_async(logged)([late]) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert await sync_to_async(logged)([late]), await client.call("LLEN", redis_store.OUTBOX)
+    await store.client().close()
+    await client.close()
+
+
+async def test_a_record_redis_answers_with_an_error_is_written_directly(outbox, settings):
+    """Redis up but refusing the push (here WRONGTYPE; LOADING after a restart, OOM and
+    READONLY alike): the record goes to the database, never dropped."""
+    client, redis_store = outbox
+    await client.call("DEL", redis_store.OUTBOX)
+    await client.call("SET", redis_store.OUTBOX, "not a list")
+    store = redis_store.RedisStore(settings.REDIS_URL)
+    try:
+        await store.log(log() | {"request_id": "refused-push"})
+    finally:
+        await client.call("DEL", redis_store.OUTBOX)
+    assert await sync_to_async(logged)(["refused-push"])
+    await store.client().close()
+    await client.close()
+
+
 def test_log_text_never_carries_nul(settings):
     from accounts.logs import log_record
     from llmgateway.context import RequestContext
