@@ -63,6 +63,25 @@ def _database_env() -> dict[str, str]:
 DEV_LIMITS = {"context_length": 4096, "max_output_tokens": 4000, "default_max_tokens": 256}
 
 
+@pytest.fixture
+def admin_user(db, django_user_model):
+    """pytest-django's admin_user ("admin", password "password"), written before anything
+    is read. Its own looks the user up first: in this process's deferred SQLite
+    transaction, a read then a write fails at once ("database is locked") when a live
+    gateway commits a request log in between (CI met it once). A first write waits for
+    that commit instead."""
+    from django.db import IntegrityError, transaction
+
+    manager = django_user_model._default_manager
+    try:
+        with transaction.atomic():
+            return manager.create_superuser(
+                username="admin", email="admin@example.com", password="password"
+            )
+    except IntegrityError:
+        return manager.get_by_natural_key("admin")
+
+
 def model_upsert_committed(**fields):
     """llmgateway.services.model_upsert from this process, run again if SQLite refuses it.
 
