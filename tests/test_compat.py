@@ -86,3 +86,25 @@ async def test_tritonclient_exposes_its_grpc_channel() -> None:
         assert callable(channel.unary_stream)
     finally:
         await client.close()
+
+
+def test_response_headers_set_stores_what_django_would():
+    from django.http import BadHeaderError
+
+    from llmgateway.compat import response_headers_set
+
+    headers = {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-reset-tokens": "6m0s",
+        "Retry-After": "1",  # not lower-case: through Django
+    }
+    ours, django = HttpResponse(b"{}"), HttpResponse(b"{}")
+    response_headers_set(ours, headers)
+    for name, value in headers.items():
+        django[name] = value
+    assert ours.headers._store == django.headers._store
+    assert ours.serialize_headers() == django.serialize_headers()
+    assert ours["X-RateLimit-Limit-Requests"] == "100"
+    # What Django refuses, it still refuses.
+    with pytest.raises(BadHeaderError):
+        response_headers_set(HttpResponse(), {"x-evil": "a\r\nset-cookie: b"})

@@ -7,7 +7,7 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 
 from llmgateway.api.sse import sse_response
-from llmgateway.compat import response_on_close
+from llmgateway.compat import response_headers_set, response_on_close
 from llmgateway.runner.endpoint import Endpoint
 from llmgateway.runner.lifecycle import run
 
@@ -21,8 +21,7 @@ async def respond(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
         response_on_close(response, answer.on_close)
     else:
         response = json_response(answer.body)
-    for name, value in answer.headers.items():
-        response[name] = value
+    response_headers_set(response, answer.headers)
     return response
 
 
