@@ -328,8 +328,7 @@ async def admit(
     subjects = key.subjects(reservation.model)
     if subjects:
         store = quota_store()
-        soon = getattr(store, "reserve_soon", None)  # Redis: a future, no task
-        task = soon(key, tokens, subjects=subjects, cost=cost) if soon is not None else None
+        task = store.reserve_soon(key, tokens, subjects=subjects, cost=cost)
         if task is None:
             task = asyncio.ensure_future(store.reserve(key, tokens, subjects=subjects, cost=cost))
         claimed = early is not None and early_starts.claim(key.id)

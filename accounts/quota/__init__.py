@@ -27,6 +27,7 @@ total, and only while a budget is set (setting one mid-period starts it at zero)
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from dataclasses import dataclass
@@ -248,6 +249,18 @@ class QuotaStore(Protocol):
         """Admit or refuse atomically over every subject (default: the key's subjects for
         no particular model); when admitted, hold `tokens` and `cost` (money units) on
         each under a new lease."""
+        ...
+
+    def reserve_soon(
+        self,
+        key: KeyRecord,
+        tokens: int,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> asyncio.Future | None:
+        """`reserve`'s decision as a future already under way, without a task (the
+        request path's admission), or None where the store cannot: then call `reserve`."""
         ...
 
     async def settle(

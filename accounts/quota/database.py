@@ -493,6 +493,17 @@ class DatabaseStore:
                 await self.replayer.keep([entry])
             raise
 
+    def reserve_soon(
+        self,
+        key: KeyRecord,
+        tokens: int,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> None:
+        """Never: an admission here is an ORM call in a thread, which needs a task."""
+        return None
+
     async def settle(
         self,
         key: KeyRecord,

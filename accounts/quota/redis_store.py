@@ -366,7 +366,7 @@ release_lock_script = Script(RELEASE_LOCK)
 SCRIPTS = (reserve_script, settle_script, drain_take_script, drain_done_script, release_lock_script)
 
 
-def _keys(subject: Subject, clock: Clock) -> list[str]:
+def _keys(subject: Subject, clock: Clock) -> tuple[str, ...]:
     """A subject's Redis keys. Every subject of a project (its own, its keys', per model)
     shares the hash tag {p<project id>}: a project's counters live on one slot, so one
     script over all of them is a single-slot call."""
@@ -393,10 +393,11 @@ def _subjects_call(
 
 
 @functools.lru_cache(maxsize=1024)
-def _keys_of(tag: int, name: str, budget_window: str) -> list[str]:
-    """Made once per subject and budget window; callers only read the list."""
+def _keys_of(tag: int, name: str, budget_window: str) -> tuple[str, ...]:
+    """Made once per subject and budget window (a tuple: the cache hands out one
+    object to every caller)."""
     prefix = f"gw:{{p{tag}}}:{name}"
-    return [
+    return (
         f"{prefix}:leases",
         f"{prefix}:held",
         f"{prefix}:rpm",
@@ -404,7 +405,7 @@ def _keys_of(tag: int, name: str, budget_window: str) -> list[str]:
         f"{prefix}:budget:{budget_window}",
         f"{prefix}:money:{budget_window}",
         f"{prefix}:expired",
-    ]
+    )
 
 
 def outbox_of(tag: int | None) -> tuple[str, str, str]:
