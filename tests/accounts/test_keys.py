@@ -157,3 +157,21 @@ def test_models_list_shows_only_what_the_key_may_use(make_key, live_gateway):
         assert error(hidden)["code"] == "model_not_found"
     with live_gateway.client() as owner:
         assert {CHAT_MODEL, V08_MODEL} <= {m["id"] for m in owner.get("/v1/models").json()["data"]}
+
+
+@pytest.mark.parametrize(
+    "pepper", ["", "short pepper", "p" * 64, "a pepper longer than a block " * 4]
+)
+def test_the_key_hash_is_hmac_sha256_under_the_pepper(settings, pepper):
+    """hash_key computes HMAC-SHA256 from precomputed pads: the value must be exactly
+    the standard HMAC's, or every stored key would stop matching. Peppers longer than
+    SHA-256's 64-byte block are hashed first (RFC 2104); none derives from SECRET_KEY."""
+    import hmac
+
+    from accounts.models import _pepper, hash_key
+
+    settings.API_KEY_PEPPER = pepper
+    key = _pepper()
+    assert (key == pepper.encode()) if pepper else len(key) == 32
+    for raw in ["", "sk-gw-0123456789abcdef-" + "s" * 43, "ü" * 100]:
+        assert hash_key(raw) == hmac.new(key, raw.encode(), "sha256").hexdigest()
