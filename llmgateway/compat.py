@@ -57,6 +57,18 @@ def response_headers_set(response: HttpResponseBase, headers: dict[str, str]) ->
             response[name] = value
 
 
+def response_header_pairs(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+    """The response's headers as ASGI wants them, in Django's order and case, without
+    cookies: what Django's ASGIHandler.send_response builds from `response.items()`,
+    read from the private `_store` (lower-cased name -> (name, value), both str once
+    set) instead of through the mapping's per-header lookups (~1 us per header, ten to
+    twelve per request with the platform on)."""
+    return [
+        (name.encode("ascii"), value.encode("latin1"))
+        for name, value in response.headers._store.values()
+    ]
+
+
 def grpc_channel(client: InferenceServerClient) -> grpc.aio.Channel:
     """The gRPC channel tritonclient's aio client opened (its private `_channel`).
 

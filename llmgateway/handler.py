@@ -51,7 +51,11 @@ from llmgateway import background, metrics, tracing
 from llmgateway.api.access import access_log
 from llmgateway.api.middleware import context_begin
 from llmgateway.api.sse import EventStream
-from llmgateway.compat import response_close_quietly, response_on_close
+from llmgateway.compat import (
+    response_close_quietly,
+    response_header_pairs,
+    response_on_close,
+)
 from llmgateway.paths import is_api_path, is_unknown_path, route_match
 
 
@@ -186,16 +190,23 @@ class GatewayASGIHandler(ASGIHandler):
         task.cancel()
 
     async def send_response(self, response, send):
-        if not isinstance(response, EventStream):
+        stream = isinstance(response, EventStream)
+        one_chunk = not response.streaming and len(response.content) <= self.chunk_size
+        if response.cookies or not (stream or one_chunk):
             return await super().send_response(response, send)
-        # Django's own send_response, minus its per-chunk layers (make_bytes, chunking):
-        # an event stream's body is bytes already, and it sets no cookies.
-        headers = [
-            (name.encode("ascii"), value.encode("latin1")) for name, value in response.items()
-        ]
+        # Django's own send_response, minus its per-header checks and per-chunk layers
+        # (make_bytes, chunking): the gateway's JSON answers are one chunk of bytes, an
+        # event stream's body is bytes already, and neither sets cookies.
         await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response_header_pairs(response),
+            }
         )
+        if not stream:
+            await send({"type": "http.response.body", "body": response.content})
+            return
         async with contextlib.aclosing(response.events) as events:
             async for chunk in events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

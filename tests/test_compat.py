@@ -108,3 +108,45 @@ def test_response_headers_set_stores_what_django_would():
     # What Django refuses, it still refuses.
     with pytest.raises(BadHeaderError):
         response_headers_set(HttpResponse(), {"x-evil": "a\r\nset-cookie: b"})
+
+
+async def sent_by(handler, response) -> list[dict]:
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    await handler.send_response(response, send)
+    return messages
+
+
+@pytest.mark.parametrize(
+    ("body", "cookie"),
+    [(b'{"ok": true}', False), (b"x" * (2**16 + 5), False), (b"{}", True)],
+    ids=["json", "larger than a chunk", "with a cookie"],
+)
+async def test_send_response_sends_what_django_would(body, cookie):
+    """The gateway's send_response (response_header_pairs, one body message) against
+    Django's: the same status, headers in the same order and case, the same bytes."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    from llmgateway.compat import response_header_pairs
+    from llmgateway.handler import GatewayASGIHandler
+
+    def make() -> HttpResponse:
+        response = HttpResponse(body, content_type="application/json", status=201)
+        response["X-Request-ID"] = "req_1"
+        response["x-ratelimit-remaining-tokens"] = "99"
+        response["Content-Disposition"] = 'inline; filename="caf\u00e9"'  # latin-1
+        if cookie:
+            response.set_cookie("session", "s")
+        return response
+
+    ours = await sent_by(GatewayASGIHandler(), make())
+    django = await sent_by(ASGIHandler(), make())
+    assert ours[0] == django[0]
+    assert b"".join(m.get("body", b"") for m in ours) == body
+    assert b"".join(m.get("body", b"") for m in django) == body
+    assert not ours[-1].get("more_body")
+    if not cookie:
+        assert response_header_pairs(make()) == django[0]["headers"]
