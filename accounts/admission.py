@@ -177,40 +177,62 @@ class KeyAdmission:
         if self.settled:
             return
         self.settled = True
-        usage = outcome.usage
-        prices = self.reservation.prices
-        cost = prices.cost(usage) if prices is not None else None
         try:
-            record = log_record(
-                self.request,
-                caller=self.caller,
-                model=self.reservation.model,
-                endpoint=self.reservation.endpoint,
-                status=outcome.status,
-                error_type=outcome.error_type,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                cost=cost,
-                finish_reason=outcome.finish_reason,
-                ttft_s=outcome.time_to_first_token,
-                streamed=outcome.streamed,
-                cancelled=outcome.cancelled,
-                response_text=outcome.response_text,
-            )
+            tokens, record, cost = self._settlement(outcome)
             await quota_store().settle(
-                self.caller.key,
-                self.lease_id,
-                usage.total_tokens,
-                record,
-                subjects=self.subjects,
-                cost=money_units(cost) if cost is not None else 0,
+                self.caller.key, self.lease_id, tokens, record, subjects=self.subjects, cost=cost
             )
-            if self.lease_id is not None:
-                budget_alerts_check(self.caller.key, self.subjects)
+            self._settled()
         except Exception:
             # The client has its answer; a lost settlement expires with its lease.
             logger.exception("settling request %s failed", request_context(self.request).request_id)
+
+    def settle_now(self, outcome: Outcome) -> bool:
+        """`settle` without a suspension, where the quota store can (Redis, connected):
+        True when settled (or failed and logged, as `settle` does), False with nothing
+        done: then call `settle`."""
+        if self.settled:
+            return True
+        try:
+            tokens, record, cost = self._settlement(outcome)
+            if not quota_store().settle_now(
+                self.caller.key, self.lease_id, tokens, record, subjects=self.subjects, cost=cost
+            ):
+                return False
+            self.settled = True
+            self._settled()
+        except Exception:
+            self.settled = True
+            logger.exception("settling request %s failed", request_context(self.request).request_id)
+        return True
+
+    def _settlement(self, outcome: Outcome) -> tuple[int, dict, int]:
+        """The tokens to charge, the log row and the cost in money units."""
+        usage = outcome.usage
+        prices = self.reservation.prices
+        cost = prices.cost(usage) if prices is not None else None
+        record = log_record(
+            self.request,
+            caller=self.caller,
+            model=self.reservation.model,
+            endpoint=self.reservation.endpoint,
+            status=outcome.status,
+            error_type=outcome.error_type,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=cost,
+            finish_reason=outcome.finish_reason,
+            ttft_s=outcome.time_to_first_token,
+            streamed=outcome.streamed,
+            cancelled=outcome.cancelled,
+            response_text=outcome.response_text,
+        )
+        return usage.total_tokens, record, money_units(cost) if cost is not None else 0
+
+    def _settled(self) -> None:
+        if self.lease_id is not None:
+            budget_alerts_check(self.caller.key, self.subjects)
 
     def abandoned(self, task: asyncio.Task) -> None:
         """Settle (or just log) a request whose client left while it was being admitted,

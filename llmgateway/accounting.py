@@ -5,7 +5,9 @@ The runner admits a request once it knows the model and the token reservation
 (prompt tokens plus the most it may generate), before anything reaches Triton,
 and settles its `Admission` exactly once when it ends, however it ends (success,
 error, client disconnect, deadline). `settle` must be safe to call while the
-task is being cancelled.
+task is being cancelled. `settle_now` is the same settlement made in the caller's
+step where the admission can (the Redis store on an open connection), so the runner
+needs no task for it; where it cannot, it does nothing and says so.
 
 The runner may pass its generation to admission as `early` (a `Startable`): the
 platform may then send it to Triton while the quota store is still deciding (see
@@ -128,6 +130,11 @@ class Admission(Protocol):
 
     async def settle(self, outcome: Outcome) -> None: ...
 
+    def settle_now(self, outcome: Outcome) -> bool:
+        """`settle` without a suspension where it can be: True when settled; False,
+        with nothing done, where it cannot: then call `settle`."""
+        ...
+
 
 @dataclass(slots=True)
 class NullAdmission:
@@ -137,3 +144,7 @@ class NullAdmission:
 
     async def settle(self, outcome: Outcome) -> None:
         self.settled = True
+
+    def settle_now(self, outcome: Outcome) -> bool:
+        # Never: a subclass's settle (a test's recording admission) is then called.
+        return False

@@ -51,7 +51,13 @@ async def target(devtriton) -> Target:
     return Target(config, engine)
 
 
-async def admitted(target: Target, *, stream: bool) -> tuple[Answer, RecordingAdmission, list]:
+async def admitted(
+    target: Target,
+    *,
+    stream: bool,
+    admission: type[RecordingAdmission] = RecordingAdmission,
+    hook: bool = True,
+) -> tuple[Answer, RecordingAdmission, list]:
     """A /generate request run from its prepare phase, admitted by a recording admission,
     its endpoint's on_settle hook recording what it is called with."""
     request = RequestFactory().post("/generate")
@@ -62,12 +68,13 @@ async def admitted(target: Target, *, stream: bool) -> tuple[Answer, RecordingAd
     async def on_settle(outcome: Outcome) -> None:
         hooked.append(outcome)
 
-    endpoint.on_settle = on_settle
+    if hook:
+        endpoint.on_settle = on_settle
     run = Run(request, caller=None, endpoint=endpoint)
     prepared = await run.prepare(target, True)
     await run.reach(target)
-    run.admission = admission = RecordingAdmission()
-    return await run.admitted(target, prepared), admission, hooked
+    run.admission = recording = admission()
+    return await run.admitted(target, prepared), recording, hooked
 
 
 async def drain(events: AsyncIterator[bytes]) -> bytes:
@@ -109,6 +116,39 @@ async def test_a_stream_whose_body_never_ran_settles_as_a_disconnect(target) -> 
     assert outcome.usage.prompt_tokens > 0 and outcome.usage.completion_tokens == 0
     assert hooked == [outcome]
     await answer.events.aclose()
+
+
+class SettledAtOnce(RecordingAdmission):
+    """Settles in the caller's step where asked to, as the Redis store's admission does
+    on an open connection; `how` says which way each settlement went."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.how: list[str] = []
+
+    def settle_now(self, outcome: Outcome) -> bool:
+        self.settled = True
+        self.outcomes.append(outcome)
+        self.how.append("now")
+        return True
+
+    async def settle(self, outcome: Outcome) -> None:
+        await super().settle(outcome)
+        self.how.append("task")
+
+
+@pytest.mark.parametrize(("hook", "how"), [(False, "now"), (True, "task")])
+async def test_a_settlement_the_store_can_make_at_once_takes_no_task(target, hook, how) -> None:
+    """Without an endpoint's settle hook the runner settles in its own step (no task and
+    no suspension when the store can); with one, both run in the settling task."""
+    answer, admission, hooked = await admitted(
+        target, stream=False, admission=SettledAtOnce, hook=hook
+    )
+    assert answer.body == {"text": "hello", "id": "runner-test"}
+    assert admission.how == [how]
+    (outcome,) = admission.outcomes
+    assert (outcome.status, outcome.finish_reason) == (200, "stop")
+    assert hooked == ([outcome] if hook else [])
 
 
 class ThreadRecordingEndpoint(GenerateEndpoint):

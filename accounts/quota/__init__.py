@@ -280,6 +280,21 @@ class QuotaStore(Protocol):
         """
         ...
 
+    def settle_now(
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> bool:
+        """`settle` done without a suspension (no task, nothing awaited), where the store
+        can: True once it is on its way, with `settle`'s guarantees; False, with
+        nothing done, where it cannot: then call `settle`."""
+        ...
+
     async def log(self, record: dict) -> None:
         """Write a log record for a request that was never admitted (spooled likewise)."""
         ...

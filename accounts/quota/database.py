@@ -504,6 +504,19 @@ class DatabaseStore:
         """Never: an admission here is an ORM call in a thread, which needs a task."""
         return None
 
+    def settle_now(
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> bool:
+        """Never: a settlement here is a transaction in the ORM thread, awaited."""
+        return False
+
     async def settle(
         self,
         key: KeyRecord,

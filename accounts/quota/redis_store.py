@@ -581,36 +581,83 @@ class RedisStore:
         database directly and the settlement to the spool, replayed when Redis is back."""
         self.replayer.check_once()
         subjects = key.subjects() if subjects is None else subjects
-
-        def entry() -> Entry:  # only a failure needs it: not built on every request
-            return settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost)
-
-        def failed(exc: BaseException) -> None:
-            background.spawn(self._settle_failed(entry(), exc))
-
         keys, args = _settle_call(subjects, lease_id, tokens, cost, log)
+        failed = self._settle_failure(key, lease_id, tokens, log, subjects, cost)
         try:
             await self._register(subjects)
             # Issued, not awaited: see Script.issue. The response goes out after the
             # settlement is on its way to Redis, ahead of anything sent later.
             await settle_script.issue(self.client(), keys=keys, args=args, failed=failed)
         except (RedisConnectionError, RedisReplyError) as exc:
-            await self._settle_failed(entry(), exc)
+            await self._settle_failed(
+                settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost),
+                exc,
+            )
             return
         self.drain.kick()
+
+    def settle_now(
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        *,
+        subjects: tuple[Subject, ...] | None = None,
+        cost: int = 0,
+    ) -> bool:
+        """`settle` without a suspension, where it needs none (the request path's
+        settlement, which then costs no task and no extra turn of the loop): the
+        connection is open and the subjects' outbox was named lately. False, with
+        nothing sent, otherwise: then call `settle`."""
+        self.replayer.check_once()
+        subjects = key.subjects() if subjects is None else subjects
+        if not self._named(subjects):
+            return False
+        keys, args = _settle_call(subjects, lease_id, tokens, cost, log)
+        failed = self._settle_failure(key, lease_id, tokens, log, subjects, cost)
+        if not settle_script.issue_now(self.client(), keys=keys, args=args, failed=failed):
+            return False
+        self.drain.kick()
+        return True
+
+    def _settle_failure(
+        self,
+        key: KeyRecord,
+        lease_id: str | None,
+        tokens: int,
+        log: dict | None,
+        subjects: tuple[Subject, ...],
+        cost: int,
+    ) -> Callable[[BaseException], None]:
+        """What to do when an issued settlement fails with its reply (see Script.issue)."""
+
+        def failed(exc: BaseException) -> None:
+            # The spool entry is built only now: not on every request.
+            entry = settle_entry("redis", key, lease_id, tokens, log, subjects=subjects, cost=cost)
+            background.spawn(self._settle_failed(entry, exc))
+
+        return failed
+
+    def _named(self, subjects: tuple[Subject, ...]) -> bool:
+        """Whether the subjects' project outbox was named in OUTBOXES lately (see
+        `_register`)."""
+        if not subjects:
+            return True
+        return time.monotonic() - self._registered.get(subjects[0].tag, -REGISTER_SECONDS) < (
+            REGISTER_SECONDS
+        )
 
     async def _register(self, subjects: tuple[Subject, ...]) -> None:
         """Name the subjects' project outbox in OUTBOXES, where the drain looks, before a
         record can be pushed onto it (another slot: its own command, awaited first).
         Once per tag and REGISTER_SECONDS per process; repeated so that a Redis that lost
         its data while this process ran learns the outbox again."""
-        if not subjects:
+        if self._named(subjects):
             return
-        tag, now = subjects[0].tag, time.monotonic()
-        if now - self._registered.get(tag, -REGISTER_SECONDS) < REGISTER_SECONDS:
-            return
-        await self.client().call("SADD", OUTBOXES, tag)
-        self._registered[tag] = now
+        now = time.monotonic()
+        await self.client().call("SADD", OUTBOXES, subjects[0].tag)
+        self._registered[subjects[0].tag] = now
 
     async def _settle_failed(self, entry: Entry, exc: BaseException) -> None:
         logger.warning("settlement not applied in Redis (%s); spooled", exc)

@@ -285,11 +285,24 @@ class Script:
         effect. A failure known now raises; one that arrives with the reply (by
         then its request has been answered) is logged and passed to `failed`.
         """
+        if not self.issue_now(client, keys=keys, args=args, failed=failed):
+            await self(client, keys=keys, args=args)
+
+    def issue_now(
+        self,
+        client: RespClient,
+        *,
+        keys: list,
+        args: list,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> bool:
+        """`issue` without a suspension: True once the script is written to the open
+        connection, False (nothing sent) when the connection must be opened first."""
         future = client.send_now("EVALSHA", self.sha, len(keys), *keys, *args)
         if future is None:
-            await self(client, keys=keys, args=args)
-            return
+            return False
         future.add_done_callback(lambda done: self._issued(done, client, keys, args, failed))
+        return True
 
     def _issued(
         self,

@@ -423,6 +423,11 @@ class Run:
         if not self.admission.records and hook is None:
             return
         outcome = self._outcome(status, error_type, cancelled, finish_reasons, ttft)
+        # Settled in this step where the store can (Redis, connected: the script is
+        # written before the response): no task, and the request's coroutines are not
+        # suspended and resumed once more for it.
+        if hook is None and self.admission.settle_now(outcome):
+            return
         # A separate task, so cancelling this one does not stop it (background.py).
         await asyncio.shield(background.spawn(self._record(outcome, hook)))
 

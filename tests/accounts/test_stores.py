@@ -198,6 +198,30 @@ async def test_redis_admission_without_a_task_decides_as_reserve_does(
     assert (snapshot.budget_used, snapshot.leases) == (60, 1)
 
 
+async def test_redis_settlement_without_a_suspension(settings, redis_url, make_key):
+    """RedisStore.settle_now (the request path's settlement): nothing is sent until the
+    key's outbox has been named on Redis; after that the settlement is written in the
+    caller's step, so the next admission, with no wait between, sees it applied."""
+    from accounts.quota.redis_store import RedisStore
+
+    settings.REDIS_URL = redis_url
+    store = RedisStore(redis_url)
+    key = await new_key(make_key, max_concurrency=1, budget_tokens=1000, budget_period="total")
+    first = await store.reserve(key, 50)  # the connection is open now
+    assert first.verdict is Verdict.OK
+    assert store.settle_now(key, first.lease_id, 10, log(1)) is False  # outbox not named
+    assert (await store.reserve(key, 50)).verdict is Verdict.CONCURRENCY  # nothing sent
+    await store.settle(key, first.lease_id, 10, log(1))  # names it
+    second = await store.reserve(key, 50)
+    assert second.verdict is Verdict.OK
+    assert store.settle_now(key, second.lease_id, 20, log(2)) is True
+    third = await store.reserve(key, 50)
+    assert third.verdict is Verdict.OK and third.budget_used == 10 + 20 + 50
+    await store.settle(key, third.lease_id, 5, None)
+    snapshot = await store.snapshot(key)
+    assert (snapshot.budget_used, snapshot.leases) == (35, 0)
+
+
 async def test_budget_refusal_comes_before_rate_limits(store, make_key):
     key = await new_key(make_key, rpm_limit=1, budget_tokens=10, budget_period="day")
     assert (await store.reserve(key, 50)).verdict is Verdict.BUDGET
