@@ -76,12 +76,15 @@ class UsageQuery:
     group_by: list[str]
     filters: dict[str, list[str]] = field(default_factory=dict)
     batch: bool | None = None
+    # The end_time the client sent; None when it defaulted to now. The cursor's checksum
+    # reads this one, or a page asked for a second later would belong to another query.
+    end_given: int | None = None
 
     def checksum(self) -> str:
         text = repr(
             (
                 self.start,
-                self.end,
+                self.end_given,
                 self.width,
                 self.limit,
                 self.group_by,
@@ -101,7 +104,7 @@ def usage_query(
 ) -> UsageQuery:
     """Parse and check the query string of a usage or costs request (400s name the param)."""
     start = _int_param(query, "start_time", required=True)
-    end = _int_param(query, "end_time")
+    end_given = end = _int_param(query, "end_time")
     # Rounded up: a row logged earlier in this very second is counted.
     end = math.ceil(time.time()) if end is None else end
     if start < 0:
@@ -136,7 +139,7 @@ def usage_query(
             raise _bad("batch", f"Invalid value: '{batch_raw}'. 'batch' must be a boolean.")
         batch = lowered in {"true", "1"}
     parsed = UsageQuery(
-        start - start % 60, end, WIDTHS[width_name], limit, 0, group_by, filters, batch
+        start - start % 60, end, WIDTHS[width_name], limit, 0, group_by, filters, batch, end_given
     )
     parsed.page_start = parsed.start
     page = query.get("page")

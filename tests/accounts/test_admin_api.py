@@ -247,6 +247,25 @@ def test_usage_pages_follow_the_cursor(admin):
     )  # fmt: skip
 
 
+def test_a_cursor_outlives_the_second_it_was_made_in(admin):
+    """Without end_time the range ends now; the cursor must still fit the next page,
+    asked for in a later second (its checksum once held the defaulted end)."""
+    start = int(time.time()) // 3600 * 3600 - 5 * 3600
+    params = {"start_time": start, "bucket_width": "1h", "limit": 2}
+    first = admin.get("/v1/organization/usage/completions", params=params).json()
+    time.sleep(1.05)
+    second = admin.get(
+        "/v1/organization/usage/completions", params={**params, "page": first["next_page"]}
+    )
+    assert second.status_code == 200, second.text
+    assert second.json()["data"][0]["start_time"] == first["data"][-1]["end_time"]
+    moved = admin.get(
+        "/v1/organization/usage/completions",
+        params={**params, "end_time": start + 4 * 3600, "page": first["next_page"]},
+    )
+    assert_error(moved, 400, "page")
+
+
 def test_the_openai_sdk_admin_namespace_drives_the_gateway(live_gateway, admin_secret):
     client = openai.OpenAI(
         admin_api_key=admin_secret, api_key="unused", base_url=live_gateway.url + "/v1"
