@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -67,24 +66,36 @@ def test_41_rate_limit_is_rate_limit_error_with_retry_after(live_gateway, make_k
 
 
 def test_41_the_client_waits_as_told_and_retries(live_gateway, make_key):
-    """A concurrency refusal says retry in 250 ms; the default client does, and succeeds."""
+    """A concurrency refusal says retry in 250 ms; the default client does, and succeeds.
+
+    No sleeps deciding the order: the holder's stream has sent its first chunk (it is
+    admitted) before the other request is sent, and ends when that request is refused,
+    so the retry finds the slot free."""
     key, secret = make_key(max_concurrency=1)
-    slow = [{"role": "user", "content": "[[delay:60]][[long:5]]"}]
-    holder = threading.Thread(
-        target=lambda: client(live_gateway, secret, max_retries=0).chat.completions.create(
-            model=CHAT_MODEL, messages=slow
-        )
+    # 2 s of tokens: longer than sending the other request takes, even on a loaded machine.
+    slow = [{"role": "user", "content": "[[delay:40]][[long:50]]"}]
+    holder = client(live_gateway, secret, max_retries=0).chat.completions.create(
+        model=CHAT_MODEL, messages=slow, stream=True
     )
-    holder.start()
-    time.sleep(0.1)
+    chunks = iter(holder)
+    next(chunks)
+    refusals = []
+
+    def on_response(response) -> None:
+        if response.status_code == 429 and not refusals:
+            refusals.append(response.headers.get("retry-after-ms"))
+            for _ in chunks:  # the holder's generation ends; its lease is released
+                pass
+
+    http_client = openai.DefaultHttpxClient(event_hooks={"response": [on_response]})
     started = time.monotonic()
-    with client(live_gateway, secret) as c:  # default max_retries=2
+    with client(live_gateway, secret, http_client=http_client) as c:  # default max_retries=2
         c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
-    holder.join()
+    assert refusals == ["250"]
     assert time.monotonic() - started >= 0.25
     assert wait_for_logs(lambda: key_logs(key).count(), 3) >= 3
     statuses = sorted(key_logs(key).values_list("status", flat=True))
-    assert statuses.count(429) >= 1 and statuses.count(200) == 2
+    assert statuses == [200, 200, 429]
 
 
 def test_42_insufficient_quota_is_not_retried(live_gateway, make_key):
