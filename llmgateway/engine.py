@@ -59,7 +59,10 @@ class SamplingParams:
 
 @dataclass(slots=True)
 class GenerationRequest:
-    prompt_ids: list[int]
+    # The prompt's token ids: a list as prepared, then the int32 tensor once that is made
+    # (`input_ids`), so an open stream does not hold both (a Python int list costs
+    # ~36 bytes per token, the tensor 4).
+    prompt_ids: list[int] | np.ndarray
     params: SamplingParams
     request_id: str
     # When the whole request must be over, on time.monotonic(): images fetched and
@@ -77,6 +80,7 @@ class GenerationRequest:
         the prompt's work rather than on the event loop (lifecycle.prepare_off_loop)."""
         if self._input_ids is None:
             self._input_ids = np.asarray(self.prompt_ids, dtype=np.int32)
+            self.prompt_ids = self._input_ids
         return self._input_ids
 
     def time_left(self) -> float:
@@ -138,7 +142,7 @@ class _Choice:
         self,
         index: int,
         text_model: TextModel,
-        prompt_ids: list[int],
+        prompt_ids: list[int] | np.ndarray,
         params: SamplingParams,
         record: bool = False,
     ):

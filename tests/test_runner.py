@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 from django.test import RequestFactory
 
@@ -166,5 +167,11 @@ async def test_a_large_request_is_prepared_in_the_pool(target, inline, thread) -
     endpoint = ThreadRecordingEndpoint(GenerateIn(prompt="[[say:hello]]"))
     endpoint.threads = []
     prepared = await Run(request, caller=None, endpoint=endpoint).prepare(target, inline)
-    assert prepared.requests[0].prompt_ids
+    request = prepared.requests[0]
     assert endpoint.threads[0].startswith(thread)
+    # Made once as Triton's tensor (in the pool already when prepared there), which then
+    # stands for the ids: an open stream does not keep the Python list beside it.
+    assert isinstance(request.prompt_ids, np.ndarray) == (not inline)
+    tensor = request.input_ids()
+    assert request.prompt_ids is tensor
+    assert tensor.dtype == np.int32 and len(tensor) > 0

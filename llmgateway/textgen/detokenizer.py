@@ -12,6 +12,7 @@ token. Each step decodes a window of a few tokens: O(new tokens), not O(output).
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -21,13 +22,14 @@ CONTEXT_TOKENS = 4
 
 class IncrementalDetokenizer:
     def __init__(
-        self, tokenizer: Any, special_ids: frozenset[int], prompt_ids: list[int] = ()
+        self, tokenizer: Any, special_ids: frozenset[int], prompt_ids: Sequence[int] = ()
     ) -> None:
         # The Rust tokenizer, when there is one: same output as tokenizer.decode, less overhead.
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._decode = backend.decode if backend is not None else tokenizer.decode
         self._special = special_ids
-        context = [i for i in prompt_ids[-CONTEXT_TOKENS:] if i not in special_ids]
+        # int(): the ids may be the prompt's int32 tensor (GenerationRequest.input_ids).
+        context = [int(i) for i in prompt_ids[-CONTEXT_TOKENS:] if i not in special_ids]
         self._ids: list[int] = list(context)
         self._prefix = 0
         self._read = len(context)

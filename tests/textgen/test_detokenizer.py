@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmgateway.textgen.detokenizer import REPLACEMENT, IncrementalDetokenizer
@@ -46,10 +47,16 @@ def test_special_tokens_are_never_rendered(text_model):
     assert detok.push(ids) + detok.flush() == "done"
 
 
-def test_prompt_context_keeps_the_leading_space(text_model):
-    prompt = text_model.encode("Say hi")
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["list", "int32-tensor"])
+def test_prompt_context_keeps_the_leading_space(text_model, as_tensor):
+    """Also when the prompt's ids are Triton's int32 tensor, which a prepared request
+    holds instead of the list (GenerationRequest.input_ids), special ids included."""
+    prompt = text_model.encode("Say hi") + [text_model.end_id]
+    if as_tensor:
+        prompt = np.asarray(prompt, dtype=np.int32)
     ids = text_model.encode(" there friend")
     detok = IncrementalDetokenizer(text_model.tokenizer, text_model.special_ids, prompt)
+    assert all(type(i) is int for i in detok._ids)
     assert "".join(detok.push([i]) for i in ids) + detok.flush() == " there friend"
 
 
