@@ -103,6 +103,22 @@ async def test_a_stream_settles_once_when_it_ends(target) -> None:
     assert hooked == [outcome]
 
 
+async def test_an_open_stream_does_not_hold_its_parsed_body(target) -> None:
+    request = RequestFactory().post("/generate")
+    request.gateway = RequestContext("runner-test")
+    endpoint = GenerateEndpoint(GenerateIn(prompt="[[say:hello]]", stream=True))
+    run = Run(request, caller=None, endpoint=endpoint)
+    prepared = await run.prepare(target, True)
+    await run.reach(target)
+    run.admission = RecordingAdmission()
+    answer = await run.admitted(target, prepared)
+    # The shaper is made and Triton has the request: the body is let go before the
+    # stream's first byte, and the stream still carries everything it asked for.
+    assert endpoint.payload is None
+    body = await drain(answer.events)
+    assert body.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"stop"' in body
+
+
 async def test_a_stream_whose_body_never_ran_settles_as_a_disconnect(target) -> None:
     answer, admission, hooked = await admitted(target, stream=True)
     answer.on_close()  # the client left before the body started

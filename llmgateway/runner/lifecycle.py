@@ -262,6 +262,9 @@ class Run:
         stream = self.endpoint.stream
         try:
             shaper = self.endpoint.shaper(target, prepared)
+            # Nothing reads the parsed body after this: an open stream need not hold it
+            # (~2 KB per stream for a one-line chat, its whole prompt for a long one).
+            self.endpoint.payload = None
             if prepared.vision is not None:
                 await self.load(prepared)
             self.used = True
