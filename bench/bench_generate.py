@@ -19,6 +19,7 @@ from bench.common import (
     compare,
     dev_stack,
     direct_call,
+    http_session,
     rss_mb,
     setup_django,
     start_gateway,
@@ -30,7 +31,6 @@ async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     db_path = workdir / "bench.sqlite3"
     await asyncio.to_thread(setup_django, platform=False, sqlite_path=db_path)
-    import aiohttp
     import tritonclient.grpc.aio as grpcclient
 
     from llmgateway.devtriton.server import free_port
@@ -43,9 +43,7 @@ async def bench(args) -> None:
             prompt = "who are you?"
             direct = direct_call(triton_client, prompt, max_tokens=args.max_tokens)
 
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64), base_url=f"http://127.0.0.1:{port}"
-            )
+            session = http_session(base_url=f"http://127.0.0.1:{port}")
             body = {"prompt": prompt, "max_output_len": args.max_tokens}
 
             async def via_gateway() -> None:

@@ -35,6 +35,7 @@ from bench.common import (
     compare,
     dev_stack,
     direct_call,
+    http_session,
     rss_mb,
     start_gateway,
     table,
@@ -89,7 +90,6 @@ def bench_key(*, project: bool = False) -> str:
 async def bench(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-platform-"))
     await asyncio.to_thread(setup_database)
-    import aiohttp
     import redis
     import tritonclient.grpc.aio as grpcclient
 
@@ -150,7 +150,7 @@ async def bench(args) -> None:
                 "max_tokens": args.max_tokens,
                 "messages": [{"role": "user", "content": prompt}],
             }
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+            session = http_session()
             headers = {"authorization": f"Bearer {secret}"}
 
             def via(port: int, key: str | None = None):
