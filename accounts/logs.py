@@ -6,6 +6,7 @@ A record is a plain JSON-safe dict so it can travel through the Redis outbox
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_TEXT = 100_000  # characters of prompt or response text kept when content logging is on
+# The body's bytes read for the prompt text: at most 4 UTF-8 bytes per character kept.
+PROMPT_BYTES = MAX_TEXT * 4
 
 
 def _client_ip(request: HttpRequest) -> str | None:
@@ -46,6 +49,22 @@ def body_model(request: HttpRequest) -> str:
         return ""
     model = body.get("model") if isinstance(body, dict) else None
     return model[:128] if isinstance(model, str) else ""
+
+
+def body_trim(request: HttpRequest) -> None:
+    """Cut a request's body, once its view has read it, to what its log row still reads.
+
+    The request lives as long as its answer, and a stream's can last minutes, holding a
+    long prompt's whole body. After the view, only `log_record` reads it, for the
+    prompt text kept with REQUEST_LOG_CONTENT on: its first PROMPT_BYTES stay, and
+    nothing with the setting off. A body never read is left as it is.
+    """
+    body = request.__dict__.get("_body")
+    if body is None:
+        return
+    kept = body[:PROMPT_BYTES] if settings.REQUEST_LOG_CONTENT else b""
+    request._body = kept
+    request._stream = io.BytesIO(kept)  # as Django leaves it once the body is read
 
 
 def log_record(
@@ -96,7 +115,7 @@ def log_record(
     if settings.REQUEST_LOG_CONTENT:
         try:
             # Cut before decoding: a 20 MB body would be decoded whole for 100k characters.
-            head = request.body[: MAX_TEXT * 4]
+            head = request.body[:PROMPT_BYTES]
             record["prompt_text"] = storable(head.decode("utf-8", "replace")[:MAX_TEXT])
         except Exception:  # a body over the size limit cannot be read (413)
             record["prompt_text"] = None

@@ -47,6 +47,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix, set_urlconf
 from django.utils.log import log_response, request_logger
 
+from accounts.logs import body_trim
 from llmgateway import background, metrics, tracing
 from llmgateway.api.access import access_log
 from llmgateway.api.middleware import context_begin
@@ -116,6 +117,8 @@ class GatewayASGIHandler(ASGIHandler):
         response = None
         try:
             response = await self.api_response(request)
+            if isinstance(response, EventStream):
+                body_trim(request)  # a long prompt's body is not held for the whole stream
             await self.send_response(response, send)
         except asyncio.CancelledError:
             if not client_left(listener):

@@ -55,3 +55,28 @@ def test_a_body_over_the_limit_is_refused_and_logged(committed, live_gateway):
     logged = wait_for_logs(lambda: RequestLog.objects.filter(request_id=request_id).count(), 1)
     assert logged == 1, live_gateway.log_tail()
     assert RequestLog.objects.get(request_id=request_id).status == 413
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_a_streams_body_is_cut_to_what_its_log_row_reads(content, settings):
+    from django.test import RequestFactory
+
+    from accounts.logs import PROMPT_BYTES, body_trim
+
+    settings.REQUEST_LOG_CONTENT = content
+    body = b'{"prompt": "' + "你".encode() * PROMPT_BYTES + b'"}'
+    request = RequestFactory().post("/generate", data=body, content_type="application/json")
+    assert request.body == body  # read by the view
+    body_trim(request)
+    assert request.body == (body[:PROMPT_BYTES] if content else b"")
+    assert request.read() == request.body  # the stream as Django leaves a read body
+
+
+def test_a_body_never_read_is_left_whole():
+    from django.test import RequestFactory
+
+    from accounts.logs import body_trim
+
+    request = RequestFactory().post("/generate", data=b"{}", content_type="application/json")
+    body_trim(request)
+    assert request.body == b"{}"
