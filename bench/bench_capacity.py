@@ -1,7 +1,7 @@
 """Streaming capacity: N concurrent streams through the gateway vs a direct Triton consumer.
 
     .venv/bin/python -m bench.bench_capacity [--streams 16,64,256,1024] [--tokens 400]
-        [--prompts 1000,8000,32000 | --no-ttft] [--ttft-load 64]
+        [--prompts 1000,8000,32000 | --no-ttft] [--ttft-load 64] [--prompt-tokens 0]
 
 In one run, against one dev Triton: a direct tritonclient asyncio consumer of the
 streams (stream_infer, as_numpy on output_ids), and two gateway workers, platform off
@@ -18,7 +18,9 @@ Per N and path it prints:
 - how each grows with N (the value at N over the value at the smallest N);
 - whether the load generator (this process) was the limiter: its CPU near one core.
 Then time to first token for prompts of --prompts tokens, each sent while --ttft-load
-streams run on the same path (direct, platform off, platform on).
+streams run on the same path (direct, platform off, platform on). --prompt-tokens P
+gives every one of the N streams a prompt of about P tokens, for RSS per open stream
+with long prompts (what the gateway holds per stream grows with its prompt).
 
 The HTTP client is lean: one raw asyncio connection per stream parsed with httptools
 (uvicorn's parser); it keeps only each stream's arrival times and its last bytes (the
@@ -240,9 +242,11 @@ class Path_:
         return conn.stream(chat_body(content, max_tokens), self.auth)
 
 
-async def run_level(path: Path_, streams: int, tokens: int) -> Level:
+async def run_level(path: Path_, streams: int, tokens: int, prompt: str = "") -> Level:
+    """`streams` concurrent streams of `tokens` tokens each, their chat content `prompt`
+    (filler text, see --prompt-tokens) and the dev model's directive."""
     conns = await path.connections(streams)
-    content = f"[[long:{tokens}]]"
+    content = f"{prompt}[[long:{tokens}]]"
     peak = [0.0]
     sampling = True
 
@@ -282,15 +286,16 @@ async def run_level(path: Path_, streams: int, tokens: int) -> Level:
     )
 
 
-def filler(tokens: int) -> str:
-    """Chat content of about `tokens` tokens (the dev tokenizer), then 4 tokens to answer."""
+def filler(tokens: int, answer: int = 4) -> str:
+    """Chat content of about `tokens` tokens (the dev tokenizer), then `answer` tokens to
+    answer (no directive when `answer` is 0)."""
     from llmgateway.textgen.tokenizer import load_text_model
 
     text = load_text_model(TOKENIZER)
     words = "the quick brown fox jumps over a lazy dog while seven wise owls watch "
     per_copy = len(text.encode(words))
     body = words * max(1, tokens // per_copy)
-    return body + "[[long:4]]"
+    return body + (f"[[long:{answer}]]" if answer else "")
 
 
 async def ttft_under_load(path: Path_, load: int, tokens: int, prompt: str, probes: int) -> float:
@@ -391,7 +396,8 @@ async def bench(args) -> None:
     from llmgateway.devtriton.server import free_port
 
     redis.Redis.from_url(REDIS).flushdb()
-    longest = max(args.prompts) if args.prompts else 0
+    longest = max([*args.prompts, args.prompt_tokens])
+    prompt = await asyncio.to_thread(filler, args.prompt_tokens, 0) if args.prompt_tokens else ""
     async with dev_stack(
         workdir,
         models={"tensorrt_llm": "recent"},
@@ -420,7 +426,7 @@ async def bench(args) -> None:
             for n in sorted(args.streams):
                 levels[n] = {}
                 for path in paths:
-                    levels[n][path.name] = await run_level(path, n, args.tokens)
+                    levels[n][path.name] = await run_level(path, n, args.tokens, prompt)
                     await asyncio.sleep(0.2)
             print(
                 f"{args.tokens}-token streams, N concurrent, one gateway worker per platform mode"
@@ -470,6 +476,13 @@ def main() -> None:
     parser.add_argument("--no-ttft", dest="prompts", action="store_const", const=[])
     parser.add_argument("--ttft-load", type=int, default=64, help="streams running meanwhile")
     parser.add_argument("--probes", type=int, default=5, help="TTFT requests per prompt size")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=0,
+        help="each stream's prompt, in tokens of filler (0: a one-line prompt); RSS per "
+        "open stream with long prompts",
+    )
     args = parser.parse_args()
     os.environ.setdefault("GATEWAY_PLATFORM", "true")
     asyncio.run(bench(args))
