@@ -291,10 +291,13 @@ def test_a_key_without_budget_is_refused_before_its_large_prompt_is_looked_at(
     make_key, live_gateway
 ):
     from accounts.models import QuotaCounter
+    from accounts.quota.database import retry_when_locked
 
     key, secret = make_key(budget_tokens=100, budget_period="total")
-    # Spent, as the database quota store (the live gateway's) keeps it.
-    QuotaCounter.objects.update_or_create(
+    # Spent, as the database quota store (the live gateway's) keeps it. update_or_create
+    # reads, then writes: on SQLite this process's deferred transaction fails at once
+    # ("database is locked") if the gateway commits a log in between (CI met it once).
+    retry_when_locked(QuotaCounter.objects.update_or_create)(
         subject=f"k{key.id}", defaults={"budget_window": "total", "budget_used": 100}
     )
     large = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": TOO_LONG}]}
